@@ -1,0 +1,164 @@
+"""The fitness of a per-block sparsity vector: perplexity of the pruned model (the GP's hot path).
+
+Once per run, :class:`PruningEvaluator` collects calibration statistics on the *dense* model,
+scores every weight, and keeps per-row score ranks plus a copy of the dense weights. A candidate
+then costs one comparison + ``masked_fill_`` per linear, a perplexity pass, and a weight copy back.
+Scores come from the dense model in one pass (no re-calibration through pruned blocks as in the
+exact :func:`evaluators.pruners.prune`); for magnitude the masks are identical to the exact pruner's.
+
+Multi-fidelity (``low_fidelity_windows = k``): every candidate is first scored on the first ``k``
+validation windows. Let ``best_low`` be the lowest such low-fidelity perplexity so far. A candidate
+whose low-fidelity perplexity exceeds ``best_low·(1 + low_fidelity_margin)`` is not competitive:
+its low-fidelity perplexity is returned as its fitness (``last_fidelity = "low"``). Otherwise the
+remaining windows are evaluated and the all-window perplexity is returned (``"full"``). The very
+first candidate is always evaluated in full. Returned values thus mix fidelities, but a rejected
+candidate is by construction worse than the best one on the shared first ``k`` windows.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+import torch
+
+from .calibration import collect_stats
+from .errors import UserError
+from .masks import prune_count, row_ranks
+from .models import model_linears
+from .perplexity import perplexity_from_nlls, window_nlls
+from .pruners import check_sparsities
+from .scores import get_scorer
+
+
+def _subsample(scores: torch.Tensor, limit: int | None, seed: int) -> torch.Tensor:
+    """A seeded random subset of ``limit`` elements (kept in their original order), or all of them."""
+    if limit is None or scores.numel() <= limit:
+        return scores
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(scores.numel(), generator=gen)[:limit].sort().values
+    return scores[idx]
+
+
+class PruningEvaluator:
+    """Perplexity of the model pruned block-wise at given sparsities, with fast apply/restore.
+
+    >>> ev = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val)
+    >>> ev([0.5] * len(ev.param_counts()))   # perplexity at 50 % uniform sparsity
+    """
+
+    def __init__(self, model, tokenizer, *, method: str = "wanda", calib_ids: torch.Tensor | None = None,
+                 val_windows: torch.Tensor, batch_size: int = 1, low_fidelity_windows: int | None = None,
+                 low_fidelity_margin: float = 0.1, max_scores_per_block: int | None = None, seed: int = 0,
+                 progress: bool = False):
+        """``max_scores_per_block``: keep only a seeded random subset of each block's scores for
+        :meth:`block_scores` (saves memory on large models; default: keep all, float32 on CPU)."""
+        scorer = get_scorer(method)
+        if scorer.needs_calibration and calib_ids is None:
+            raise UserError(f"{method} scores need calibration data (--calib)")
+        if val_windows is None or val_windows.dim() != 2 or val_windows.shape[0] == 0:
+            raise UserError("the evaluator needs validation windows, a [n, seqlen] tensor with n ≥ 1")
+        self.model, self.tokenizer, self.method = model, tokenizer, method
+        self.val_windows = val_windows
+        self.batch_size = batch_size
+        self.low_fidelity_windows = low_fidelity_windows
+        self.low_fidelity_margin = low_fidelity_margin
+        self.seed = seed
+        self.progress = progress
+        self.linears = model_linears(model)
+        stats = collect_stats(model, calib_ids, scorer.needs_hessian, batch_size) if scorer.needs_calibration else None
+        self._ranks: list[dict[str, torch.Tensor]] = []
+        self._dense: list[dict[str, torch.Tensor]] = []
+        self._scores: list[torch.Tensor] = []
+        for l, block in enumerate(self.linears):
+            ranks, dense, flat = {}, {}, []
+            for name, lin in block.items():
+                score = scorer.score(lin.weight, stats[name] if stats else None)
+                ranks[name] = row_ranks(score)
+                flat.append(score.reshape(-1).cpu())
+                dense[name] = lin.weight.detach().clone()
+                del score
+            self._ranks.append(ranks)
+            self._dense.append(dense)
+            self._scores.append(_subsample(torch.cat(flat), max_scores_per_block, seed + l))
+        del stats
+        self._touched: list[tuple[torch.nn.Linear, torch.Tensor]] = []
+        self._dense_ppl: float | None = None
+        self.best_low: float | None = None
+        self.last_fidelity: str | None = None
+        self.evaluations = 0
+        self.full_evaluations = 0
+        self.low_fidelity_rejections = 0
+        self.seconds = 0.0
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.linears)
+
+    def block_scores(self, max_per_block: int | None = None) -> list[torch.Tensor]:
+        """Per block, the flattened element-wise scores of all its linears (float32, CPU) — ``S_l``.
+
+        ``max_per_block`` returns a seeded random subset of that size (order kept)."""
+        return [_subsample(s, max_per_block, self.seed + l) for l, s in enumerate(self._scores)]
+
+    def param_counts(self) -> list[int]:
+        """Prunable weights per block."""
+        return [sum(lin.weight.numel() for lin in block.values()) for block in self.linears]
+
+    @torch.no_grad()
+    def apply(self, sparsities: Sequence[float]) -> None:
+        """Prune in place: in each row, zero the weights ranked below ``round(s_l·cols)``."""
+        values = check_sparsities(sparsities, self.n_blocks)
+        self.restore()
+        for s, block, ranks, dense in zip(values, self.linears, self._ranks, self._dense):
+            for name, lin in block.items():
+                k = prune_count(s, lin.in_features)
+                if k:
+                    self._touched.append((lin, dense[name]))
+                    lin.weight.masked_fill_(ranks[name] < k, 0)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Copy the dense weights back (bit-exact) into every linear that :meth:`apply` touched."""
+        for lin, dense in self._touched:
+            lin.weight.copy_(dense)
+        self._touched = []
+
+    def _nlls(self, windows: torch.Tensor) -> torch.Tensor:
+        return window_nlls(self.model, windows, self.batch_size, self.progress)
+
+    def _evaluate(self) -> float:
+        k, n = self.low_fidelity_windows, self.val_windows.shape[0]
+        if not k or k >= n:
+            self.last_fidelity = "full"
+            self.full_evaluations += 1
+            return perplexity_from_nlls(self._nlls(self.val_windows))
+        low = self._nlls(self.val_windows[:k])
+        low_ppl = perplexity_from_nlls(low)
+        if self.best_low is not None and not low_ppl <= self.best_low * (1.0 + self.low_fidelity_margin):
+            self.last_fidelity = "low"
+            self.low_fidelity_rejections += 1
+            return low_ppl
+        self.best_low = low_ppl if self.best_low is None else min(self.best_low, low_ppl)
+        self.last_fidelity = "full"
+        self.full_evaluations += 1
+        return perplexity_from_nlls(torch.cat([low, self._nlls(self.val_windows[k:])]))
+
+    def __call__(self, sparsities: Sequence[float]) -> float:
+        """Perplexity of the model pruned at ``sparsities`` (+inf if not finite); weights restored after."""
+        start = time.perf_counter()
+        try:
+            self.apply(sparsities)
+            value = self._evaluate()
+        finally:
+            self.restore()
+            self.evaluations += 1
+            self.seconds += time.perf_counter() - start
+        return value if math.isfinite(value) else math.inf
+
+    def dense_perplexity(self) -> float:
+        """Perplexity of the dense model on all validation windows (cached)."""
+        if self._dense_ppl is None:
+            self.restore()
+            self._dense_ppl = perplexity_from_nlls(self._nlls(self.val_windows))
+        return self._dense_ppl
