@@ -76,6 +76,28 @@ class SearchResult:
     best: Any = field(default=None, repr=False)
 
 
+def cx_one_point(ind1, ind2):
+    """Typed one-point crossover: swap two random subtrees of a common return type.
+
+    Same operator as ``gp.cxOnePoint``, but the common types are put in a fixed order before the
+    random pick: DEAP draws from a ``set`` of classes, whose order changes from one process to the
+    next, which would make a seeded run (and its resumption) irreproducible.
+    """
+    if len(ind1) < 2 or len(ind2) < 2:
+        return ind1, ind2
+    where1, where2 = {}, {}
+    for where, ind in ((where1, ind1), (where2, ind2)):
+        for i, node in enumerate(ind[1:], 1):
+            where.setdefault(node.ret, []).append(i)
+    common = [t for t in where1 if t in where2]  # first-appearance order in ind1: deterministic
+    if common:
+        type_ = random.choice(common)
+        slice1 = ind1.searchSubtree(random.choice(where1[type_]))
+        slice2 = ind2.searchSubtree(random.choice(where2[type_]))
+        ind1[slice1], ind2[slice2] = ind2[slice2], ind1[slice1]
+    return ind1, ind2
+
+
 def same_formula(a, b) -> bool:
     """Hall-of-fame similarity: the same canonical formula."""
     return a.key == b.key
@@ -129,7 +151,7 @@ class Search:
         tb = base.Toolbox()
         tb.register("expr", half_and_half, pset=pset, min_=cfg.init_min_height, max_=cfg.init_max_height)
         tb.register("select", tools.selTournament, tournsize=cfg.tournament)
-        tb.register("mate", gp.cxOnePoint)
+        tb.register("mate", cx_one_point)
         tb.register("mutate", self._mutate)
         for op in ("mate", "mutate"):
             tb.decorate(op, gp.staticLimit(key=lambda t: t.height, max_value=cfg.max_height))

@@ -15,8 +15,6 @@ from .record import Prim
 from .symbols import real_function
 from .types import Allocation, Spread, Temperature, Value
 
-BISECTION_STEPS = 80
-
 
 @dataclass(frozen=True)
 class AllocationContext:
@@ -40,22 +38,46 @@ def project_to_target(raw: torch.Tensor, weights: torch.Tensor, target: float,
                       lo: float = 0.0, hi: float = 0.99) -> torch.Tensor:
     """Shift ``raw`` by one constant ``c`` so that ``clip(raw + c, lo, hi)`` has weighted mean ``target``.
 
-    The weighted mean of the clipped vector grows monotonically with ``c``, so bisection finds ``c``;
-    the result keeps the order of ``raw`` and is exact to ~1e-15. Non-finite input → uniform target.
+    The weighted mean of the clipped vector grows monotonically and piecewise linearly with ``c``; its
+    knots are the shifts at which a layer reaches ``lo`` or ``hi``. A binary search over the knots finds
+    the piece where the mean reaches the target, and a linear solve on that piece gives the result. Each
+    knot is evaluated relative to its own layer (``raw − raw_j``), so huge inputs (``1e300`` beside
+    ``0.5``) lose no precision. The result keeps the order of ``raw`` and is exact to ~1e-15.
+    Non-finite input → uniform target.
     """
     raw = raw.detach().to(device="cpu", dtype=torch.float64)
     w = weights.detach().to(device="cpu", dtype=torch.float64)
     w = w / w.sum()
     if not bool(torch.isfinite(raw).all()):
         return torch.full_like(raw, target)
-    a, b = lo - float(raw.max()), hi - float(raw.min())
-    for _ in range(BISECTION_STEPS):
-        c = 0.5 * (a + b)
-        if float((w * (raw + c).clamp(lo, hi)).sum()) < target:
-            a = c
+    if target <= lo or target >= hi:  # every layer at the bound (weights are positive)
+        return torch.full_like(raw, min(max(target, lo), hi))
+    values = raw.tolist()
+    # (shift c, tie-breakers, bound, layer): layer j reaches `bound` at c = bound − raw_j
+    knots = sorted((bound - v, -v, bound, j) for j, v in enumerate(values) for bound in (lo, hi))
+
+    def clipped(knot):
+        _, _, bound, j = knot
+        return ((raw - values[j]) + bound).clamp(lo, hi)
+
+    a, b = 0, len(knots) - 1  # first knot: every layer at lo (< target); last: every layer at hi
+    while b - a > 1:
+        m = (a + b) // 2
+        if float((w * clipped(knots[m])).sum()) < target:
+            a = m
         else:
-            b = c
-    out = (raw + 0.5 * (a + b)).clamp(lo, hi)
+            b = m
+    start, end = clipped(knots[a]), clipped(knots[b])
+    at_hi, at_lo = start >= hi, end <= lo
+    free = ~(at_hi | at_lo)
+    if not bool(free.any()):
+        out = end
+    else:
+        rel = raw - values[int(free.nonzero()[0])]
+        rest = target - hi * float(w[at_hi].sum()) - lo * float(w[at_lo].sum())
+        d = (rest - float((w[free] * rel[free]).sum())) / float(w[free].sum())
+        out = torch.where(at_hi, torch.full_like(raw, hi), torch.where(at_lo, torch.full_like(raw, lo), rel + d))
+        out = out.clamp(lo, hi)
     # Remove the last rounding residue on the layers that are not at a bound.
     free = (out > lo) & (out < hi)
     err = float((w * out).sum()) - target

@@ -102,6 +102,9 @@ def _eval(e, symbols, named, ctx):
         return symbols[e]
     if e.is_Number or e in (sp.pi, sp.E):
         return torch.tensor(float(e), dtype=torch.float64)
+    if e.is_number:  # any other constant (I, zoo, log(-1), …): its value, nan where it is not real
+        v = complex(e)
+        return torch.tensor(v.real if v.imag == 0 else math.nan, dtype=torch.float64)
     args = [_eval(a, symbols, named, ctx) for a in e.args]
     if e.is_Add:
         return _fold(torch.add, args)

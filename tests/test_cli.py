@@ -1,0 +1,77 @@
+"""The ``dsa`` command as a user meets it: synthetic search end to end, show, kill + resume, bad input."""
+import json
+import pickle
+import subprocess
+import sys
+import time
+
+import pytest
+
+DSA = [sys.executable, "-m", "dsa.cli"]
+SYNTHETIC = ["search", "--task", "synthetic", "--population", "16", "--seed", "3", "--no-progress"]
+
+
+def dsa(*args, **kw):
+    return subprocess.run([*DSA, *map(str, args)], capture_output=True, text=True, timeout=300, **kw)
+
+
+def hall_of_fame(run_dir):
+    return [(r["tree"], r["fitness"]) for r in json.loads((run_dir / "hall_of_fame.json").read_text())]
+
+
+def test_synthetic_search_writes_run_folder_and_show_prints_it(tmp_path):
+    run = tmp_path / "run"
+    out = dsa(*SYNTHETIC, "--generations", 3, "--run-dir", run)
+    assert out.returncode == 0, out.stderr
+    for name in ("config.json", "checkpoint.pkl", "hall_of_fame.json", "logbook.csv", "fitness.png", "allocation.png"):
+        assert (run / name).stat().st_size > 0, name
+    rows = json.loads((run / "hall_of_fame.json").read_text())
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    assert all(a["fitness"] <= b["fitness"] for a, b in zip(rows, rows[1:]))
+    assert len(rows[0]["output"]) == 12 and rows[0]["formula"] and rows[0]["latex"]
+    shown = dsa("show", run, "--top", 3)
+    assert shown.returncode == 0, shown.stderr
+    assert rows[0]["formula"][:40] in shown.stdout and "per-layer sparsity" in shown.stdout
+    again = dsa(*SYNTHETIC, "--generations", 3, "--run-dir", run)
+    assert again.returncode == 2 and "--resume" in again.stderr  # never overwrite a run
+
+
+def test_killed_run_resumes_to_the_same_hall_of_fame(tmp_path):
+    generations = 60
+    reference = tmp_path / "reference"
+    assert dsa(*SYNTHETIC, "--generations", generations, "--run-dir", reference).returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*DSA, *SYNTHETIC, "--generations", str(generations), "--run-dir", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        logbook = killed / "logbook.csv"
+        if logbook.exists() and len(logbook.read_text().splitlines()) >= 4:  # header + generations 0..2
+            break
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    with open(killed / "checkpoint.pkl", "rb") as f:
+        gen_at_kill = pickle.load(f)["gen"]
+    assert 2 <= gen_at_kill < generations, "the run must really have been interrupted"
+
+    resumed = dsa("search", "--resume", killed, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert hall_of_fame(killed) == hall_of_fame(reference)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["search", "--task", "synthetic", "--sparsity", "1.5"], "sparsity must be in [0, 1)"),
+    (["search", "--task", "synthetic", "--population", "abc"], "positive integer"),
+    (["search", "--task", "synthetic", "--elitism", "50"], "elitism"),
+    (["search", "--resume", "/nonexistent/run"], "no config.json"),
+    (["show", "/nonexistent/run"], "not a run folder"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(args, needle, tmp_path):
+    out = dsa(*args, cwd=tmp_path)
+    assert out.returncode == 2
+    assert needle in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert not any(tmp_path.iterdir()), "nothing written on bad input"
