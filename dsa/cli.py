@@ -48,13 +48,34 @@ def _model_args(p: argparse.ArgumentParser, *, pruning: bool = True) -> None:
     g.add_argument("--data", default="wikitext2", help="perplexity text: wikitext2 or a local .txt/.parquet/.json file")
     g.add_argument("--calib", default="c4", help="calibration text: c4 or a local file")
     g.add_argument("--data-dir", help="folder holding wikitext-2/ and c4/ files for offline use")
-    g.add_argument("--seqlen", type=positive_int, default=512, help="perplexity window length (papers: 2048)")
+    g.add_argument("--seqlen", type=positive_int, help="perplexity window length (default: 2048 as in the papers "
+                                                       "on CUDA, 512 on CPU)")
+    g.add_argument("--max-scores-per-layer", type=int, default=2**18,
+                   help="score elements per layer that the allocation function reads: a seeded random "
+                        "subset (default 262144; 0 = all, exact but slow on CPU)")
     g.add_argument("--batch-size", type=positive_int, default=1)
     if pruning:
         g.add_argument("--method", default="wanda", help=f"pruner and scores: {', '.join(METHODS)}")
         g.add_argument("--sparsity", type=sparsity, default=0.7, help="target mean sparsity in [0, 1) (default 0.7)")
-        g.add_argument("--nsamples", type=positive_int, default=16, help="calibration samples (papers: 128)")
-        g.add_argument("--calib-seqlen", type=positive_int, default=512, help="calibration sample length (papers: 2048)")
+        g.add_argument("--nsamples", type=positive_int, help="calibration samples (default: 128 as in the papers "
+                                                              "on CUDA, 16 on CPU)")
+        g.add_argument("--calib-seqlen", type=positive_int, help="calibration sample length (default: 2048 on "
+                                                                 "CUDA, 512 on CPU)")
+
+
+PAPER_SIZES = {"nsamples": 128, "calib_seqlen": 2048, "seqlen": 2048}  # Wanda/SparseGPT/DSA, on a GPU
+CPU_SIZES = {"nsamples": 16, "calib_seqlen": 512, "seqlen": 512}      # so that a laptop CPU run takes minutes
+
+
+def fill_size_defaults(args: argparse.Namespace) -> None:
+    """Sizes left unset get the papers' values on CUDA and smaller ones on CPU."""
+    import torch
+    cuda = torch.cuda.is_available() and args.device in ("auto", "cuda") or str(args.device).startswith("cuda:")
+    for name, value in (PAPER_SIZES if cuda else CPU_SIZES).items():
+        if getattr(args, name, value) is None:
+            setattr(args, name, value)
+    if getattr(args, "max_scores_per_layer", None) == 0:
+        args.max_scores_per_layer = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,14 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", choices=("llm", "synthetic"), default="llm",
                    help="llm: prune a real model (default); synthetic: a known-optimum toy task that runs in seconds")
     _model_args(s)
-    s.add_argument("--val-windows", type=positive_int, default=4, help="validation windows per fitness evaluation")
+    s.add_argument("--val-windows", type=positive_int, default=2,
+                   help="validation windows per fitness evaluation (default 2; more = less noisy, slower)")
     s.add_argument("--low-fidelity-windows", type=positive_int,
                    help="multi-fidelity: evaluate this many windows first, the rest only for competitive candidates")
-    s.add_argument("--max-scores-per-layer", type=positive_int,
-                   help="subsample each layer's scores for the allocation function (default: all)")
     g = s.add_argument_group("search")
-    g.add_argument("--population", type=positive_int, default=12, help="individuals per generation (default 12)")
-    g.add_argument("--generations", type=int, help="generations after the first (default 5; with --resume: keep the run's)")
+    g.add_argument("--population", type=positive_int, default=10, help="individuals per generation (default 10)")
+    g.add_argument("--generations", type=int, help="generations after the first (default 4; with --resume: keep the run's)")
     g.add_argument("--mode", choices=("evolution", "random"), default="evolution")
     for name in ("cxpb", "mutpb"):
         g.add_argument(f"--{name}", type=float, default=getattr(DEFAULTS, name))
@@ -108,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command != "show":
+            fill_size_defaults(args)
         if args.command == "show":
             from .show import show
             print(show(args.run, args.top, args.notation))

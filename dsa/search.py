@@ -15,7 +15,7 @@ from .problem import allocation_problem
 from .runs import new_run_dir, write_json
 from .show import show
 
-DEFAULT_GENERATIONS = 5
+DEFAULT_GENERATIONS = 4
 NOT_SAVED = {"resume", "no_progress", "run_dir", "command"}
 
 

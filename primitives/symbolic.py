@@ -24,7 +24,7 @@ def _to_sympy(tree, i, pset):
     if not isinstance(node, gp.Primitive):
         if isinstance(node.value, str) and node.value in pset.symbols:
             return pset.symbols[node.value], i + 1
-        return sp.Float(float(node.value), 6), i + 1
+        return sp.Float(float(node.value)), i + 1
     args, j = [], i + 1
     for _ in range(node.arity):
         a, j = _to_sympy(tree, j, pset)
@@ -62,15 +62,22 @@ class Formula:
 
     @property
     def text(self) -> str:
-        return sp.sstr(sp.N(self.expr, 4), full_prec=False)
+        return sp.sstr(_rounded(self.expr), full_prec=False)
 
     @property
     def pretty(self) -> str:
-        return sp.pretty(sp.N(self.expr, 4), use_unicode=True)
+        return sp.pretty(_rounded(self.expr), use_unicode=True)
 
     @property
     def latex(self) -> str:
-        return sp.latex(sp.N(self.expr, 4))
+        return sp.latex(_rounded(self.expr))
+
+
+def _rounded(expr: sp.Expr, digits: int = 4) -> sp.Expr:
+    """``expr`` with its numbers shown to ``digits`` significant digits (the tree's constants are
+    kept at full precision in the expression itself, so that it computes what the tree computes)."""
+    expr = sp.N(expr, digits)
+    return expr.xreplace({f: sp.Float(f, digits) for f in expr.atoms(sp.Float)})
 
 
 # --- numeric evaluation of SymPy expressions (mathematical, unprotected semantics) ---------------
@@ -79,6 +86,8 @@ _TORCH_FUNCS = {
     sp.exp: torch.exp, sp.log: torch.log, sp.Abs: torch.abs, sp.sin: torch.sin, sp.cos: torch.cos,
     sp.tan: torch.tan, sp.asin: torch.asin, sp.acos: torch.acos, sp.atan: torch.atan,
     sp.tanh: torch.tanh, sp.sign: torch.sign, sp.sinh: torch.sinh, sp.cosh: torch.cosh,
+    # simplify may wrap a real value in re()/im(); the values here are real (or nan where they are not)
+    sp.re: lambda x: x, sp.im: lambda x: x * 0,
 }
 
 
