@@ -11,11 +11,11 @@ import torch
 from evaluators.baselines import BASELINES
 from evaluators.calibration import collect_stats
 from evaluators.data import calibration_batch, load_split, token_windows
-from evaluators.fitness import PruningEvaluator, _subsample
+from evaluators.fitness import PruningEvaluator, subsample_scores
 from evaluators.models import load_model, model_linears, save_pruned
 from evaluators.perplexity import perplexity
 from evaluators.pruners import measured_sparsity, prune
-from evaluators.scores import get_scorer
+from evaluators.scores import compute_scores, get_scorer
 from primitives import LayerAllocator
 
 from .allocations import allocate
@@ -78,10 +78,9 @@ def score_source(model, method: str, calib: torch.Tensor | None, batch_size: int
     """Element-wise scores per block, subsampled exactly as the search evaluator does (same seed)."""
     scorer = get_scorer(method)
     stats = collect_stats(model, calib, scorer.needs_hessian, batch_size) if scorer.needs_calibration else None
-    scores = [_subsample(torch.cat([scorer.score(lin.weight, stats[name] if stats else None).reshape(-1).float().cpu()
-                                    for name, lin in block.items()]), max_per_block, seed + l)
-              for l, block in enumerate(model_linears(model))]
-    return ScoreSource(model, scores)
+    flat = [torch.cat([s.reshape(-1).float().cpu() for s in block.values()])
+            for block in compute_scores(model, method, stats)]
+    return ScoreSource(model, [subsample_scores(s, max_per_block, seed + l) for l, s in enumerate(flat)])
 
 
 def resolve_allocation(spec: str, source: ScoreSource, target: float) -> tuple[list[float], str | None]:

@@ -16,7 +16,7 @@ from primitives.postprocess import project_to_target
 from .errors import UserError
 from .models import model_linears
 
-GLOBAL_MAX_SCORES = 2**27  # kthvalue input limit; above it every block is subsampled proportionally
+GLOBAL_MAX_SCORES = 2**27  # above this many scores in total, global_threshold subsamples every block
 
 
 class AllocationSource(Protocol):
@@ -46,13 +46,13 @@ def uniform(ctx: AllocationSource, target: float, lo: float = 0.0, hi: float = 0
 def global_threshold(ctx: AllocationSource, target: float, lo: float = 0.0, hi: float = 0.99,
                      max_per_block: int | None = None) -> list[float]:
     """One score threshold for the whole model: block sparsity = share of its scores below the
-    global ``target`` quantile (``torch.kthvalue``). With more than 2²⁷ scores in total every block
-    is subsampled proportionally to its size first (seeded, see ``block_scores``)."""
+    global ``target`` quantile (``torch.kthvalue``, not ``torch.quantile``, which stops at 2²⁴).
+    With more than 2²⁷ scores in total, each block contributes a seeded subsample of at most
+    2²⁷/L of them (see ``block_scores``); the final projection restores the exact weighted mean."""
     _check_target(target, lo, hi)
     counts = ctx.param_counts()
-    total = sum(counts)
-    if max_per_block is None and total > GLOBAL_MAX_SCORES:
-        max_per_block = GLOBAL_MAX_SCORES * max(counts) // total
+    if max_per_block is None and sum(counts) > GLOBAL_MAX_SCORES:
+        max_per_block = GLOBAL_MAX_SCORES // len(counts)
     scores = [s.float().reshape(-1) for s in ctx.block_scores(max_per_block)]
     flat = torch.cat(scores)
     k = min(max(1, round(target * flat.numel())), flat.numel())

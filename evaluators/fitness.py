@@ -31,7 +31,7 @@ from .pruners import check_sparsities
 from .scores import get_scorer
 
 
-def _subsample(scores: torch.Tensor, limit: int | None, seed: int) -> torch.Tensor:
+def subsample_scores(scores: torch.Tensor, limit: int | None, seed: int) -> torch.Tensor:
     """A seeded random subset of ``limit`` elements (kept in their original order), or all of them."""
     if limit is None or scores.numel() <= limit:
         return scores
@@ -80,7 +80,7 @@ class PruningEvaluator:
                 del score
             self._ranks.append(ranks)
             self._dense.append(dense)
-            self._scores.append(_subsample(torch.cat(flat), max_scores_per_block, seed + l))
+            self._scores.append(subsample_scores(torch.cat(flat), max_scores_per_block, seed + l))
         del stats
         self._touched: list[tuple[torch.nn.Linear, torch.Tensor]] = []
         self._dense_ppl: float | None = None
@@ -99,7 +99,7 @@ class PruningEvaluator:
         """Per block, the flattened element-wise scores of all its linears (float32, CPU) — ``S_l``.
 
         ``max_per_block`` returns a seeded random subset of that size (order kept)."""
-        return [_subsample(s, max_per_block, self.seed + l) for l, s in enumerate(self._scores)]
+        return [subsample_scores(s, max_per_block, self.seed + l) for l, s in enumerate(self._scores)]
 
     def param_counts(self) -> list[int]:
         """Prunable weights per block."""

@@ -85,7 +85,7 @@ class SparseGPTPruner(Pruner):
                 q = w.masked_fill(mask1[:, i], 0.0)
                 Q1[:, i] = q
                 err1 = (w - q) / Hinv1[i, i]
-                W1[:, i:] -= err1[:, None] * Hinv1[i, i:][None, :]
+                W1[:, i:].addr_(err1, Hinv1[i, i:], alpha=-1.0)
                 Err1[:, i] = err1
             W[:, i1:i2] = Q1
             W[:, i2:] -= Err1 @ hinv[i1:i2, i2:]

@@ -287,12 +287,11 @@ class Search:
                             best=hof[0] if len(hof) else None)
 
     def _record(self, logbook, gen, pop, hof, counts, t0):
-        values = np.array([ind.fitness.values[0] for ind in pop], dtype=float)
-        finite = values[np.isfinite(values)]
+        stats = tools.Statistics(lambda ind: ind.fitness.values[0])
+        stats.register("min", np.min)
+        stats.register("median", np.median)
         logbook.record(
-            gen=gen, **counts, total_evals=self.evaluations,
-            min=float(finite.min()) if finite.size else WORST,
-            median=float(np.median(values)),
+            gen=gen, **counts, total_evals=self.evaluations, **stats.compile(pop),
             best=float(hof[0].fitness.values[0]) if len(hof) else WORST,
             hit_rate=round(self.cache.hit_rate, 4),
             seconds=round(time.perf_counter() - t0, 3),

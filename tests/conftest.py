@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny seeded random LLaMA and token windows for it."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+TINY_VOCAB = 256
+
+
+def make_tiny_llama(seed: int = 0, layers: int = 4) -> LlamaForCausalLM:
+    """A seeded random LlamaForCausalLM (hidden 64, MLP 128, 4 heads / 2 KV heads), eval, no grads."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return LlamaForCausalLM(config).eval().requires_grad_(False)
+
+
+@pytest.fixture
+def tiny_llama():
+    """The tiny model, run single-threaded (thread start-up costs more than 64-wide matmuls)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield make_tiny_llama()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_calib() -> torch.Tensor:
+    return torch.randint(0, TINY_VOCAB, (4, 64), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture
+def tiny_val() -> torch.Tensor:
+    return torch.randint(0, TINY_VOCAB, (4, 64), generator=torch.Generator().manual_seed(2))

@@ -1,0 +1,224 @@
+"""The evolutionary search on the synthetic allocation task: reproducible, better than random search,
+cached, robust to invalid candidates, resumable from its checkpoint, and writing its run folder."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+
+import pytest
+import torch
+from deap import creator
+
+import gp
+from dsa.problem import allocation_problem
+from dsa.synthetic import synthetic_task
+from primitives import parse_tree
+
+LOG_COLUMNS = {"gen", "evals", "formula_hits", "output_hits", "invalid", "total_evals", "min", "median", "best",
+               "hit_rate", "seconds"}
+HOF_KEYS = {"rank", "fitness", "tree", "formula", "latex", "size", "height", "output"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Small tensors: one thread is fastest, and avoids oversubscription on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return synthetic_task()
+
+
+class CountingFitness:
+    """Wraps a fitness and records every output it is called with."""
+
+    def __init__(self, fitness):
+        self.fitness = fitness
+        self.calls: list[torch.Tensor] = []
+
+    def __call__(self, output):
+        self.calls.append(output)
+        return self.fitness(output)
+
+
+def _run(task, run_dir=None, resume=False, **settings):
+    allocator, fitness = task
+    search = gp.Search(allocation_problem(allocator, fitness), gp.SearchConfig(**settings), run_dir=run_dir)
+    return search.run(resume=resume)
+
+
+def _hof(result):
+    return [(row["tree"], row["fitness"]) for row in result.hall_of_fame]
+
+
+def _log(result):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in result.logbook]
+
+
+# (a) ----------------------------------------------------------------------------------------------
+
+def test_same_seed_same_run_other_seed_other_run(task):
+    a = _run(task, population=20, generations=5, seed=11)
+    b = _run(task, population=20, generations=5, seed=11)
+    c = _run(task, population=20, generations=5, seed=12)
+    assert _hof(a) == _hof(b)
+    assert _log(a) == _log(b)
+    assert a.evaluations == b.evaluations
+    assert _hof(a) != _hof(c)
+    assert [r["tree"] for r in a.hall_of_fame] != [r["tree"] for r in c.hall_of_fame]
+
+
+# (b) ----------------------------------------------------------------------------------------------
+
+def test_evolution_beats_random_search_with_the_same_budget(task):
+    """Over six seeds (not picked), population 30, 25 generations.
+
+    Measured (seeds 1–6): evolution 1.14, 0.17, 0.17, 2.30, 2.48, 4.45; random 0.43, 2.43, 2.46, 3.05,
+    2.08, 2.77. Evolution is bimodal: it either finds the hidden formula's basin (kurtosis of log |S|)
+    and tunes λ to ≈ 0.17, or settles on a plateau; random search never gets below 0.4.
+    """
+    seeds = range(1, 7)
+    evo = [_run(task, population=30, generations=25, seed=s).hall_of_fame[0]["fitness"] for s in seeds]
+    rnd = [_run(task, population=30, generations=25, seed=s, mode="random").hall_of_fame[0]["fitness"] for s in seeds]
+    print(f"\n  evolution {[round(v, 3) for v in evo]}\n  random    {[round(v, 3) for v in rnd]}")
+    assert statistics.median(evo) < statistics.median(rnd) - 0.3
+    assert sum(v < 0.3 for v in evo) >= 2
+    assert sum(v < 0.3 for v in evo) > sum(v < 0.3 for v in rnd)
+
+
+# (c) ----------------------------------------------------------------------------------------------
+
+def test_cache_skips_repeated_formulas_and_allocations(task):
+    allocator, fitness = task
+    counting = CountingFitness(fitness)
+    population, generations = 24, 8
+    search = gp.Search(allocation_problem(allocator, counting),
+                       gp.SearchConfig(population=population, generations=generations, seed=5))
+    result = search.run()
+    assert len(counting.calls) == result.evaluations
+    assert result.evaluations < population * (generations + 1)
+    keys = [gp.rounded_key(out) for out in counting.calls]
+    assert len(set(keys)) == len(keys), "the same rounded allocation was evaluated twice"
+    log = result.logbook
+    assert all("hit_rate" in row for row in log)
+    assert log[-1]["hit_rate"] > 0
+    assert log[-1]["total_evals"] == result.evaluations == sum(row["evals"] for row in log)
+    cache = result.cache
+    assert cache.hit_rate == pytest.approx(log[-1]["hit_rate"], abs=1e-4)
+    assert cache.misses == result.evaluations
+
+
+def test_without_cache_every_new_candidate_is_evaluated(task):
+    allocator, fitness = task
+    counting = CountingFitness(fitness)
+    result = gp.Search(allocation_problem(allocator, counting),
+                       gp.SearchConfig(population=16, generations=3, seed=5, cache=False)).run()
+    log = result.logbook
+    assert len(counting.calls) == result.evaluations
+    assert sum(row["formula_hits"] + row["output_hits"] for row in log) == 0
+    assert result.evaluations + sum(row["invalid"] for row in log) >= 16  # all of generation 0 at least
+
+
+# (d) ----------------------------------------------------------------------------------------------
+
+def test_invalid_candidates_get_the_worst_fitness(task):
+    allocator, fitness = task
+    pset = allocator.pset
+    search = gp.Search(allocation_problem(allocator, fitness), gp.SearchConfig(population=4, generations=0))
+    texts = [
+        "dsa(r_mean(p_square(p_exp(p_exp(S)))), 0.1)",   # overflows to inf in float32: invalid
+        "dsa(t_sqrt(r_kurt(p_abslog(S))), 0.12)",        # the hidden formula: fitness 0
+        "rank(r_var(S), 0.1)",
+    ]
+    inds = [creator.Individual(parse_tree(t, pset)) for t in texts]
+    counts = search.evaluate(inds)
+    assert inds[0].fitness.values[0] == math.inf
+    assert inds[1].fitness.values[0] == pytest.approx(0.0, abs=1e-9)
+    assert math.isfinite(inds[2].fitness.values[0])
+    assert counts["invalid"] == 1 and counts["evals"] == 2
+
+
+def test_search_survives_a_decode_that_rejects_everything_or_half(task):
+    allocator, fitness = task
+    counting = CountingFitness(fitness)
+    reject_all = allocation_problem(allocator, counting)
+    reject_all.decode = lambda tree: None
+    result = gp.Search(reject_all, gp.SearchConfig(population=10, generations=3, seed=1)).run()
+    assert counting.calls == [] and result.evaluations == 0
+    assert all(row["fitness"] == math.inf for row in result.hall_of_fame)
+    assert all(row["min"] == math.inf for row in result.logbook)
+
+    half = allocation_problem(allocator, fitness)
+    decode = half.decode
+    half.decode = lambda tree: None if tree[0].name == "softmax" else decode(tree)
+    result = gp.Search(half, gp.SearchConfig(population=20, generations=4, seed=2)).run()
+    assert math.isfinite(result.hall_of_fame[0]["fitness"])
+    assert all(row["tree"].startswith(("dsa", "rank")) for row in result.hall_of_fame
+               if math.isfinite(row["fitness"]))
+    assert sum(row["invalid"] for row in result.logbook) > 0
+
+
+def test_non_finite_fitness_counts_as_worst(task):
+    allocator, _ = task
+    problem = allocation_problem(allocator, lambda s: float("nan"))
+    result = gp.Search(problem, gp.SearchConfig(population=6, generations=1, seed=0)).run()
+    assert all(row["fitness"] == math.inf for row in result.hall_of_fame)
+
+
+# (e), (f) -------------------------------------------------------------------------------------------
+
+def test_resume_continues_to_the_uninterrupted_result(task, tmp_path):
+    settings = dict(population=16, seed=21)
+    first = _run(task, run_dir=tmp_path, generations=4, **settings)
+    assert [row["gen"] for row in first.logbook] == list(range(5))
+    # run the uninterrupted search in between, so that the random state left over in this process is
+    # not the checkpoint's: the resumed run must restore it
+    straight = _run(task, generations=8, **settings)
+    resumed = _run(task, run_dir=tmp_path, resume=True, generations=8, **settings)
+    assert _hof(resumed) == _hof(straight)
+    assert _log(resumed) == _log(straight)
+    assert resumed.evaluations == straight.evaluations
+    # the run folder holds the full 8-generation run
+    rows = list(csv.DictReader(open(tmp_path / "logbook.csv")))
+    assert [int(r["gen"]) for r in rows] == list(range(9))
+
+
+def test_resume_refuses_changed_settings(task, tmp_path):
+    _run(task, run_dir=tmp_path, population=10, generations=1, seed=3)
+    with pytest.raises(ValueError, match="population"):
+        _run(task, run_dir=tmp_path, resume=True, population=12, generations=2, seed=3)
+    with pytest.raises(ValueError):
+        _run(task, run_dir=tmp_path, resume=True, population=10, generations=2, seed=4)
+
+
+def test_resume_without_checkpoint_starts_fresh(task, tmp_path):
+    a = _run(task, run_dir=tmp_path / "new", resume=True, population=10, generations=2, seed=3)
+    b = _run(task, population=10, generations=2, seed=3)
+    assert _hof(a) == _hof(b)
+
+
+def test_run_folder_files(task, tmp_path):
+    result = _run(task, run_dir=tmp_path, population=12, generations=3, seed=8, hof_size=5)
+    hof = json.loads((tmp_path / "hall_of_fame.json").read_text())
+    assert 1 <= len(hof) <= 5
+    assert all(set(row) == HOF_KEYS for row in hof)
+    assert [row["rank"] for row in hof] == list(range(1, len(hof) + 1))
+    assert [row["fitness"] for row in hof] == sorted(row["fitness"] for row in hof)
+    assert [row["tree"] for row in hof] == [row["tree"] for row in result.hall_of_fame]
+    assert len({row["tree"] for row in hof}) == len(hof)
+    best = hof[0]
+    assert len(best["output"]) == 12 and isinstance(best["formula"], str) and best["formula"]
+    with open(tmp_path / "logbook.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert set(reader.fieldnames) == LOG_COLUMNS
+        rows = list(reader)
+    assert [int(r["gen"]) for r in rows] == [0, 1, 2, 3]
+    assert float(rows[-1]["best"]) == pytest.approx(hof[0]["fitness"])
+    assert (tmp_path / "checkpoint.pkl").stat().st_size > 0
+    assert not list(tmp_path.glob(".*.tmp"))
