@@ -18,10 +18,13 @@ def has_reduction(tree: gp.PrimitiveTree) -> bool:
 def allocation_problem(allocator: LayerAllocator, fitness: Callable[[torch.Tensor], float]) -> Problem:
     """A GP :class:`~gp.Problem` whose output is the per-layer sparsity vector of a tree.
 
-    Candidates with non-finite importances decode to ``None`` (the worst fitness).
+    Candidates with non-finite importances decode to ``None`` (the worst fitness), and so do
+    candidates that give the uniform allocation: uniform is the baseline, not a discovery, and the
+    many formulas that cannot tell layers apart (constants, scale-free statistics of normalised
+    scores) would otherwise fill the population with copies of it.
     """
     def decode(tree):
         result = allocator(tree)
-        return result.sparsities if result.valid else None
+        return result.sparsities if result.valid and not result.uniform else None
 
     return Problem(pset=allocator.pset, decode=decode, fitness=fitness, valid=has_reduction)

@@ -10,7 +10,7 @@ class SearchConfig:
     generations: int = 10         # generations after the initial population
     cxpb: float = 0.7             # probability that a pair of offspring is crossed over
     mutpb: float = 0.3            # probability that an offspring is mutated
-    tournament: int = 3           # tournament size of the selection
+    tournament: int = 2           # tournament size (2: mild pressure; 3 collapsed onto one formula in tests)
     elitism: int = 2              # best individuals copied unchanged into the next generation
     hof_size: int = 10            # distinct formulas kept in the hall of fame
     init_min_height: int = 3      # initial trees: height range (the 4 stages need ≥ 3)

@@ -25,6 +25,11 @@ class AllocationResult:
     valid: bool
     error: str | None = None
 
+    @property
+    def uniform(self) -> bool:
+        """True when every layer got the target (the importances did not tell the layers apart)."""
+        return bool((self.sparsities - self.sparsities[0]).abs().max() < 1e-12)
+
     def tolist(self) -> list[float]:
         return [float(s) for s in self.sparsities]
 

@@ -15,6 +15,8 @@ from .record import Prim
 from .symbols import real_function
 from .types import Allocation, Spread, Temperature, Value
 
+CONSTANT_TOL = 1e-5  # importances whose range is below this share of their magnitude count as constant
+
 
 @dataclass(frozen=True)
 class AllocationContext:
@@ -87,7 +89,10 @@ def project_to_target(raw: torch.Tensor, weights: torch.Tensor, target: float,
 
 
 def _finite_unit(v: torch.Tensor) -> torch.Tensor | None:
-    """Importances scaled to [0, 1] by min-max (None when not finite; constant → all 0.5)."""
+    """Importances scaled to [0, 1] by min-max (None when not finite; constant → all 0.5).
+
+    "Constant" is relative: a range below ``CONSTANT_TOL`` × max |v| is rounding noise of the
+    float32 reductions (e.g. ``l2(zscore(S))`` = √N in every layer), not a signal to allocate by."""
     v = v.detach().to(device="cpu", dtype=torch.float64)
     if not bool(torch.isfinite(v).all()):
         return None
@@ -95,7 +100,7 @@ def _finite_unit(v: torch.Tensor) -> torch.Tensor | None:
     if scale > 0:
         v = v / scale  # keeps max − min finite for huge values
     span = float(v.max() - v.min())
-    if span <= 0:
+    if span <= CONSTANT_TOL:
         return torch.full_like(v, 0.5)
     return (v - v.min()) / span
 
