@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from primitives import FormulaError, LayerAllocator, parse_tree
+from primitives import FormulaError, LayerAllocator, build_pset, parse_tree
 
 from .errors import UserError
 
@@ -38,6 +38,21 @@ def formula_for(spec: str) -> str | None:
     return spec
 
 
+def check_allocation(spec: str) -> None:
+    """Fail early (before any model is loaded) on an allocation that cannot be used."""
+    if spec in MODEL_BASELINES or spec == "uniform":
+        return
+    _parse(formula_for(spec), spec, build_pset())
+
+
+def _parse(text: str, spec: str, pset):
+    try:
+        return parse_tree(text, pset)
+    except FormulaError as exc:
+        raise UserError(f"--allocation {spec!r} is neither a known name ({', '.join(names())}), "
+                        f"a run folder, nor a valid formula: {exc}") from None
+
+
 def allocate(spec: str, allocator: LayerAllocator) -> tuple[list[float], str | None]:
     """Per-layer sparsities for ``spec`` on the allocator's scores and target; the formula used.
 
@@ -48,12 +63,7 @@ def allocate(spec: str, allocator: LayerAllocator) -> tuple[list[float], str | N
     text = formula_for(spec)
     if text is None:
         raise UserError(f"{spec} needs the model (use it with dsa prune/eval)")
-    try:
-        tree = parse_tree(text, allocator.pset)
-    except FormulaError as exc:
-        raise UserError(f"--allocation {spec!r} is neither a known name ({', '.join(names())}), "
-                        f"a run folder, nor a valid formula: {exc}") from None
-    result = allocator(tree)
+    result = allocator(_parse(text, spec, allocator.pset))
     if not result.valid:
         raise UserError(f"formula {text!r} gives non-finite layer importances on this model ({result.error})")
     return result.tolist(), text

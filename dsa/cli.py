@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command != "show":
             fill_size_defaults(args)
+        if getattr(args, "no_progress", False):
+            import transformers
+            transformers.utils.logging.disable_progress_bar()
         if args.command == "show":
             from .show import show
             print(show(args.run, args.top, args.notation))

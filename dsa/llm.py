@@ -18,7 +18,7 @@ from evaluators.pruners import measured_sparsity, prune
 from evaluators.scores import compute_scores, get_scorer
 from primitives import LayerAllocator
 
-from .allocations import allocate
+from .allocations import allocate, check_allocation
 from .errors import UserError
 from .runs import write_json
 
@@ -93,6 +93,8 @@ def resolve_allocation(spec: str, source: ScoreSource, target: float) -> tuple[l
 
 def prune_model(args: argparse.Namespace):
     """Load, allocate and prune (exact sequential mode) → (model, tokenizer, record)."""
+    if args.allocation not in BASELINES:
+        check_allocation(args.allocation)
     model, tokenizer = load(args)
     calib = calibration(args, tokenizer)
     source = score_source(model, args.method, calib, args.batch_size, args.max_scores_per_layer)

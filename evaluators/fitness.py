@@ -156,6 +156,13 @@ class PruningEvaluator:
             self.seconds += time.perf_counter() - start
         return value if math.isfinite(value) else math.inf
 
+    def state_dict(self) -> dict:
+        """What a resumed search needs to score candidates exactly as before (multi-fidelity threshold)."""
+        return {"best_low": self.best_low}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_low = state.get("best_low")
+
     def dense_perplexity(self) -> float:
         """Perplexity of the dense model on all validation windows (cached)."""
         if self._dense_ppl is None:

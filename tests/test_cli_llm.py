@@ -1,0 +1,90 @@
+"""``dsa search / prune / eval`` end to end on a tiny random LLaMA saved as a HF folder (CPU, seconds)."""
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from conftest import TINY_VOCAB, make_tiny_llama
+
+WORDS = [f"w{i}" for i in range(TINY_VOCAB - 1)]
+SMALL = ["--seqlen", "32", "--nsamples", "2", "--calib-seqlen", "32", "--batch-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny LLaMA + word-level tokenizer in a folder, and a text file of its words."""
+    root = tmp_path_factory.mktemp("tiny")
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(root / "model")
+    make_tiny_llama(layers=4).save_pretrained(root / "model")
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(WORDS[:40]) for _ in range(30)) for _ in range(120)]
+    (root / "text.txt").write_text("\n".join(lines))
+    return root
+
+
+def dsa(*args, cwd=None):
+    env_args = [sys.executable, "-m", "dsa.cli", *map(str, args)]
+    return subprocess.run(env_args, capture_output=True, text=True, timeout=600, cwd=cwd,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+
+
+def data_args(root):
+    return ["--model", root / "model", "--data", root / "text.txt", "--calib", root / "text.txt", *SMALL]
+
+
+def test_search_prune_eval(tiny_dir, tmp_path):
+    run = tmp_path / "run"
+    out = dsa("search", *data_args(tiny_dir), "--population", 4, "--generations", 1, "--val-windows", 2,
+              "--run-dir", run, "--no-progress")
+    assert out.returncode == 0, out.stderr
+    config = json.loads((run / "config.json").read_text())
+    assert set(config["baselines"]) == {"uniform", "owl", "dsa-paper"}
+    best = json.loads((run / "hall_of_fame.json").read_text())[0]
+    assert len(best["output"]) == 4 and abs(sum(best["output"]) / 4 - 0.7) < 1e-6
+    assert (run / "allocation.png").stat().st_size > 0
+
+    pruned = tmp_path / "pruned"
+    out = dsa("prune", *data_args(tiny_dir), "--allocation", run, "--sparsity", 0.7, "--save", pruned, "--no-progress")
+    assert out.returncode == 0, out.stderr
+    record = json.loads((pruned / "allocation.json").read_text())
+    assert record["formula"] == best["tree"]
+    model = AutoModelForCausalLM.from_pretrained(pruned)
+    for layer, want in zip(model.model.layers, record["requested"]):
+        weights = [m.weight for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+        zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+        rows = sum(w.shape[0] for w in weights)
+        assert abs(zeros - want) <= rows / sum(w.numel() for w in weights)  # ± one weight per row
+
+    report = tmp_path / "eval.json"
+    out = dsa("eval", "--model", pruned, "--data", tiny_dir / "text.txt", "--seqlen", 32, "--json", report,
+              "--no-progress")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(report.read_text())
+    assert result["split"] == "test" and result["windows"] > 0 and result["perplexity"] > 1
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--allocation", "dsa(r_nonsense(S), 0.1)"], "neither a known name"),
+    (["--allocation", "owl", "--method", "bogus"], "unknown pruning method"),
+    (["--allocation", "owl", "--sparsity", "1.5"], "sparsity must be in [0, 1)"),
+])
+def test_prune_bad_input(tiny_dir, tmp_path, extra, needle):
+    out = dsa("prune", *data_args(tiny_dir), *extra, "--save", tmp_path / "out", "--no-progress")
+    assert out.returncode == 2, out.stderr
+    assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_model_and_data(tiny_dir, tmp_path):
+    out = dsa("eval", "--model", tmp_path / "nope", "--seqlen", 32)
+    assert out.returncode == 2 and "not found" in out.stderr and "Traceback" not in out.stderr
+    out = dsa("eval", "--model", tiny_dir / "model", "--data", tmp_path / "missing.txt", "--seqlen", 32)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
