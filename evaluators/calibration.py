@@ -79,15 +79,8 @@ def _batches(ids: torch.Tensor, batch_size: int):
         yield ids[start:start + batch_size]
 
 
-@torch.inference_mode()
-def run_through_blocks(model: nn.Module, calib_ids: torch.Tensor, batch_size: int = 1) -> None:
-    """Forward the calibration windows up to the end of the last decoder block (no LM head)."""
-    last = decoder_blocks(model)[-1]
-
-    def stop(module, args, output):
-        raise _Stop
-
-    handle = last.register_forward_hook(stop)
+def _forward_batches(model: nn.Module, calib_ids: torch.Tensor, batch_size: int, handle) -> None:
+    """Run the model on each batch until ``handle``'s hook raises ``_Stop``; then remove the hook."""
     try:
         for batch in _batches(calib_ids, batch_size):
             try:
@@ -96,6 +89,17 @@ def run_through_blocks(model: nn.Module, calib_ids: torch.Tensor, batch_size: in
                 pass
     finally:
         handle.remove()
+
+
+@torch.inference_mode()
+def run_through_blocks(model: nn.Module, calib_ids: torch.Tensor, batch_size: int = 1) -> None:
+    """Forward the calibration windows up to the end of the last decoder block (no LM head)."""
+    last = decoder_blocks(model)[-1]
+
+    def stop(module, args, output):
+        raise _Stop
+
+    _forward_batches(model, calib_ids, batch_size, last.register_forward_hook(stop))
 
 
 def collect_stats(model: nn.Module, calib_ids: torch.Tensor, need_hessian: bool,
@@ -125,15 +129,7 @@ def capture_block_inputs(model: nn.Module, calib_ids: torch.Tensor,
         captured.append((hidden, kwargs))
         raise _Stop
 
-    handle = first.register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        for batch in _batches(calib_ids, batch_size):
-            try:
-                model(batch.to(model_device(model)), use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
+    _forward_batches(model, calib_ids, batch_size, first.register_forward_pre_hook(catch, with_kwargs=True))
     return captured
 
 
