@@ -1,4 +1,4 @@
-"""The ``dsa`` command: search, show, prune, eval."""
+"""The ``dsa`` command: search, show, prune, eval, export."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ from pathlib import Path
 from gp import SearchConfig
 
 from .errors import UserError
+from .exports import FORMATS, export_command
 
 DEFAULTS = SearchConfig()
 METHODS = ("wanda", "sparsegpt", "magnitude")
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("tournament", "elitism", "hof_size", "max_height", "max_size"):
         g.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(DEFAULTS, name))
     g.add_argument("--no-cache", action="store_true", help="evaluate every candidate, even repeats")
+    g.add_argument("--objectives", default="fitness",
+                   help="fitness (default), or fitness,size: NSGA-II, writes a Pareto front of fitness against "
+                        "formula size (pareto_front.json)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--run-dir", help="run folder (default: results/<time>-<task>)")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
@@ -122,13 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--test-windows", type=positive_int, help="limit the number of test windows (default: all)")
     ev.add_argument("--json", help="write the result here too")
     ev.add_argument("--no-progress", action="store_true")
+
+    ex = sub.add_parser("export", help="export a dsa prune allocation as JSON or as an llm-compressor recipe")
+    ex.add_argument("source", help="an allocation.json written by dsa prune, or its --save folder")
+    ex.add_argument("--to", choices=FORMATS, default="json",
+                    help="json (the record), or llmcompressor (a oneshot YAML recipe with per-layer sparsity)")
+    ex.add_argument("--out", help="write here instead of printing")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command != "show":
+        if args.command not in ("show", "export"):
             fill_size_defaults(args)
         if getattr(args, "no_progress", False):
             import transformers
@@ -136,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "show":
             from .show import show
             print(show(args.run, args.top, args.notation))
+        elif args.command == "export":
+            export_command(args)
         elif args.command == "search":
             from .search import run_search
             run_search(args)

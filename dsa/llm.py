@@ -12,7 +12,7 @@ from evaluators.baselines import BASELINES
 from evaluators.calibration import collect_stats
 from evaluators.data import calibration_batch, load_split, token_windows
 from evaluators.fitness import PruningEvaluator, subsample_scores
-from evaluators.models import load_model, model_linears, save_pruned
+from evaluators.models import block_names, load_model, model_linears, save_pruned
 from evaluators.perplexity import perplexity
 from evaluators.pruners import measured_sparsity, prune
 from evaluators.scores import compute_scores, get_scorer
@@ -20,7 +20,11 @@ from primitives import LayerAllocator
 
 from .allocations import allocate, check_allocation
 from .errors import UserError
-from .runs import write_json
+from .exports import allocation_record, write_record
+
+
+def model_name(args: argparse.Namespace) -> str:
+    return args.model or "SmolLM2-135M (default)"
 
 
 def load(args: argparse.Namespace):
@@ -50,7 +54,7 @@ def llm_task(args: argparse.Namespace):
     setup = time.perf_counter() - start
     allocator = LayerAllocator(evaluator.block_scores(), target=args.sparsity, weights=evaluator.param_counts())
     info = {
-        "model": args.model or "SmolLM2-135M (default)", "fitness": "validation perplexity",
+        "model": model_name(args), "fitness": "validation perplexity",
         "layers": allocator.n_layers, "val_windows": int(val.shape[0]), "seqlen": args.seqlen,
         "dense_val_ppl": evaluator.dense_perplexity(), "setup_seconds": round(setup, 2),
     }
@@ -101,8 +105,9 @@ def prune_model(args: argparse.Namespace):
     sparsities, formula = resolve_allocation(args.allocation, source, args.sparsity)
     del source
     prune(model, args.method, sparsities, calib, progress=not args.no_progress, batch_size=args.batch_size)
-    record = {"allocation": args.allocation, "formula": formula, "method": args.method, "target": args.sparsity,
-              "requested": sparsities, "measured": measured_sparsity(model)}
+    record = allocation_record(allocation=args.allocation, formula=formula, method=args.method, target=args.sparsity,
+                               model=model_name(args), layers=block_names(model),
+                               requested=sparsities, measured=measured_sparsity(model))
     return model, tokenizer, record
 
 
@@ -112,7 +117,7 @@ def prune_command(args: argparse.Namespace) -> None:
         raise UserError(f"{out} exists and is not empty; choose another --save folder")
     model, tokenizer, record = prune_model(args)
     save_pruned(model, tokenizer, out)
-    write_json(out / "allocation.json", {**record, "model": args.model or "SmolLM2-135M (default)"})
+    write_record(out, record)
     mean = sum(record["measured"]) / len(record["measured"])
     print(f"saved {out}/ ({len(record['measured'])} blocks, measured mean sparsity {mean:.4f})")
 
@@ -127,6 +132,6 @@ def eval_command(args: argparse.Namespace) -> dict:
     windows = token_windows(tokenizer, load_split(args.data, "test", args.data_dir), args.seqlen, args.test_windows)
     start = time.perf_counter()
     ppl = perplexity(model, windows, args.batch_size, progress=not args.no_progress)
-    return {"model": args.model or "SmolLM2-135M (default)", "data": args.data, "split": "test",
+    return {"model": model_name(args), "data": args.data, "split": "test",
             "seqlen": args.seqlen, "windows": int(windows.shape[0]), "perplexity": ppl,
             "seconds": round(time.perf_counter() - start, 2), **record}

@@ -33,6 +33,7 @@ def read_run(run_dir: str | Path) -> dict:
         raise UserError(f"{run_dir} is not a run folder (no hall_of_fame.json)")
     config_path = run_dir / "config.json"
     logbook_path = run_dir / "logbook.csv"
+    front_path = run_dir / "pareto_front.json"
     logbook = []
     if logbook_path.exists():
         with open(logbook_path, newline="") as f:
@@ -41,5 +42,6 @@ def read_run(run_dir: str | Path) -> dict:
         "dir": run_dir,
         "config": json.loads(config_path.read_text()) if config_path.exists() else {},
         "hall_of_fame": json.loads(hof_path.read_text()),
+        "pareto_front": json.loads(front_path.read_text()) if front_path.exists() else None,
         "logbook": logbook,
     }

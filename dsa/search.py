@@ -25,7 +25,7 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
             population=args.population, generations=args.generations, cxpb=args.cxpb, mutpb=args.mutpb,
             tournament=args.tournament, elitism=args.elitism, hof_size=args.hof_size,
             max_height=args.max_height, max_size=args.max_size, mode=args.mode,
-            cache=not args.no_cache, seed=args.seed)
+            cache=not args.no_cache, objectives=args.objectives, seed=args.seed)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
@@ -81,7 +81,9 @@ def run_search(args: argparse.Namespace) -> Path:
     plot_allocations({"best found": best["output"] or baselines["uniform"], **{k: baselines[k] for k in ("uniform", "owl")}},
                      run_dir / "allocation.png", target=args.sparsity, title=best["formula"][:80])
     print(show(str(run_dir), top=5))
-    print(f"\nwrote {run_dir}/ (hall_of_fame.json, logbook.csv, fitness.png, allocation.png, checkpoint.pkl)")
+    files = ["hall_of_fame.json", *(["pareto_front.json"] if result.pareto_front is not None else []),
+             "logbook.csv", "fitness.png", "allocation.png", "checkpoint.pkl"]
+    print(f"\nwrote {run_dir}/ ({', '.join(files)})")
     return run_dir
 
 

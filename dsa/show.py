@@ -1,4 +1,5 @@
-"""``dsa show RUN``: the hall of fame as a table (rank, fitness, simplified formula, size, allocation)."""
+"""``dsa show RUN``: the hall of fame as a table (rank, fitness, simplified formula, size, allocation),
+and a multi-objective run's Pareto front (fitness against formula size) ranked by size."""
 from __future__ import annotations
 
 import textwrap
@@ -41,4 +42,8 @@ def show(run_dir: str, top: int | None = None, notation: str = "formula") -> str
                     f"cache hit rate: {float(last['hit_rate']):.1%}")
     for name, value in cfg.get("baselines", {}).items():
         head.append(f"baseline {name}: fitness {value:.4f}")
-    return "\n".join(head + ["", hall_of_fame_table(run["hall_of_fame"], top, notation)])
+    body = ["", hall_of_fame_table(run["hall_of_fame"], top, notation)]
+    if run["pareto_front"] is not None:
+        body += ["", "Pareto front of fitness and size, ranked by size: each formula is fitter than every smaller one",
+                 hall_of_fame_table(run["pareto_front"], notation=notation)]
+    return "\n".join(head + body)

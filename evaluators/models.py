@@ -114,17 +114,19 @@ def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
 
 
+def block_names(model: nn.Module) -> list[str]:
+    """The decoder blocks' qualified names, in order (e.g. ``model.layers.0``)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    return [names[id(block)] for block in decoder_blocks(model)]
+
+
 def model_linears(model: nn.Module) -> list[dict[str, nn.Linear]]:
     """Per decoder block, its linears by fully qualified name (e.g. ``model.layers.0.mlp.up_proj``).
 
     These are the prunable weights; the qualified names key calibration stats and scores.
     """
-    names = {id(m): n for n, m in model.named_modules()}
-    out = []
-    for block in decoder_blocks(model):
-        prefix = names[id(block)]
-        out.append({f"{prefix}.{name}": lin for name, lin in block_linears(block).items()})
-    return out
+    return [{f"{prefix}.{name}": lin for name, lin in block_linears(block).items()}
+            for prefix, block in zip(block_names(model), decoder_blocks(model))]
 
 
 def _plain_model(model):

@@ -2,6 +2,10 @@
 mutations, elitism, static limits, a hall of fame of distinct formulas, a fitness cache, and a
 checkpoint every generation from which a killed run resumes to the same result.
 
+With ``objectives=("fitness", "size")`` it is NSGA-II instead: random mating selection, survivors
+chosen by ``tools.selNSGA2`` from parents + offspring (mu + lambda), and a ``tools.ParetoFront`` of
+formulas trading fitness against tree size.
+
 The engine knows nothing about LLMs: a :class:`Problem` supplies ``decode`` (tree → output, ``None``
 when invalid) and ``fitness`` (output → float, lower is better).
 """
@@ -34,6 +38,10 @@ if not hasattr(creator, "FitnessMin"):
     creator.create("FitnessMin", base.Fitness, weights=(-1.0,))
 if not hasattr(creator, "Individual"):
     creator.create("Individual", gp.PrimitiveTree, fitness=creator.FitnessMin)
+if not hasattr(creator, "FitnessMulti"):  # (fitness, tree size), both minimised
+    creator.create("FitnessMulti", base.Fitness, weights=(-1.0, -1.0))
+if not hasattr(creator, "IndividualMulti"):
+    creator.create("IndividualMulti", gp.PrimitiveTree, fitness=creator.FitnessMulti)
 
 
 def rounded_key(output: Any, digits: int = 4) -> Hashable:
@@ -74,6 +82,7 @@ class SearchResult:
     evaluations: int
     run_dir: Path | None = None
     best: Any = field(default=None, repr=False)
+    pareto_front: list[dict] | None = None  # multi-objective runs: the non-dominated formulas, by size
 
 
 def cx_one_point(ind1, ind2):
@@ -143,6 +152,8 @@ class Search:
         self.cache = FitnessCache()
         self.evaluations = 0
         self._formulas: dict[Hashable, dict] = {}
+        self.multi = len(self.config.objectives) > 1
+        self.individual = creator.IndividualMulti if self.multi else creator.Individual
         self.toolbox = self._toolbox()
 
     # --- operators ----------------------------------------------------------------------------
@@ -150,7 +161,11 @@ class Search:
         cfg, pset = self.config, self.problem.pset
         tb = base.Toolbox()
         tb.register("expr", half_and_half, pset=pset, min_=cfg.init_min_height, max_=cfg.init_max_height)
-        tb.register("select", tools.selTournament, tournsize=cfg.tournament)
+        if self.multi:  # NSGA-II: random mating, survivors by non-dominated rank and crowding distance
+            tb.register("select", tools.selRandom)
+            tb.register("survive", tools.selNSGA2)
+        else:
+            tb.register("select", tools.selTournament, tournsize=cfg.tournament)
         tb.register("mate", cx_one_point)
         tb.register("mutate", self._mutate)
         for op in ("mate", "mutate"):
@@ -192,7 +207,7 @@ class Search:
         """A random tree that passes the problem's ``valid`` and the static limits."""
         cfg = self.config
         for _ in range(1000):
-            ind = creator.Individual(self.toolbox.expr())
+            ind = self.individual(self.toolbox.expr())
             if self.problem.valid(ind) and ind.height <= cfg.max_height and len(ind) <= cfg.max_size:
                 return ind
         raise RuntimeError("could not generate a valid tree in 1000 tries; loosen the limits")
@@ -201,6 +216,14 @@ class Search:
         return [self.new_individual() for _ in range(n)]
 
     # --- evaluation ---------------------------------------------------------------------------
+    def _set_fitness(self, ind, value: float) -> None:
+        """``(value,)``, or with two objectives ``(value, tree size)``; an invalid candidate is the worst
+        in both, so that a tiny invalid tree never sits on the Pareto front."""
+        if self.multi:
+            ind.fitness.values = (value, len(ind)) if value != WORST else (WORST, WORST)
+        else:
+            ind.fitness.values = (value,)
+
     def evaluate(self, individuals: list) -> dict[str, int]:
         """Give every individual a fitness, through the cache where possible; returns counts."""
         use_cache = self.config.cache
@@ -212,19 +235,19 @@ class Search:
             ind.key = self.problem.formula_key(ind)
             ind.output = None
             if use_cache and (value := self.cache.formula(ind.key)) is not None:
-                ind.fitness.values = (value,)
+                self._set_fitness(ind, value)
                 counts["formula_hits"] += 1
                 continue
             output = self.problem.decode(ind)
             if output is None:
-                ind.fitness.values = (WORST,)
+                self._set_fitness(ind, WORST)
                 counts["invalid"] += 1
                 self.cache.store(ind.key, None, WORST)
                 continue
             ind.output = self.problem.describe(output)
             okey = self.problem.output_key(output) if self.problem.output_key else None
             if use_cache and okey is not None and (value := self.cache.output(okey)) is not None:
-                ind.fitness.values = (value,)
+                self._set_fitness(ind, value)
                 self.cache.store(ind.key, None, value)
                 counts["output_hits"] += 1
                 continue
@@ -243,7 +266,7 @@ class Search:
         results = [float(v) for v in self.map(self.problem.fitness, outputs)]
         results = [v if math.isfinite(v) else WORST for v in results]
         for ind, j, fkey, okey in waiting:
-            ind.fitness.values = (results[j],)
+            self._set_fitness(ind, results[j])
             self.cache.store(fkey, okey, results[j])
         counts["evals"] = len(jobs)
         self.evaluations += len(jobs)
@@ -256,21 +279,27 @@ class Search:
         if state is None:
             checkpoint.seed_everything(cfg.seed)
             hof = tools.HallOfFame(cfg.hof_size, similar=same_formula)
+            front = tools.ParetoFront(similar=same_formula) if self.multi else None
             logbook = tools.Logbook()
             pop = self.population(cfg.population)
             t0 = time.perf_counter()
             counts = self.evaluate(pop)
-            hof.update(pop)
+            self._update(hof, front, pop)
             self._record(logbook, 0, pop, hof, counts, t0)
-            self._save(0, pop, hof, logbook)
+            self._save(0, pop, hof, front, logbook)
             start = 1
         else:
             pop, hof, logbook, start = state["population"], state["hof"], state["logbook"], state["gen"] + 1
+            front = state.get("front")
         gens = tqdm(range(start, cfg.generations + 1), desc="generations", disable=not self.progress,
                     initial=start - 1, total=cfg.generations)
         for gen in gens:
             t0 = time.perf_counter()
-            if cfg.mode == "evolution":
+            if cfg.mode == "evolution" and self.multi:  # mu + lambda
+                offspring = self._vary(self.toolbox.select(pop, len(pop)))
+                counts = self.evaluate([ind for ind in offspring if not ind.fitness.valid])
+                pop = self.toolbox.survive(pop + offspring, cfg.population)
+            elif cfg.mode == "evolution":
                 elites = [self.toolbox.clone(e) for e in tools.selBest(pop, cfg.elitism)]
                 offspring = self.toolbox.select(pop, len(pop) - cfg.elitism)
                 offspring = self._vary(offspring)
@@ -279,12 +308,19 @@ class Search:
             else:
                 pop = self.population(cfg.population)
                 counts = self.evaluate(pop)
-            hof.update(pop)
+            self._update(hof, front, pop)
             self._record(logbook, gen, pop, hof, counts, t0)
             gens.set_postfix(best=f"{hof[0].fitness.values[0]:.4g}", evals=self.evaluations)
-            self._save(gen, pop, hof, logbook)
-        return SearchResult(self.hall_of_fame(hof), logbook, self.cache, self.evaluations, self.run_dir,
-                            best=hof[0] if len(hof) else None)
+            self._save(gen, pop, hof, front, logbook)
+        return SearchResult(self.rows(hof), logbook, self.cache, self.evaluations, self.run_dir,
+                            best=hof[0] if len(hof) else None,
+                            pareto_front=self.pareto_rows(front) if front is not None else None)
+
+    @staticmethod
+    def _update(hof, front, pop) -> None:
+        hof.update(pop)
+        if front is not None:  # valid formulas only: an all-invalid generation leaves the front empty
+            front.update([ind for ind in pop if ind.fitness.values[0] != WORST])
 
     def _record(self, logbook, gen, pop, hof, counts, t0):
         stats = tools.Statistics(lambda ind: ind.fitness.values[0])
@@ -298,13 +334,18 @@ class Search:
         )
 
     # --- results and checkpoints ---------------------------------------------------------------
-    def hall_of_fame(self, hof) -> list[dict]:
-        """The hall of fame as JSON-able rows: rank, fitness, tree, simplified formula, size, output."""
+    def rows(self, individuals) -> list[dict]:
+        """Individuals (the hall of fame, a Pareto front) as JSON-able rows, ranked in the given order:
+        rank, fitness, tree, simplified formula, size, output."""
         rows = []
-        for rank, ind in enumerate(hof, 1):
+        for rank, ind in enumerate(individuals, 1):
             rows.append({"rank": rank, "fitness": ind.fitness.values[0], "tree": str(ind),
                          **self._formula(ind), "size": len(ind), "height": ind.height, "output": ind.output})
         return rows
+
+    def pareto_rows(self, front) -> list[dict]:
+        """The Pareto front as rows ranked by size, smallest formula first (so fitness falls down the table)."""
+        return self.rows(sorted(front, key=len))
 
     def _formula(self, ind) -> dict:
         if ind.key not in self._formulas:
@@ -316,17 +357,20 @@ class Search:
                 self._formulas[ind.key] = {"formula": str(ind), "latex": str(ind)}
         return self._formulas[ind.key]
 
-    def _save(self, gen, pop, hof, logbook):
+    def _save(self, gen, pop, hof, front, logbook):
         if self.run_dir is None:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        state = {"gen": gen, "population": pop, "hof": hof, "logbook": logbook, "cache": self.cache,
+        state = {"gen": gen, "population": pop, "hof": hof, "front": front, "logbook": logbook, "cache": self.cache,
                  "evaluations": self.evaluations, "rng": checkpoint.rng_state(), "config": self.config.to_dict()}
         if hasattr(self.problem.fitness, "state_dict"):
             state["fitness_state"] = self.problem.fitness.state_dict()
         checkpoint.save(self.run_dir / "checkpoint.pkl", state)
         checkpoint.write_atomic(self.run_dir / "hall_of_fame.json",
-                                json.dumps(self.hall_of_fame(hof), indent=1, default=float).encode())
+                                json.dumps(self.rows(hof), indent=1, default=float).encode())
+        if front is not None:
+            checkpoint.write_atomic(self.run_dir / "pareto_front.json",
+                                    json.dumps(self.pareto_rows(front), indent=1, default=float).encode())
         with open(self.run_dir / ".logbook.csv.tmp", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(logbook[0].keys()))
             writer.writeheader()
@@ -338,7 +382,7 @@ class Search:
         if path is None or not path.exists():
             return None
         state = checkpoint.load(path)
-        saved = dict(state["config"])
+        saved = {**SearchConfig().to_dict(), **state["config"]}  # settings added since: their defaults
         now = self.config.to_dict()
         saved.pop("generations"), now.pop("generations")
         if saved != now:
