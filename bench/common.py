@@ -43,11 +43,12 @@ def _cell(v) -> str:
     return "" if v is None else str(v)
 
 
-def write(name: str, payload: dict, table: str, title: str) -> None:
+def write(name: str, payload: dict, table: str, title: str, quiet: bool = False) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine(), **payload}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
     m = payload["machine"]
     head = f"# {title}\n\nMachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, CUDA: {m['cuda']}; {m['date']}\n\n"
     (RESULTS / f"{name}.md").write_text(head + table + "\n")
-    print(table)
+    if not quiet:
+        print(table)

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import markdown_table, write  # noqa: E402
 from dsa.llm import resolve_allocation, score_source  # noqa: E402
+from evaluators.baselines import alphapruning, block_alphas  # noqa: E402
 from evaluators.data import calibration_batch, load_split, token_windows  # noqa: E402
 from evaluators.models import load_model, model_linears  # noqa: E402
 from evaluators.perplexity import perplexity  # noqa: E402
@@ -56,12 +57,17 @@ def main() -> None:
     rows = [{"method": "-", "sparsity": 0.0, "allocation": "dense", "perplexity": perplexity(model, test),
              "seconds": round(time.perf_counter() - t0, 1)}]
     print(rows[-1], flush=True)
+    alphas = None
     for method in args.methods.split(","):
         for target in map(float, args.sparsities.split(",")):
             source = score_source(model, method, calib, max_per_block=args.max_scores_per_layer)
             for spec in args.allocations.split(","):
                 t0 = time.perf_counter()
-                sparsities, formula = resolve_allocation(spec, source, target)
+                if spec == "alphapruning":  # the ESD of every weight matrix: computed once per model
+                    alphas = alphas or block_alphas(model)
+                    sparsities, formula = alphapruning(source, target, alphas=alphas), None
+                else:
+                    sparsities, formula = resolve_allocation(spec, source, target)
                 restore()
                 prune(model, method, sparsities, calib)
                 measured = measured_sparsity(model)
@@ -72,12 +78,17 @@ def main() -> None:
                              "measured mean sparsity": sum(measured) / len(measured),
                              "sparsities": sparsities, "seconds": round(time.perf_counter() - t0, 1)})
                 print({k: v for k, v in rows[-1].items() if k != "sparsities"}, flush=True)
-    n = int(test.shape[0])
+                report(args, rows, int(test.shape[0]))
+    report(args, rows, int(test.shape[0]))
+
+
+def report(args, rows: list[dict], n: int) -> None:
+    """Write the table so far (a long sweep leaves its finished rows behind if stopped)."""
     table = (f"Model: {args.model or 'SmolLM2-135M (default)'}; raw WikiText-2 test, {n} windows × {args.seqlen} "
              f"tokens; calibration C4 {args.nsamples}×{args.calib_seqlen}; exact (sequential) pruning.\n\n"
              + markdown_table(rows, ["method", "sparsity", "allocation", "perplexity", "measured mean sparsity",
                                      "formula", "seconds"]))
-    write(args.name, {"args": vars(args), "rows": rows}, table, "Test perplexity by allocation")
+    write(args.name, {"args": vars(args), "rows": rows}, table, "Test perplexity by allocation", quiet=True)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--run-dir", help="run folder (default: results/<time>-<task>)")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    g.add_argument("--workers", type=positive_int, metavar="N",
+                   help="evaluate candidates on N Ray workers (each holds the model once), on a local Ray "
+                        "instance or with --ray-address on that cluster; same result as without (needs: "
+                        "pip install -e .[ray])")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="evaluate candidates on an existing Ray cluster (e.g. head-node:6379, ray://host:10001): "
+                        "one worker per GPU, else per CPU, unless --workers says how many")
     g.add_argument("--no-progress", action="store_true")
 
     sh = sub.add_parser("show", help="print a run's hall of fame")
@@ -120,10 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--save", required=True, help="output folder (safetensors; loads with from_pretrained)")
     pr.add_argument("--no-progress", action="store_true")
 
-    ev = sub.add_parser("eval", help="test-split perplexity of a model, optionally pruned first; JSON out")
+    ev = sub.add_parser("eval", help="test-split perplexity (and zero-shot accuracy with --tasks) of a model, "
+                                     "optionally pruned first; JSON out")
     _model_args(ev)
     ev.add_argument("--allocation", help="prune first with this allocation (see prune); default: evaluate as is")
     ev.add_argument("--test-windows", type=positive_int, help="limit the number of test windows (default: all)")
+    ev.add_argument("--tasks", help="also zero-shot accuracy on these lm-eval tasks, comma-separated; 'paper' = the "
+                                    "papers' seven: boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa "
+                                    "(needs pip install -e .[zeroshot]; their datasets come from the Hub)")
+    ev.add_argument("--tasks-path", help="folder(s) of your own lm-eval task YAMLs, comma-separated (lm-eval's "
+                                         "include_path)")
+    ev.add_argument("--zeroshot-limit", type=positive_int,
+                    help="at most this many examples per zero-shot task (quick checks; the papers use all)")
+    ev.add_argument("--no-perplexity", action="store_true", help="skip the test-split perplexity (with --tasks)")
     ev.add_argument("--json", help="write the result here too")
     ev.add_argument("--no-progress", action="store_true")
 

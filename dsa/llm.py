@@ -41,9 +41,10 @@ def calibration(args: argparse.Namespace, tokenizer) -> torch.Tensor | None:
     return calibration_batch(tokenizer, docs, args.nsamples, args.calib_seqlen, seed=getattr(args, "seed", 0))
 
 
-def llm_task(args: argparse.Namespace):
-    """(allocator, fitness, info) for ``dsa search --task llm``: the fitness of an allocation is the
-    validation perplexity of the model pruned with it (fast path: masks from cached score ranks)."""
+def build_evaluator(args: argparse.Namespace) -> tuple[PruningEvaluator, dict]:
+    """(evaluator, info) for ``dsa search --task llm``: load the model, the validation windows and the
+    calibration set, and build the :class:`PruningEvaluator` (scores and ranks, once). The one home of
+    this recipe: the single-process search and every Ray worker (:mod:`dsa.distributed`) call it."""
     model, tokenizer = load(args)
     val = token_windows(tokenizer, load_split(args.data, "validation", args.data_dir), args.seqlen, args.val_windows)
     calib = calibration(args, tokenizer)
@@ -52,15 +53,27 @@ def llm_task(args: argparse.Namespace):
                                  batch_size=args.batch_size, low_fidelity_windows=args.low_fidelity_windows,
                                  max_scores_per_block=args.max_scores_per_layer, seed=args.seed)
     setup = time.perf_counter() - start
-    allocator = LayerAllocator(evaluator.block_scores(), target=args.sparsity, weights=evaluator.param_counts())
     info = {
         "model": model_name(args), "fitness": "validation perplexity",
-        "layers": allocator.n_layers, "val_windows": int(val.shape[0]), "seqlen": args.seqlen,
+        "layers": evaluator.n_blocks, "val_windows": int(val.shape[0]), "seqlen": args.seqlen,
         "dense_val_ppl": evaluator.dense_perplexity(), "setup_seconds": round(setup, 2),
     }
+    return evaluator, info
+
+
+def allocation_task(args: argparse.Namespace, source, fitness, info: dict):
+    """(allocator, fitness, info): the allocator reads ``source``'s block scores and parameter counts."""
+    allocator = LayerAllocator(source.block_scores(), target=args.sparsity, weights=source.param_counts())
     print(f"{info['layers']} layers, {info['val_windows']}×{args.seqlen} validation tokens, "
-          f"dense validation perplexity {info['dense_val_ppl']:.3f}, scores ready in {setup:.1f}s")
-    return allocator, evaluator, info
+          f"dense validation perplexity {info['dense_val_ppl']:.3f}, scores ready in {info['setup_seconds']:.1f}s")
+    return allocator, fitness, info
+
+
+def llm_task(args: argparse.Namespace):
+    """(allocator, fitness, info) for ``dsa search --task llm``: the fitness of an allocation is the
+    validation perplexity of the model pruned with it (fast path: masks from cached score ranks)."""
+    evaluator, info = build_evaluator(args)
+    return allocation_task(args, evaluator, evaluator, info)
 
 
 @dataclass
@@ -123,15 +136,33 @@ def prune_command(args: argparse.Namespace) -> None:
 
 
 def eval_command(args: argparse.Namespace) -> dict:
-    """Test-split perplexity (optionally after pruning): the numbers to report."""
+    """Test-split perplexity and, with ``--tasks``, lm-eval zero-shot accuracy (optionally after
+    pruning): the numbers to report."""
+    tasks = getattr(args, "tasks", None)
+    no_ppl = getattr(args, "no_perplexity", False)
+    if no_ppl and not tasks:
+        raise UserError("--no-perplexity leaves nothing to evaluate: add --tasks")
+    manager = None
+    if tasks:  # unknown task names and a missing lm-eval fail here, before any loading or pruning
+        from .zeroshot import parse_tasks, task_manager
+        tasks = parse_tasks(tasks)
+        manager = task_manager(tasks, getattr(args, "tasks_path", None))
     if args.allocation:
         model, tokenizer, record = prune_model(args)
     else:
         model, tokenizer = load(args)
         record = {"allocation": None}
-    windows = token_windows(tokenizer, load_split(args.data, "test", args.data_dir), args.seqlen, args.test_windows)
-    start = time.perf_counter()
-    ppl = perplexity(model, windows, args.batch_size, progress=not args.no_progress)
-    return {"model": model_name(args), "data": args.data, "split": "test",
-            "seqlen": args.seqlen, "windows": int(windows.shape[0]), "perplexity": ppl,
-            "seconds": round(time.perf_counter() - start, 2), **record}
+    result = {"model": model_name(args)}
+    if not no_ppl:
+        windows = token_windows(tokenizer, load_split(args.data, "test", args.data_dir), args.seqlen,
+                                args.test_windows)
+        start = time.perf_counter()
+        ppl = perplexity(model, windows, args.batch_size, progress=not args.no_progress)
+        result.update({"data": args.data, "split": "test", "seqlen": args.seqlen, "windows": int(windows.shape[0]),
+                       "perplexity": ppl, "seconds": round(time.perf_counter() - start, 2)})
+    if tasks:
+        from .zeroshot import zero_shot
+        result["zeroshot"] = zero_shot(model, tokenizer, tasks, batch_size=args.batch_size,
+                                       limit=getattr(args, "zeroshot_limit", None),
+                                       include_path=getattr(args, "tasks_path", None), manager=manager)
+    return {**result, **record}

@@ -9,6 +9,7 @@ from pathlib import Path
 from gp import Search, SearchConfig
 
 from .allocations import FORMULAS, allocate
+from .distributed import worker_pool
 from .errors import UserError
 from .plots import plot_allocations, plot_fitness
 from .problem import allocation_problem
@@ -16,7 +17,7 @@ from .runs import new_run_dir, write_json
 from .show import show
 
 DEFAULT_GENERATIONS = 4
-NOT_SAVED = {"resume", "no_progress", "run_dir", "command"}
+NOT_SAVED = {"resume", "no_progress", "run_dir", "command", "workers", "ray_address"}  # where, not what
 
 
 def search_config(args: argparse.Namespace) -> SearchConfig:
@@ -42,12 +43,15 @@ def _resume_args(args: argparse.Namespace) -> tuple[argparse.Namespace, Path]:
     return merged, run_dir
 
 
-def build_task(args: argparse.Namespace):
-    """(allocator, fitness, description) for ``--task``."""
+def build_task(args: argparse.Namespace, map_fn=map):
+    """(allocator, fitness, description) for ``--task``; with a Ray pool as ``map_fn`` the evaluator
+    lives on the workers (:mod:`dsa.distributed`)."""
     if args.task == "synthetic":
         from .synthetic import synthetic_task
         allocator, fitness = synthetic_task(args.sparsity, seed=args.seed)
         return allocator, fitness, {"fitness": "distance to optimum (pp)"}
+    if map_fn is not map:
+        return map_fn.llm_task(args)
     from .llm import llm_task
     return llm_task(args)
 
@@ -62,10 +66,16 @@ def run_search(args: argparse.Namespace) -> Path:
         if (run_dir / "checkpoint.pkl").exists():
             raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
     config = search_config(args)
-    allocator, fitness, info = build_task(args)
+    with worker_pool(args) as map_fn:  # the builtin map, or Ray workers (--workers / --ray-address)
+        return _search(args, config, run_dir, resume, map_fn)
+
+
+def _search(args: argparse.Namespace, config: SearchConfig, run_dir: Path, resume: bool, map_fn=map) -> Path:
+    allocator, fitness, info = build_task(args, map_fn)
     run_dir.mkdir(parents=True, exist_ok=True)
     baselines = {name: allocate(name, allocator)[0] for name in ("uniform", *FORMULAS)}
-    baseline_fitness = {name: float(fitness(allocator_tensor(a))) for name, a in baselines.items()}
+    values = map_fn(fitness, [allocator_tensor(a) for a in baselines.values()])
+    baseline_fitness = {name: float(v) for name, v in zip(baselines, values)}
     saved_args = {k: v for k, v in vars(args).items() if k not in NOT_SAVED}
     write_json(run_dir / "config.json", {
         "task": args.task, "model": info.get("model"), "method": args.method, "sparsity": args.sparsity,
@@ -73,7 +83,7 @@ def run_search(args: argparse.Namespace) -> Path:
     })
     problem = allocation_problem(allocator, fitness)
     try:
-        result = Search(problem, config, run_dir, progress=not args.no_progress).run(resume=resume)
+        result = Search(problem, config, run_dir, map_fn=map_fn, progress=not args.no_progress).run(resume=resume)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     plot_fitness(list(result.logbook), run_dir / "fitness.png", ylabel=info.get("fitness", "fitness"))

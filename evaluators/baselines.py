@@ -105,13 +105,13 @@ def block_alphas(model: torch.nn.Module, fix_fingers: str = "xmin_peak") -> list
 
 
 def alphapruning(ctx: AllocationSource, target: float, lo: float = 0.0, hi: float = 0.99,
-                 epsilon: float = 0.2, fix_fingers: str = "xmin_peak") -> list[float]:
+                 epsilon: float = 0.2, fix_fingers: str = "xmin_peak", alphas: list[float] | None = None) -> list[float]:
     """AlphaPruning (Lu et al., NeurIPS 2024): block α̂ = mean heavy-tail exponent of its linears;
     ratios map α̂ linearly onto ``[1 − ε, 1 + ε]`` (larger α̂ = less heavy-tailed = pruned more),
     scaled so that sparsity = ``target · ratio`` has the weighted mean ``target``. ``ε = 0.2`` is
     their LLaMA Wanda/SparseGPT setting (0.3 for magnitude)."""
     _check_target(target, lo, hi)
-    alphas = torch.tensor(block_alphas(ctx.model, fix_fingers), dtype=torch.float64)
+    alphas = torch.tensor(alphas if alphas is not None else block_alphas(ctx.model, fix_fingers), dtype=torch.float64)
     weights = torch.tensor(ctx.param_counts(), dtype=torch.float64)
     span = float(alphas.max() - alphas.min())
     unit = (alphas - alphas.min()) / span if span > 0 else torch.zeros_like(alphas)
