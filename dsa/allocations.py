@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from primitives import FormulaError, LayerAllocator, build_pset, parse_tree
 
 from .errors import UserError
@@ -71,7 +69,3 @@ def allocate(spec: str, allocator: LayerAllocator) -> tuple[list[float], str | N
 
 def names() -> list[str]:
     return ["uniform", *MODEL_BASELINES, *FORMULAS]
-
-
-def as_tensor(values) -> torch.Tensor:
-    return torch.as_tensor(values, dtype=torch.float64)

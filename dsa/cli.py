@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "instance or with --ray-address on that cluster; same result as without (needs: "
                         "pip install -e .[ray])")
     g.add_argument("--ray-address", metavar="ADDR",
-                   help="evaluate candidates on an existing Ray cluster (e.g. head-node:6379, ray://host:10001): "
+                   help="evaluate candidates on an existing Ray cluster (its GCS address, e.g. head-node:6379): "
                         "one worker per GPU, else per CPU, unless --workers says how many")
     g.add_argument("--no-progress", action="store_true")
 

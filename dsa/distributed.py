@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import logging
 import os
+import sys
 from collections import deque
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -33,10 +34,17 @@ from .errors import UserError
 
 INSTALL_HINT = "pip install -e .[ray]"
 FLAGS = "--workers/--ray-address"
+# On Linux, Ray replaces 127.0.0.1 by the machine's routable address; its single-node mode (meant for
+# macOS/Windows, read when Ray is imported) keeps a local instance's services and workers on loopback.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def import_ray():
-    """The ``ray`` module, or a one-line :class:`UserError` naming the extra to install."""
+def import_ray(local: bool = False):
+    """The ``ray`` module, or a one-line :class:`UserError` naming the extra to install. ``local``: a
+    local instance is to be started; if Ray is not imported yet, keep it on loopback (unless the
+    environment already says otherwise)."""
+    if local and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ENV, "0")
     try:
         import ray
     except ImportError:
@@ -186,26 +194,26 @@ class RayMap:
     can never be scheduled (a GPU node gone for good) waits for resources like any Ray actor.
 
     ``workers``: the number of actors (default with ``address``: one per GPU of the cluster, else one per
-    CPU). Without ``address`` a local Ray instance with ``workers`` CPUs is started on loopback. If Ray is
-    already initialised in this process, that instance is used and left running by :meth:`close`.
+    CPU). Without ``address`` a local Ray instance with ``workers`` CPUs is started, on loopback when
+    Ray is first imported here (:data:`LOOPBACK_ENV`). If Ray is already initialised in this process,
+    that instance is used and left running by :meth:`close`.
     """
 
     def __init__(self, recipe: Recipe, workers: int | None = None, address: str | None = None, *,
                  max_retries: int = 3, actor_cls: type = EvaluatorActor):
         if workers is None and address is None:
             raise ValueError("RayMap needs workers or an address")
-        ray = import_ray()
+        ray = import_ray(local=address is None)
         self.recipe, self.max_retries = recipe, max_retries
         self.replacements = 0
         self.actors: list = []
         self.owns_ray = not ray.is_initialized()
         if self.owns_ray:
-            quiet = {"logging_level": logging.WARNING, "include_dashboard": False}
             try:
                 if address is not None:
-                    ray.init(address=address, **quiet)
+                    ray.init(address=address, logging_level=logging.WARNING)
                 else:
-                    ray.init(address="local", num_cpus=workers, _node_ip_address="127.0.0.1", **quiet)
+                    ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 raise UserError(f"cannot start Ray ({FLAGS}): {' '.join(str(exc).split())[:300]}") from None
         try:
@@ -322,7 +330,9 @@ def worker_pool(args: argparse.Namespace):
     if workers is None and address is None:
         yield map
         return
-    import_ray()
+    import_ray(local=address is None)
+    from evaluators.scores import get_scorer
+    get_scorer(args.method)  # an unknown method fails here, before Ray starts
     if args.task != "llm":
         raise UserError(f"{FLAGS} distribute the llm task's evaluations; --task {args.task} runs in this process")
     if args.low_fidelity_windows:

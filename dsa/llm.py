@@ -164,5 +164,6 @@ def eval_command(args: argparse.Namespace) -> dict:
         from .zeroshot import zero_shot
         result["zeroshot"] = zero_shot(model, tokenizer, tasks, batch_size=args.batch_size,
                                        limit=getattr(args, "zeroshot_limit", None),
-                                       include_path=getattr(args, "tasks_path", None), manager=manager)
+                                       include_path=getattr(args, "tasks_path", None), manager=manager,
+                                       progress=not args.no_progress)
     return {**result, **record}

@@ -83,7 +83,8 @@ def _search(args: argparse.Namespace, config: SearchConfig, run_dir: Path, resum
     })
     problem = allocation_problem(allocator, fitness)
     try:
-        result = Search(problem, config, run_dir, map_fn=map_fn, progress=not args.no_progress).run(resume=resume)
+        search = Search(problem, config, run_dir, map_fn=map_fn, progress=not args.no_progress)
+        result = search.run(resume=resume)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     plot_fitness(list(result.logbook), run_dir / "fitness.png", ylabel=info.get("fitness", "fitness"))

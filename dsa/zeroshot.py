@@ -10,6 +10,7 @@ when zero-shot tasks are asked for.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -84,7 +85,7 @@ def _metric(row: dict, name: str) -> float | None:
 
 def zero_shot(model, tokenizer, tasks: list[str], batch_size: int = 1, limit: int | float | None = None,
               include_path: str | Path | list | None = None, num_fewshot: int | None = 0, seed: int = 0,
-              manager=None) -> dict:
+              manager=None, progress: bool = True) -> dict:
     """Zero-shot accuracy of ``model`` (a loaded transformers causal LM) on lm-eval ``tasks``.
 
     Returns ``{"tasks": {name: {"acc", "acc_stderr", "acc_norm"?, "acc_norm_stderr"?, "n"}},
@@ -103,6 +104,9 @@ def zero_shot(model, tokenizer, tasks: list[str], batch_size: int = 1, limit: in
     if tokenizer.bos_token_id is None and tokenizer.eos_token_id is None:  # lm-eval needs a prefix token
         extra["prefix_token_id"] = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **extra)
+    if not progress:  # the request-level progress bars (lm-eval has no switch for them)
+        for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+            setattr(lm, name, functools.partial(getattr(lm, name), disable_tqdm=True))
     try:
         out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
                                       task_manager=manager, log_samples=False, random_seed=seed,
@@ -110,7 +114,8 @@ def zero_shot(model, tokenizer, tasks: list[str], batch_size: int = 1, limit: in
     except (ConnectionError, OSError) as exc:  # a hub dataset while offline, a missing data file
         raise UserError(f"zero-shot task data could not be loaded ({type(exc).__name__}: "
                         f"{' '.join(str(exc).split())[:200]}); lm-eval's tasks download their datasets "
-                        f"from the Hugging Face Hub") from None
+                        f"from the Hugging Face Hub (offline: fill the HF datasets cache first, or define "
+                        f"local tasks under --tasks-path)") from None
     finally:
         model.train(was_training)
     results = {}

@@ -1,5 +1,6 @@
 """Zero-shot accuracy through lm-eval (``dsa eval --tasks``), offline, on a tiny random LLaMA and the
 local yes/no task of tests/data/zeroshot (boolq's format, 16 examples written for these tests)."""
+import argparse
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from conftest import TINY_VOCAB, make_tiny_llama
 pytest.importorskip("lm_eval")
 
 from dsa.errors import UserError  # noqa: E402
+from dsa.llm import eval_command  # noqa: E402
 from dsa.zeroshot import PAPER_TASKS, parse_tasks, task_manager, zero_shot  # noqa: E402
 
 TASKS = Path(__file__).parent / "data" / "zeroshot"
@@ -65,11 +67,11 @@ def no_network(monkeypatch):
     torch.set_num_threads(threads)
 
 
-def write_task(folder: Path, name: str, data: list[dict]) -> None:
+def write_task(folder: Path, name: str, data: list[dict], extra: str = "") -> None:
     """A copy of tiny_yesno under another name, on other rows (an lm-eval `include` of the YAML)."""
     (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
     (folder / f"{name}.yaml").write_text(f"include: {TASKS / 'tiny_yesno.yaml'}\ntask: {name}\n"
-                                         f"dataset_kwargs:\n  data_file: {folder / (name + '.jsonl')}\n")
+                                         f"dataset_kwargs:\n  data_file: {folder / (name + '.jsonl')}\n{extra}")
 
 
 def choice_logprobs(model, tokenizer, row) -> list[float]:
@@ -88,7 +90,7 @@ def choice_logprobs(model, tokenizer, row) -> list[float]:
 def test_accuracy_counts_and_mean(tiny, tmp_path):
     _, model, tokenizer = tiny
     flipped = [{**r, "label": 1 - r["label"]} for r in rows()]
-    write_task(tmp_path, "tiny_flipped", flipped)
+    write_task(tmp_path, "tiny_flipped", flipped, "metric_list:\n  - metric: acc\n  - metric: acc_norm\n")
     result = zero_shot(model, tokenizer, ["tiny_yesno", "tiny_flipped"], batch_size=4,
                        include_path=[TASKS, tmp_path])
     acc, acc_flipped = (result["tasks"][t]["acc"] for t in ("tiny_yesno", "tiny_flipped"))
@@ -96,6 +98,7 @@ def test_accuracy_counts_and_mean(tiny, tmp_path):
     assert acc_flipped == pytest.approx(1 - acc)  # every answer flipped: each hit becomes a miss
     assert result["mean_acc"] == pytest.approx((acc + acc_flipped) / 2) == pytest.approx(0.5)
     assert result["metric"] == "acc" and "acc_norm" not in result["tasks"]["tiny_yesno"]
+    assert 0 <= result["tasks"]["tiny_flipped"]["acc_norm"] <= 1  # reported where the task has it, not averaged
 
     limited = zero_shot(model, tokenizer, ["tiny_yesno"], limit=5, include_path=TASKS)
     assert limited["tasks"]["tiny_yesno"]["n"] == 5 and limited["limit"] == 5
@@ -119,14 +122,23 @@ def test_accuracy_matches_own_loglikelihoods(tiny, tmp_path):
 
 
 def test_task_names():
-    assert parse_tasks("paper") == list(PAPER_TASKS) == "boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa".split(",")
+    paper = "boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa"
+    assert parse_tasks("paper") == list(PAPER_TASKS) == parse_tasks(paper) == paper.split(",")
     assert parse_tasks(" boolq, rte ,boolq") == ["boolq", "rte"]
     with pytest.raises(UserError, match="empty"):
         parse_tasks(" , ")
-    with pytest.raises(UserError, match="unknown lm-eval task: tiny_nope .*lm-eval ls tasks"):
-        task_manager(["tiny_yesno", "tiny_nope"], TASKS)
     with pytest.raises(UserError, match="folder not found"):
         task_manager(["tiny_yesno"], TASKS / "missing")
+    with pytest.raises(UserError, match="nothing to evaluate"):
+        eval_command(argparse.Namespace(tasks=None, no_perplexity=True))
+
+
+def test_lm_eval_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if not installed
+    with pytest.raises(UserError, match=re.escape("pip install -e .[zeroshot]")):
+        task_manager(["tiny_yesno"], TASKS)
+    code = "import sys, dsa.cli, dsa.llm, dsa.zeroshot; assert 'lm_eval' not in sys.modules"  # imported lazily
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent).returncode == 0
 
 
 def dsa(*args):
@@ -155,4 +167,5 @@ def test_cli_unknown_task(tiny):
     root, _, _ = tiny
     out = dsa("eval", "--model", root, "--no-perplexity", "--tasks", "tiny_yesno,boolqq", "--tasks-path", TASKS)
     assert out.returncode == 2, out.stderr
-    assert "unknown lm-eval task: boolqq" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "unknown lm-eval task: boolqq (list the names with `lm-eval ls tasks`" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Loading" not in out.stderr  # before loading the model
