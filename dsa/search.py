@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from gp import Search, SearchConfig
 
 from .allocations import FORMULAS, allocate
@@ -74,7 +76,7 @@ def _search(args: argparse.Namespace, config: SearchConfig, run_dir: Path, resum
     allocator, fitness, info = build_task(args, map_fn)
     run_dir.mkdir(parents=True, exist_ok=True)
     baselines = {name: allocate(name, allocator)[0] for name in ("uniform", *FORMULAS)}
-    values = map_fn(fitness, [allocator_tensor(a) for a in baselines.values()])
+    values = map_fn(fitness, [torch.as_tensor(a, dtype=torch.float64) for a in baselines.values()])
     baseline_fitness = {name: float(v) for name, v in zip(baselines, values)}
     saved_args = {k: v for k, v in vars(args).items() if k not in NOT_SAVED}
     write_json(run_dir / "config.json", {
@@ -96,8 +98,3 @@ def _search(args: argparse.Namespace, config: SearchConfig, run_dir: Path, resum
              "logbook.csv", "fitness.png", "allocation.png", "checkpoint.pkl"]
     print(f"\nwrote {run_dir}/ ({', '.join(files)})")
     return run_dir
-
-
-def allocator_tensor(values):
-    import torch
-    return torch.as_tensor(values, dtype=torch.float64)
