@@ -11,7 +11,7 @@ import torch
 from evaluators.baselines import BASELINES
 from evaluators.calibration import collect_stats
 from evaluators.data import calibration_batch, load_split, token_windows
-from evaluators.fitness import PruningEvaluator, subsample_scores
+from evaluators.fitness import PruningEvaluator, layer_scores
 from evaluators.models import block_names, load_model, model_linears, save_pruned
 from evaluators.perplexity import perplexity
 from evaluators.pruners import measured_sparsity, prune
@@ -95,9 +95,9 @@ def score_source(model, method: str, calib: torch.Tensor | None, batch_size: int
     """Element-wise scores per block, subsampled exactly as the search evaluator does (same seed)."""
     scorer = get_scorer(method)
     stats = collect_stats(model, calib, scorer.needs_hessian, batch_size) if scorer.needs_calibration else None
-    flat = [torch.cat([s.reshape(-1).float().cpu() for s in block.values()])
-            for block in compute_scores(model, method, stats)]
-    return ScoreSource(model, [subsample_scores(s, max_per_block, seed + l) for l, s in enumerate(flat)])
+    blocks = compute_scores(model, method, stats)
+    return ScoreSource(model, [layer_scores(list(block.values()), max_per_block, seed + l)
+                               for l, block in enumerate(blocks)])
 
 
 def resolve_allocation(spec: str, source: ScoreSource, target: float) -> tuple[list[float], str | None]:

@@ -40,6 +40,13 @@ def subsample_scores(scores: torch.Tensor, limit: int | None, seed: int) -> torc
     return scores[idx]
 
 
+def layer_scores(scores: list[torch.Tensor], limit: int | None, seed: int) -> torch.Tensor:
+    """One block's ``S_l``: its linears' scores flattened into one float32 CPU vector, then the seeded
+    subset of :func:`subsample_scores` (seed = run seed + block index). The search evaluator and
+    ``dsa prune/eval`` both build ``S_l`` here, so a formula gives the same allocation in both."""
+    return subsample_scores(torch.cat([s.reshape(-1).float().cpu() for s in scores]), limit, seed)
+
+
 class PruningEvaluator:
     """Perplexity of the model pruned block-wise at given sparsities, with fast apply/restore.
 
@@ -75,12 +82,12 @@ class PruningEvaluator:
             for name, lin in block.items():
                 score = scorer.score(lin.weight, stats[name] if stats else None)
                 ranks[name] = row_ranks(score)
-                flat.append(score.reshape(-1).cpu())
+                flat.append(score.cpu())
                 dense[name] = lin.weight.detach().clone()
                 del score
             self._ranks.append(ranks)
             self._dense.append(dense)
-            self._scores.append(subsample_scores(torch.cat(flat), max_scores_per_block, seed + l))
+            self._scores.append(layer_scores(flat, max_scores_per_block, seed + l))
         del stats
         self._touched: list[tuple[torch.nn.Linear, torch.Tensor]] = []
         self._dense_ppl: float | None = None

@@ -142,9 +142,3 @@ def _fold(op, args):
 
 def _dtype(x):
     return x.dtype if isinstance(x, torch.Tensor) and x.is_floating_point() else torch.float64
-
-
-def is_finite(x) -> bool:
-    if isinstance(x, torch.Tensor):
-        return bool(torch.isfinite(x).all())
-    return math.isfinite(float(x))
