@@ -33,37 +33,52 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.7)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--val-windows", type=int, default=2)
+    ap.add_argument("--nsamples", type=int, default=16)
+    ap.add_argument("--calib-seqlen", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, device=args.device)
     val = token_windows(tok, load_split("wikitext2", "validation"), args.seqlen, args.val_windows)
-    calib = calibration_batch(tok, load_split("c4", "train"), 16, 512, seed=0)
-    fitness = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val, max_scores_per_block=2**18)
+    calib = calibration_batch(tok, load_split("c4", "train"), args.nsamples, args.calib_seqlen, seed=0)
+    fitness = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val,
+                               batch_size=args.batch_size, max_scores_per_block=2**18)
     allocator = LayerAllocator(fitness.block_scores(), target=args.sparsity, weights=fitness.param_counts())
     problem = allocation_problem(allocator, fitness)
 
     curves, rows = {}, []
-    for mode in ("evolution", "random"):
-        for seed in range(args.seeds):
+    for seed in range(args.seeds):  # seed-major: a run stopped early still compares both modes
+        for mode in ("evolution", "random"):
             cfg = SearchConfig(population=args.population, generations=args.generations, mode=mode, seed=seed)
             result = Search(problem, cfg).run()
             curves[(mode, seed)] = [(r["total_evals"], r["best"]) for r in result.logbook]
             rows.append({"mode": mode, "seed": seed, "evaluations": result.evaluations,
                          "best val ppl": result.logbook[-1]["best"], "best formula": result.hall_of_fame[0]["formula"]})
             print(rows[-1], flush=True)
-    summary = [{"mode": m, "median best val ppl": statistics.median(r["best val ppl"] for r in rows if r["mode"] == m),
+            report(args, rows, curves, f"{next(model.parameters()).device}", int(val.shape[0]))
+
+
+def report(args, rows: list[dict], curves: dict, device: str, n_val: int) -> None:
+    """Write the table and plot so far (a run stopped early leaves its finished seeds behind)."""
+    modes = [m for m in ("evolution", "random") if any(r["mode"] == m for r in rows)]
+    summary = [{"mode": m, "runs": sum(r["mode"] == m for r in rows),
+                "median best val ppl": statistics.median(r["best val ppl"] for r in rows if r["mode"] == m),
                 "min": min(r["best val ppl"] for r in rows if r["mode"] == m),
                 "max": max(r["best val ppl"] for r in rows if r["mode"] == m),
                 "mean evaluations": statistics.mean(r["evaluations"] for r in rows if r["mode"] == m)}
-               for m in ("evolution", "random")]
+               for m in modes]
     plot(curves, RESULTS / f"{args.name}.png")
-    table = (f"SmolLM2-135M, Wanda, {args.sparsity:.0%}; fitness = validation perplexity on {val.shape[0]}×{args.seqlen} "
-             f"tokens; population {args.population}, {args.generations} generations, seeds 0–{args.seeds - 1}.\n\n"
+    table = (f"{args.model or 'SmolLM2-135M'} on {device}, Wanda, {args.sparsity:.0%}; "
+             f"calibration C4 {args.nsamples}×{args.calib_seqlen}; "
+             f"fitness = validation perplexity on {n_val}×{args.seqlen} tokens; population {args.population}, "
+             f"{args.generations} generations, seeds 0–{args.seeds - 1}.\n\n"
              + markdown_table(summary, list(summary[0])) + "\n\n"
              + markdown_table(rows, ["mode", "seed", "evaluations", "best val ppl", "best formula"])
              + f"\n\n![convergence]({args.name}.png)")
     write(args.name, {"args": vars(args), "summary": summary, "runs": rows,
-                      "curves": {f"{m}/{s}": c for (m, s), c in curves.items()}}, table, "Evolution vs random search")
+                      "curves": {f"{m}/{s}": c for (m, s), c in curves.items()}}, table, "Evolution vs random search",
+          quiet=True)
 
 
 def plot(curves, path: Path) -> None:

@@ -2,7 +2,15 @@
 tokens — the floor — and (b) the naive approach: re-running Wanda pruning (calibration forward +
 pruning) for every candidate. Also the cost of decoding a tree into an allocation, and peak memory.
 
-    python bench/speed.py [--model M] [--seqlen 512] [--val-windows 2] [--repeats 5] [--device auto]
+    python bench/speed.py [--model M] [--seqlen 512] [--val-windows 2] [--repeats 5] [--device auto] \
+        [--variants fp32:1:inplace,fp32:all:forward,bf16:all:inplace]
+
+A variant is ``dtype:batch:masking[:chunk]``: evaluation dtype (``tf32`` = fp32 weights, TF32
+matmuls on CUDA), validation windows per forward (``all`` = one batch), the evaluator's masking mode
+(``inplace`` keeps a dense copy; ``forward`` masks in each linear's forward, no copy) and the LM-head
+chunk of the perplexity pass (positions per step; 0 = all logits at once; default 512). The first
+variant is the baseline; the naive row is measured with it. Host memory: the peak resident set
+during each variant's setup and evaluations (Linux: /proc/self/clear_refs resets the peak).
 """
 from __future__ import annotations
 
@@ -22,12 +30,32 @@ from bench.common import markdown_table, write  # noqa: E402
 from evaluators.data import calibration_batch, load_split, token_windows  # noqa: E402
 from evaluators.fitness import PruningEvaluator  # noqa: E402
 from evaluators.models import load_model, model_linears  # noqa: E402
-from evaluators.perplexity import perplexity  # noqa: E402
+from evaluators.perplexity import CHUNK, window_nlls  # noqa: E402
 from evaluators.pruners import prune  # noqa: E402
 from gp import half_and_half  # noqa: E402
 from dsa.problem import has_reduction  # noqa: E402
 from deap import gp as dgp  # noqa: E402
 from primitives import LayerAllocator  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def host_rss(field: str = "VmRSS") -> float | None:
+    """Resident set (``VmRSS``) or its peak since the last :func:`reset_host_peak` (``VmHWM``), GiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024 / 2**30
+    except OSError:
+        pass
+    return None
+
+
+def reset_host_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def timed(fn, device) -> float:
@@ -40,6 +68,37 @@ def timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
+def parse_variants(text: str) -> list[tuple[str, str, str, int | None]]:
+    variants = []
+    for v in text.split(","):
+        parts = v.split(":")
+        if len(parts) == 3:
+            parts.append(str(CHUNK))
+        if len(parts) != 4 or parts[0] not in DTYPES or parts[2] not in ("inplace", "forward") or not parts[3].isdigit():
+            raise SystemExit(f"bad variant {v!r}: use dtype:batch:masking[:chunk], e.g. bf16:all:forward:512")
+        variants.append((*parts[:3], int(parts[3]) or None))
+    if any(DTYPES[a[0]].itemsize < DTYPES[b[0]].itemsize for a, b in zip(variants, variants[1:])):
+        raise SystemExit("list fp32 variants before 16-bit ones (the model is cast once, downwards)")
+    return variants
+
+
+def sample_allocations(ev: PruningEvaluator, n: int) -> list[tuple[list[float], float]]:
+    """``n`` valid non-uniform allocations from random trees, with the seconds each took to decode."""
+    allocator = LayerAllocator(ev.block_scores(), target=0.7, weights=ev.param_counts())
+    random.seed(0)
+    out = []
+    while len(out) < n:
+        tree = dgp.PrimitiveTree(half_and_half(allocator.pset, 3, 6))
+        if not has_reduction(tree):
+            continue
+        start = time.perf_counter()
+        result = allocator(tree)
+        seconds = time.perf_counter() - start
+        if result.valid and not result.uniform:
+            out.append((result.tolist(), seconds))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model")
@@ -50,69 +109,94 @@ def main() -> None:
     ap.add_argument("--calib-seqlen", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--variants", default="fp32:1:inplace")
     args = ap.parse_args()
+    variants = parse_variants(args.variants)
 
     model, tok = load_model(args.model, "fp32", args.device)
     device = next(model.parameters()).device
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    cuda = device.type == "cuda"
     val = token_windows(tok, load_split("wikitext2", "validation"), args.seqlen, args.val_windows)
     calib = calibration_batch(tok, load_split("c4", "train"), args.nsamples, args.calib_seqlen, seed=0)
-
-    floor = [timed(lambda: perplexity(model, val), device) for _ in range(args.repeats)]
-    t0 = time.perf_counter()
-    ev = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val, max_scores_per_block=2**18)
-    setup = time.perf_counter() - t0
-    allocator = LayerAllocator(ev.block_scores(), target=0.7, weights=ev.param_counts())
-
-    random.seed(0)
-    allocations = []
-    while len(allocations) < args.repeats:
-        tree = dgp.PrimitiveTree(half_and_half(allocator.pset, 3, 6))
-        if not has_reduction(tree):
-            continue
-        start = time.perf_counter()
-        result = allocator(tree)
-        seconds = time.perf_counter() - start
-        if result.valid and not result.uniform:
-            allocations.append((result.tolist(), seconds))
-    decode = [t for _, t in allocations]
-    evals = [timed(lambda: ev(a), device) for a, _ in allocations]
-    applies, restores = [], []
-    for a, _ in allocations:
-        applies.append(timed(lambda: ev.apply(a), device))
-        restores.append(timed(ev.restore, device))
-
-    dense = [{n: lin.weight.detach().clone() for n, lin in b.items()} for b in model_linears(model)]
-
-    def naive():
-        prune(model, "wanda", allocations[0][0], calib)
-        perplexity(model, val)
-    naive_s = timed(naive, device)
-    with torch.no_grad():
-        for b, saved in zip(model_linears(model), dense):
-            for n, lin in b.items():
-                lin.weight.copy_(saved[n])
-
     med = statistics.median
-    rows = [
-        {"what": "plain forward over the validation windows (floor)", "seconds": med(floor)},
-        {"what": "fitness evaluation (apply masks + forward + restore)", "seconds": med(evals),
-         "× floor": med(evals) / med(floor)},
-        {"what": "  of which: apply masks", "seconds": med(applies)},
-        {"what": "  of which: restore dense weights", "seconds": med(restores)},
-        {"what": "decode tree → allocation (2^18 scores/layer, first use of each reduction)", "seconds": med(decode)},
-        {"what": "naive: Wanda prune (calibration + pruning) + forward", "seconds": naive_s,
-         "× floor": naive_s / med(floor), "× evaluation": naive_s / med(evals)},
-        {"what": "one-time evaluator setup (calibration, scores, ranks)", "seconds": setup},
-    ]
-    peak_host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    memory = {"model weights GiB": weight_bytes / 2**30, "peak host RSS GiB": peak_host / 2**30,
-              "peak GPU GiB": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+    rows, memory, host, allocations, naive_s = [], [], [], None, None
+    for dtype, batch, masking, chunk in variants:
+        model.to(DTYPES[dtype])
+        torch.set_float32_matmul_precision("high" if dtype == "tf32" else "highest")
+        bs = val.shape[0] if batch == "all" else int(batch)
+        label = f"{dtype}, batch {bs}, {masking}, head chunk {chunk or 'off'}"
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        window_nlls(model, val[:1], 1, chunk=chunk)  # warm-up (and the one-time LM-head split check)
+        floor = [timed(lambda: window_nlls(model, val, bs, chunk=chunk), device) for _ in range(args.repeats)]
+        host_before = host_rss()
+        reset_host_peak()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
+        ev = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val, batch_size=bs,
+                              max_scores_per_block=2**18, masking=masking, head_chunk=chunk)
+        setup = time.perf_counter() - t0
+        held = torch.cuda.memory_allocated() - before if cuda else None
+        if allocations is None:
+            allocations = sample_allocations(ev, args.repeats)
+        evals = [timed(lambda: ev(a), device) for a, _ in allocations]
+        applies, restores = [], []
+        for a, _ in allocations:
+            applies.append(timed(lambda: ev.apply(a), device))
+            restores.append(timed(ev.restore, device))
+        host_peak = host_rss("VmHWM")
+        host.append({"variant": label, "model weights GiB": weight_bytes / 2**30, "RSS before setup GiB": host_before,
+                     "peak RSS setup + evaluations GiB": host_peak,
+                     "peak × weights": host_peak * 2**30 / weight_bytes if host_peak else None})
+        if cuda:
+            torch.cuda.synchronize()
+            memory.append({"variant": label, "model weights GiB": weight_bytes / 2**30,
+                           "evaluator state GiB": held / 2**30,
+                           "peak GPU GiB (setup + evaluations)": torch.cuda.max_memory_allocated() / 2**30,
+                           "peak × weights": torch.cuda.max_memory_allocated() / weight_bytes})
+        ev.close()
+        del ev
+        rows += [
+            {"variant": label, "what": "plain forward over the validation windows (floor)", "seconds": med(floor)},
+            {"variant": label, "what": "fitness evaluation (apply masks + forward + restore)", "seconds": med(evals),
+             "× floor": med(evals) / med(floor)},
+            {"variant": label, "what": "  of which: apply masks", "seconds": med(applies)},
+            {"variant": label, "what": "  of which: restore", "seconds": med(restores)},
+            {"variant": label, "what": "one-time evaluator setup (calibration, scores, ranks)", "seconds": setup},
+        ]
+        if naive_s is None:  # the naive approach, in the baseline variant
+            dense = [{n: lin.weight.detach().to("cpu", copy=True) for n, lin in b.items()} for b in model_linears(model)]
+
+            def naive():
+                prune(model, "wanda", allocations[0][0], calib, batch_size=bs)
+                window_nlls(model, val, bs, chunk=chunk)
+            naive_s = timed(naive, device)
+            with torch.no_grad():
+                for b, saved in zip(model_linears(model), dense):
+                    for n, lin in b.items():
+                        lin.weight.copy_(saved[n])
+            del dense
+            rows.append({"variant": label, "what": "naive: Wanda prune (calibration + pruning) + forward",
+                         "seconds": naive_s, "× floor": naive_s / med(floor), "× evaluation": naive_s / med(evals)})
+        print(markdown_table(rows[-6:], ["variant", "what", "seconds", "× floor", "× evaluation"]), flush=True)
+    decode = med([t for _, t in allocations])
+    rows.append({"variant": "-", "what": "decode tree → allocation (2^18 scores/layer, first use of each reduction)",
+                 "seconds": decode})
+    for row in rows:
+        if row["what"].startswith("fitness") and naive_s:
+            row["× evaluation"] = naive_s / row["seconds"]  # naive (baseline variant) ÷ this evaluation
+    whole = {"peak host RSS GiB (whole run, model loading included)":
+             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30}
     table = (f"Model {args.model or 'SmolLM2-135M'} on {device}; validation {val.shape[0]}×{args.seqlen} tokens; "
-             f"Wanda calibration {args.nsamples}×{args.calib_seqlen}; medians of {args.repeats}.\n\n"
-             + markdown_table(rows, ["what", "seconds", "× floor", "× evaluation"]) + "\n\n"
-             + markdown_table([memory], list(memory)))
-    write(args.name, {"args": vars(args), "rows": rows, "memory": memory}, table, "Fitness evaluation speed")
+             f"Wanda calibration {args.nsamples}×{args.calib_seqlen}; medians of {args.repeats}. "
+             "'× evaluation' = the naive approach's seconds ÷ this row's.\n\n"
+             + markdown_table(rows, ["variant", "what", "seconds", "× floor", "× evaluation"]) + "\n\n"
+             + (markdown_table(memory, list(memory[0])) + "\n\n" if memory else "")
+             + markdown_table(host, list(host[0])) + "\n\n" + markdown_table([whole], list(whole)))
+    write(args.name, {"args": vars(args), "rows": rows, "gpu_memory": memory, "host_memory": host, "host": whole}, table,
+          "Fitness evaluation speed")
 
 
 if __name__ == "__main__":

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation windows per fitness evaluation (default 2; more = less noisy, slower)")
     s.add_argument("--low-fidelity-windows", type=positive_int,
                    help="multi-fidelity: evaluate this many windows first, the rest only for competitive candidates")
+    s.add_argument("--masking", choices=("inplace", "forward"), default="inplace",
+                   help="how a candidate's masks reach the model: inplace (default; keeps a dense copy of the "
+                        "weights, fastest) or forward (masks applied inside each linear's forward, no copy: "
+                        "weights + ranks only, for models that barely fit)")
     g = s.add_argument_group("search")
     g.add_argument("--population", type=positive_int, default=10, help="individuals per generation (default 10)")
     g.add_argument("--generations", type=int, help="generations after the first (default 4; with --resume: keep the run's)")

@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -85,11 +85,12 @@ class Recipe:
     max_scores_per_layer: int | None
     seed: int
     low_fidelity_windows: int | None = None
+    masking: str = "inplace"
     cwd: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Recipe":
-        values = {f.name: getattr(args, f.name, None) for f in fields(cls)}
+        values = {f.name: getattr(args, f.name, None if f.default is MISSING else f.default) for f in fields(cls)}
         for key in ("model", "data", "calib", "data_dir"):
             values[key] = _absolute(values[key])
         if str(values["device"]).startswith("cuda:"):  # Ray shows each GPU actor its own GPU as cuda:0

@@ -51,7 +51,8 @@ def build_evaluator(args: argparse.Namespace) -> tuple[PruningEvaluator, dict]:
     start = time.perf_counter()
     evaluator = PruningEvaluator(model, tokenizer, method=args.method, calib_ids=calib, val_windows=val,
                                  batch_size=args.batch_size, low_fidelity_windows=args.low_fidelity_windows,
-                                 max_scores_per_block=args.max_scores_per_layer, seed=args.seed)
+                                 max_scores_per_block=args.max_scores_per_layer, seed=args.seed,
+                                 masking=getattr(args, "masking", "inplace"))
     setup = time.perf_counter() - start
     info = {
         "model": model_name(args), "fitness": "validation perplexity",

@@ -69,7 +69,7 @@ def esd_alpha(weight: torch.Tensor, fix_fingers: str = "xmin_peak", bins: int = 
     (their lower bound ``log10(0.95·peak)`` is compared against raw eigenvalues; kept as is). Falls
     back to ``xmin_mid`` when no candidate qualifies.
     """
-    eigs = torch.linalg.svdvals(weight.detach().float()).double().square().sort().values
+    eigs = torch.linalg.svdvals(weight.detach().float()).double().square().sort().values.cpu()
     n_eigs = eigs.numel()
     log_e = eigs.log()
     suffix = log_e.flip(0).cumsum(0).flip(0)  # suffix[i] = Σ_{j≥i} log λ_j

@@ -1,8 +1,15 @@
 """The fitness of a per-block sparsity vector: perplexity of the pruned model (the GP's hot path).
 
 Once per run, :class:`PruningEvaluator` collects calibration statistics on the *dense* model,
-scores every weight, and keeps per-row score ranks plus a copy of the dense weights. A candidate
-then costs one comparison + ``masked_fill_`` per linear, a perplexity pass, and a weight copy back.
+scores every weight and keeps per-row score ranks. Two ways to turn ranks into a pruned model
+(``masking``), identical perplexities:
+
+- ``"inplace"`` (default): a copy of the dense weights is kept; a candidate costs one comparison +
+  ``masked_fill_`` per linear, a perplexity pass, and a weight copy back. Memory: weights ×2 + ranks.
+- ``"forward"``: no copy; each linear is parametrised (:mod:`torch.nn.utils.parametrize`) to use
+  ``W.masked_fill(rank < k, 0)`` in its forward, so masks are rebuilt in every forward call and the
+  weights are never written. Memory: weights + ranks (+ one linear's masked weight at a time).
+
 Scores come from the dense model in one pass (no re-calibration through pruned blocks as in the
 exact :func:`evaluators.pruners.prune`); for magnitude the masks are identical to the exact pruner's.
 
@@ -21,12 +28,14 @@ import time
 from typing import Sequence
 
 import torch
+from torch import nn
+from torch.nn.utils import parametrize
 
 from .calibration import collect_stats
 from .errors import UserError
 from .masks import prune_count, row_ranks
 from .models import model_linears
-from .perplexity import perplexity_from_nlls, window_nlls
+from .perplexity import CHUNK, perplexity_from_nlls, window_nlls
 from .pruners import check_sparsities
 from .scores import get_scorer
 
@@ -47,6 +56,20 @@ def layer_scores(scores: list[torch.Tensor], limit: int | None, seed: int) -> to
     return subsample_scores(torch.cat([s.reshape(-1).float().cpu() for s in scores]), limit, seed)
 
 
+MASKING = ("inplace", "forward")
+
+
+class RankMask(nn.Module):
+    """Parametrisation of a linear's weight: zero the weights whose row rank is below ``k``."""
+
+    def __init__(self, ranks: torch.Tensor):
+        super().__init__()
+        self.ranks, self.k = ranks, 0  # a plain attribute, not a buffer: kept out of state_dict
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.masked_fill(self.ranks < self.k, 0) if self.k else weight
+
+
 class PruningEvaluator:
     """Perplexity of the model pruned block-wise at given sparsities, with fast apply/restore.
 
@@ -57,9 +80,15 @@ class PruningEvaluator:
     def __init__(self, model, tokenizer, *, method: str = "wanda", calib_ids: torch.Tensor | None = None,
                  val_windows: torch.Tensor, batch_size: int = 1, low_fidelity_windows: int | None = None,
                  low_fidelity_margin: float = 0.1, max_scores_per_block: int | None = None, seed: int = 0,
-                 progress: bool = False):
+                 progress: bool = False, masking: str = "inplace", head_chunk: int | None = CHUNK):
         """``max_scores_per_block``: keep only a seeded random subset of each block's scores for
-        :meth:`block_scores` (saves memory on large models; default: keep all, float32 on CPU)."""
+        :meth:`block_scores` (saves memory on large models; default: keep all, float32 on CPU).
+        ``masking``: ``"inplace"`` (dense copy, fastest) or ``"forward"`` (no copy; see the module doc).
+        With ``"forward"``, call :meth:`close` before using the model for anything else.
+        ``head_chunk``: LM-head positions per step in the perplexity pass (None: all logits at once;
+        see :mod:`evaluators.perplexity`)."""
+        if masking not in MASKING:
+            raise UserError(f"masking must be one of {', '.join(MASKING)}, got {masking!r}")
         scorer = get_scorer(method)
         if scorer.needs_calibration and calib_ids is None:
             raise UserError(f"{method} scores need calibration data (--calib)")
@@ -72,6 +101,8 @@ class PruningEvaluator:
         self.low_fidelity_margin = low_fidelity_margin
         self.seed = seed
         self.progress = progress
+        self.masking = masking
+        self.head_chunk = head_chunk
         self.linears = model_linears(model)
         stats = collect_stats(model, calib_ids, scorer.needs_hessian, batch_size) if scorer.needs_calibration else None
         self._ranks: list[dict[str, torch.Tensor]] = []
@@ -83,7 +114,10 @@ class PruningEvaluator:
                 score = scorer.score(lin.weight, stats[name] if stats else None)
                 ranks[name] = row_ranks(score)
                 flat.append(score.cpu())
-                dense[name] = lin.weight.detach().clone()
+                if masking == "inplace":
+                    dense[name] = lin.weight.detach().clone()
+                else:
+                    parametrize.register_parametrization(lin, "weight", RankMask(ranks[name]), unsafe=True)
                 del score
             self._ranks.append(ranks)
             self._dense.append(dense)
@@ -114,25 +148,43 @@ class PruningEvaluator:
 
     @torch.no_grad()
     def apply(self, sparsities: Sequence[float]) -> None:
-        """Prune in place: in each row, zero the weights ranked below ``round(s_l·cols)``."""
+        """Prune: in each row, zero the weights ranked below ``round(s_l·cols)`` (in place, or in the
+        forward with ``masking="forward"``)."""
         values = check_sparsities(sparsities, self.n_blocks)
         self.restore()
         for s, block, ranks, dense in zip(values, self.linears, self._ranks, self._dense):
             for name, lin in block.items():
                 k = prune_count(s, lin.in_features)
-                if k:
+                if not k:
+                    continue
+                if self.masking == "forward":
+                    mask = lin.parametrizations.weight[0]
+                    mask.k = k
+                    self._touched.append((mask, None))
+                else:
                     self._touched.append((lin, dense[name]))
                     lin.weight.masked_fill_(ranks[name] < k, 0)
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Copy the dense weights back (bit-exact) into every linear that :meth:`apply` touched."""
-        for lin, dense in self._touched:
-            lin.weight.copy_(dense)
+        """Undo :meth:`apply`: copy the dense weights back (bit-exact), or switch the masks off."""
+        for target, dense in self._touched:
+            if dense is None:
+                target.k = 0
+            else:
+                target.weight.copy_(dense)
         self._touched = []
 
+    def close(self) -> None:
+        """Leave the model dense and plain (removes ``masking="forward"``'s parametrisations)."""
+        self.restore()
+        for block in self.linears:
+            for lin in block.values():
+                if parametrize.is_parametrized(lin, "weight"):
+                    parametrize.remove_parametrizations(lin, "weight", leave_parametrized=False)
+
     def _nlls(self, windows: torch.Tensor) -> torch.Tensor:
-        return window_nlls(self.model, windows, self.batch_size, self.progress)
+        return window_nlls(self.model, windows, self.batch_size, self.progress, self.head_chunk)
 
     def _evaluate(self) -> float:
         k, n = self.low_fidelity_windows, self.val_windows.shape[0]

