@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multi-fidelity: evaluate this many windows first, the rest only for competitive candidates")
     s.add_argument("--masking", choices=("inplace", "forward"), default="inplace",
                    help="how a candidate's masks reach the model: inplace (default; keeps a dense copy of the "
-                        "weights, fastest) or forward (masks applied inside each linear's forward, no copy: "
-                        "weights + ranks only, for models that barely fit)")
+                        "weights) or forward (masks applied inside each linear's forward, no copy: weights + ranks "
+                        "only; as fast on a GPU, for models that barely fit)")
     g = s.add_argument_group("search")
     g.add_argument("--population", type=positive_int, default=10, help="individuals per generation (default 10)")
     g.add_argument("--generations", type=int, help="generations after the first (default 4; with --resume: keep the run's)")

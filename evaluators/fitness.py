@@ -83,7 +83,8 @@ class PruningEvaluator:
                  progress: bool = False, masking: str = "inplace", head_chunk: int | None = CHUNK):
         """``max_scores_per_block``: keep only a seeded random subset of each block's scores for
         :meth:`block_scores` (saves memory on large models; default: keep all, float32 on CPU).
-        ``masking``: ``"inplace"`` (dense copy, fastest) or ``"forward"`` (no copy; see the module doc).
+        ``masking``: ``"inplace"`` (dense copy) or ``"forward"`` (no copy, masks rebuilt in every forward
+        call: as fast on a GPU, slower on a CPU with several forward calls per candidate; module doc).
         With ``"forward"``, call :meth:`close` before using the model for anything else.
         ``head_chunk``: LM-head positions per step in the perplexity pass (None: all logits at once;
         see :mod:`evaluators.perplexity`)."""

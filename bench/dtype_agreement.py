@@ -1,0 +1,76 @@
+"""Does a 16-bit fitness rank candidates like the fp32 one? Validation perplexity of the same random
+allocations with the model in fp32 and in bf16 (or fp16): Spearman rank correlation, relative gaps,
+and whether both pick the same best candidate.
+
+    python bench/dtype_agreement.py [--model M] [--dtype bf16] [--candidates 12] [--seqlen 512] [--val-windows 2]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import markdown_table, write  # noqa: E402
+from bench.speed import DTYPES, sample_allocations  # noqa: E402
+from evaluators.data import calibration_batch, load_split, token_windows  # noqa: E402
+from evaluators.fitness import PruningEvaluator  # noqa: E402
+from evaluators.models import load_model  # noqa: E402
+
+
+def ranks(values: list[float]) -> list[int]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0] * len(values)
+    for r, i in enumerate(order):
+        out[i] = r
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = ranks(a), ranks(b)
+    n = len(a)
+    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ra, rb)) / (n * (n * n - 1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model")
+    ap.add_argument("--name", default="dtype_agreement")
+    ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
+    ap.add_argument("--candidates", type=int, default=12)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--val-windows", type=int, default=2)
+    ap.add_argument("--nsamples", type=int, default=16)
+    ap.add_argument("--calib-seqlen", type=int, default=512)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+
+    model, tok = load_model(args.model, "fp32", args.device)
+    val = token_windows(tok, load_split("wikitext2", "validation"), args.seqlen, args.val_windows)
+    calib = calibration_batch(tok, load_split("c4", "train"), args.nsamples, args.calib_seqlen, seed=0)
+    ev = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val, max_scores_per_block=2**18)
+    allocations = [a for a, _ in sample_allocations(ev, args.candidates)]
+    fp32 = [ev(a) for a in allocations]
+    del ev
+    model.to(DTYPES[args.dtype])  # scores and ranks rebuilt from the 16-bit weights, as a 16-bit search would
+    ev = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val, max_scores_per_block=2**18)
+    low = [ev(a) for a in allocations]
+    gaps = [abs(b - a) / a for a, b in zip(fp32, low)]
+    summary = {"candidates": len(allocations), "Spearman ρ (fp32 vs " + args.dtype + ")": spearman(fp32, low),
+               "median relative gap": statistics.median(gaps), "max relative gap": max(gaps),
+               "same best candidate": fp32.index(min(fp32)) == low.index(min(low))}
+    rows = [{"candidate": i, "fp32 val ppl": a, f"{args.dtype} val ppl": b} for i, (a, b) in enumerate(zip(fp32, low))]
+    table = (f"Model {args.model or 'SmolLM2-135M'} on {next(model.parameters()).device}; Wanda 70 %, random valid "
+             f"allocations; validation {val.shape[0]}×{args.seqlen} tokens; calibration {args.nsamples}×{args.calib_seqlen}.\n\n"
+             + markdown_table([summary], list(summary)) + "\n\n"
+             + markdown_table(rows, ["candidate", "fp32 val ppl", f"{args.dtype} val ppl"]))
+    write(args.name, {"args": vars(args), "summary": summary, "rows": rows}, table, f"fp32 vs {args.dtype} fitness")
+    print(markdown_table([summary], list(summary)))
+
+
+if __name__ == "__main__":
+    main()
