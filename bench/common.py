@@ -1,6 +1,8 @@
-"""Shared bits of the benchmark scripts: machine description and result writing."""
+"""Shared bits of the benchmark scripts: model/data arguments and loading, weight snapshots,
+machine description and result writing."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -8,6 +10,47 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def add_model_args(ap: argparse.ArgumentParser, name: str, split: str = "validation", windows: int = 2) -> None:
+    """--model --name --seqlen --val-windows (or --test-windows) --nsamples --calib-seqlen --device."""
+    ap.add_argument("--model")
+    ap.add_argument("--name", default=name)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--val-windows" if split == "validation" else "--test-windows", type=int, default=windows,
+                    help="token windows of WikiText-2 " + split + (" (0 = all)" if split == "test" else ""))
+    ap.add_argument("--nsamples", type=int, default=16)
+    ap.add_argument("--calib-seqlen", type=int, default=512)
+    ap.add_argument("--device", default="auto")
+
+
+def load_inputs(args: argparse.Namespace, split: str = "validation"):
+    """(model in fp32, tokenizer, WikiText-2 ``split`` windows, C4 calibration batch) from :func:`add_model_args`'s flags."""
+    from evaluators.data import calibration_batch, load_split, token_windows
+    from evaluators.models import load_model
+
+    model, tok = load_model(args.model, "fp32", args.device)
+    n = args.val_windows if split == "validation" else (args.test_windows or None)
+    windows = token_windows(tok, load_split("wikitext2", split), args.seqlen, n)
+    calib = calibration_batch(tok, load_split("c4", "train"), args.nsamples, args.calib_seqlen, seed=0)
+    return model, tok, windows, calib
+
+
+def weight_snapshot(model, device=None):
+    """Copy every decoder linear's weight (to ``device``, default: where it is); returns ``restore()``."""
+    import torch
+
+    from evaluators.models import model_linears
+
+    saved = [{n: lin.weight.detach().to(device or lin.weight.device, copy=True) for n, lin in block.items()}
+             for block in model_linears(model)]
+
+    @torch.no_grad()
+    def restore() -> None:
+        for block, weights in zip(model_linears(model), saved):
+            for n, lin in block.items():
+                lin.weight.copy_(weights[n])
+    return restore
 
 
 def machine() -> dict:

@@ -14,34 +14,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, markdown_table, write  # noqa: E402
+from bench.common import RESULTS, add_model_args, load_inputs, markdown_table, write  # noqa: E402
 from dsa.problem import allocation_problem  # noqa: E402
-from evaluators.data import calibration_batch, load_split, token_windows  # noqa: E402
 from evaluators.fitness import PruningEvaluator  # noqa: E402
-from evaluators.models import load_model  # noqa: E402
 from gp import Search, SearchConfig  # noqa: E402
 from primitives import LayerAllocator  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model")
-    ap.add_argument("--name", default="convergence_smollm2_wanda70")
+    add_model_args(ap, "convergence_smollm2_wanda70")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--population", type=int, default=10)
     ap.add_argument("--generations", type=int, default=6)
     ap.add_argument("--sparsity", type=float, default=0.7)
-    ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--val-windows", type=int, default=2)
-    ap.add_argument("--nsamples", type=int, default=16)
-    ap.add_argument("--calib-seqlen", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    model, tok = load_model(args.model, device=args.device)
-    val = token_windows(tok, load_split("wikitext2", "validation"), args.seqlen, args.val_windows)
-    calib = calibration_batch(tok, load_split("c4", "train"), args.nsamples, args.calib_seqlen, seed=0)
+    model, tok, val, calib = load_inputs(args)
     fitness = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val,
                                batch_size=args.batch_size, max_scores_per_block=2**18)
     allocator = LayerAllocator(fitness.block_scores(), target=args.sparsity, weights=fitness.param_counts())

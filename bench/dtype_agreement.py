@@ -11,15 +11,11 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import markdown_table, write  # noqa: E402
+from bench.common import add_model_args, load_inputs, markdown_table, write  # noqa: E402
 from bench.speed import DTYPES, sample_allocations  # noqa: E402
-from evaluators.data import calibration_batch, load_split, token_windows  # noqa: E402
 from evaluators.fitness import PruningEvaluator  # noqa: E402
-from evaluators.models import load_model  # noqa: E402
 
 
 def ranks(values: list[float]) -> list[int]:
@@ -38,20 +34,12 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model")
-    ap.add_argument("--name", default="dtype_agreement")
+    add_model_args(ap, "dtype_agreement")
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
     ap.add_argument("--candidates", type=int, default=12)
-    ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--val-windows", type=int, default=2)
-    ap.add_argument("--nsamples", type=int, default=16)
-    ap.add_argument("--calib-seqlen", type=int, default=512)
-    ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    model, tok = load_model(args.model, "fp32", args.device)
-    val = token_windows(tok, load_split("wikitext2", "validation"), args.seqlen, args.val_windows)
-    calib = calibration_batch(tok, load_split("c4", "train"), args.nsamples, args.calib_seqlen, seed=0)
+    model, tok, val, calib = load_inputs(args)
     ev = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val, max_scores_per_block=2**18)
     allocations = [a for a, _ in sample_allocations(ev, args.candidates)]
     fp32 = [ev(a) for a in allocations]

@@ -14,44 +14,26 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import markdown_table, write  # noqa: E402
+from bench.common import add_model_args, load_inputs, markdown_table, weight_snapshot, write  # noqa: E402
 from dsa.llm import resolve_allocation, score_source  # noqa: E402
 from evaluators.baselines import alphapruning, block_alphas  # noqa: E402
-from evaluators.data import calibration_batch, load_split, token_windows  # noqa: E402
-from evaluators.models import load_model, model_linears  # noqa: E402
 from evaluators.perplexity import perplexity  # noqa: E402
 from evaluators.pruners import measured_sparsity, prune  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model")
-    ap.add_argument("--name", default="quality")
+    add_model_args(ap, "quality", split="test", windows=32)
     ap.add_argument("--allocations", default="uniform,owl,dsa-paper,global,alphapruning")
     ap.add_argument("--methods", default="wanda")
     ap.add_argument("--sparsities", default="0.7")
-    ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--test-windows", type=int, default=32)
-    ap.add_argument("--nsamples", type=int, default=16)
-    ap.add_argument("--calib-seqlen", type=int, default=512)
     ap.add_argument("--max-scores-per-layer", type=int, default=2**18)
-    ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    model, tokenizer = load_model(args.model, "fp32", args.device)
-    dense = [{n: lin.weight.detach().clone() for n, lin in block.items()} for block in model_linears(model)]
-    test = token_windows(tokenizer, load_split("wikitext2", "test"), args.seqlen, args.test_windows or None)
-    calib = calibration_batch(tokenizer, load_split("c4", "train"), args.nsamples, args.calib_seqlen, seed=0)
-
-    def restore():
-        with torch.no_grad():
-            for block, saved in zip(model_linears(model), dense):
-                for n, lin in block.items():
-                    lin.weight.copy_(saved[n])
+    model, _, test, calib = load_inputs(args, split="test")
+    restore = weight_snapshot(model)
 
     t0 = time.perf_counter()
     rows = [{"method": "-", "sparsity": 0.0, "allocation": "dense", "perplexity": perplexity(model, test),

@@ -26,10 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import markdown_table, write  # noqa: E402
-from evaluators.data import calibration_batch, load_split, token_windows  # noqa: E402
+from bench.common import add_model_args, load_inputs, markdown_table, weight_snapshot, write  # noqa: E402
 from evaluators.fitness import PruningEvaluator  # noqa: E402
-from evaluators.models import load_model, model_linears  # noqa: E402
 from evaluators.perplexity import CHUNK, window_nlls  # noqa: E402
 from evaluators.pruners import prune  # noqa: E402
 from gp import half_and_half  # noqa: E402
@@ -101,23 +99,15 @@ def sample_allocations(ev: PruningEvaluator, n: int) -> list[tuple[list[float], 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model")
-    ap.add_argument("--name", default="speed")
-    ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--val-windows", type=int, default=2)
-    ap.add_argument("--nsamples", type=int, default=16)
-    ap.add_argument("--calib-seqlen", type=int, default=512)
+    add_model_args(ap, "speed")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--device", default="auto")
     ap.add_argument("--variants", default="fp32:1:inplace")
     args = ap.parse_args()
     variants = parse_variants(args.variants)
 
-    model, tok = load_model(args.model, "fp32", args.device)
+    model, tok, val, calib = load_inputs(args)
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
-    val = token_windows(tok, load_split("wikitext2", "validation"), args.seqlen, args.val_windows)
-    calib = calibration_batch(tok, load_split("c4", "train"), args.nsamples, args.calib_seqlen, seed=0)
     med = statistics.median
     rows, memory, host, allocations, naive_s = [], [], [], None, None
     for dtype, batch, masking, chunk in variants:
@@ -167,17 +157,14 @@ def main() -> None:
             {"variant": label, "what": "one-time evaluator setup (calibration, scores, ranks)", "seconds": setup},
         ]
         if naive_s is None:  # the naive approach, in the baseline variant
-            dense = [{n: lin.weight.detach().to("cpu", copy=True) for n, lin in b.items()} for b in model_linears(model)]
+            restore = weight_snapshot(model, "cpu")
 
             def naive():
                 prune(model, "wanda", allocations[0][0], calib, batch_size=bs)
                 window_nlls(model, val, bs, chunk=chunk)
             naive_s = timed(naive, device)
-            with torch.no_grad():
-                for b, saved in zip(model_linears(model), dense):
-                    for n, lin in b.items():
-                        lin.weight.copy_(saved[n])
-            del dense
+            restore()
+            del restore
             rows.append({"variant": label, "what": "naive: Wanda prune (calibration + pruning) + forward",
                          "seconds": naive_s, "× floor": naive_s / med(floor), "× evaluation": naive_s / med(evals)})
         print(markdown_table(rows[-6:], ["variant", "what", "seconds", "× floor", "× evaluation"]), flush=True)

@@ -52,15 +52,16 @@ def _chunked_nlls(parts, batch: torch.Tensor, chunk: int) -> torch.Tensor:
     return total / n
 
 
-def _use_chunks(model, first: torch.Tensor, chunk: int) -> bool:
-    """Whether chunked NLLs equal the model's own on ``first`` (checked once per model)."""
+def _chunk_parts(model, first: torch.Tensor, chunk: int):
+    """The model's (decoder, head, softcap) when chunked NLLs equal its own on ``first`` (checked once
+    per model), else None."""
+    parts = _parts(model)
     ok = getattr(model, _SPLIT_OK, None)
     if ok is None:
-        parts = _parts(model)
         ok = parts is not None and torch.allclose(_chunked_nlls(parts, first, chunk), _full_nlls(model, first),
                                                   rtol=1e-4, atol=1e-6, equal_nan=True)
         object.__setattr__(model, _SPLIT_OK, ok)  # a plain attribute, not a submodule or buffer
-    return ok
+    return parts if ok else None
 
 
 @torch.inference_mode()
@@ -70,13 +71,14 @@ def window_nlls(model, windows: torch.Tensor, batch_size: int = 1, progress: boo
 
     ``chunk``: LM-head positions per step (None: all logits at once)."""
     device = model_device(model)
-    chunked = bool(chunk) and windows.shape[1] - 1 > chunk and _use_chunks(model, windows[:1].to(device), chunk)
-    parts = _parts(model) if chunked else None
+    parts = None
+    if chunk and windows.shape[1] - 1 > chunk:
+        parts = _chunk_parts(model, windows[:1].to(device), chunk)
     out = []
     starts = range(0, windows.shape[0], max(1, batch_size))
     for start in tqdm(starts, desc="perplexity", disable=not progress):
         batch = windows[start:start + batch_size].to(device)
-        out.append((_chunked_nlls(parts, batch, chunk) if chunked else _full_nlls(model, batch)).cpu())
+        out.append((_full_nlls(model, batch) if parts is None else _chunked_nlls(parts, batch, chunk)).cpu())
     return torch.cat(out)
 
 
