@@ -13,26 +13,34 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def add_model_args(ap: argparse.ArgumentParser, name: str, split: str = "validation", windows: int = 2) -> None:
-    """--model --name --seqlen --val-windows (or --test-windows) --nsamples --calib-seqlen --device."""
-    ap.add_argument("--model")
+    """The CLI's model and data flags (one home: :func:`dsa.cli.add_model_args`: --model --dtype --device
+    --data --calib --data-dir --seqlen --batch-size --seed), plus --name, the number of WikiText-2
+    windows of ``split`` (--val-windows or --test-windows) and the calibration size."""
+    from dsa.cli import add_model_args as model_args, positive_int
+    model_args(ap, pruning=False)
     ap.add_argument("--name", default=name)
-    ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--val-windows" if split == "validation" else "--test-windows", type=int, default=windows,
                     help="token windows of WikiText-2 " + split + (" (0 = all)" if split == "test" else ""))
-    ap.add_argument("--nsamples", type=int, default=16)
-    ap.add_argument("--calib-seqlen", type=int, default=512)
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--nsamples", type=positive_int, help="calibration samples (default: 128 on CUDA, 16 on CPU)")
+    ap.add_argument("--calib-seqlen", type=positive_int, help="calibration length (default: 2048 on CUDA, 512 on CPU)")
 
 
 def load_inputs(args: argparse.Namespace, split: str = "validation"):
-    """(model in fp32, tokenizer, WikiText-2 ``split`` windows, C4 calibration batch) from :func:`add_model_args`'s flags."""
+    """(model, tokenizer, WikiText-2 ``split`` windows, C4 calibration batch) from :func:`add_model_args`'s
+    flags; the sizes left unset are filled in for the device (and written back to ``args`` for the tables)."""
+    from dsa.settings import DataSpec, ModelSpec
     from evaluators.data import calibration_batch, load_split, token_windows
     from evaluators.models import load_model
 
-    model, tok = load_model(args.model, "fp32", args.device)
+    model_spec = ModelSpec(args.model, args.dtype, args.device)
+    data = DataSpec(args.data, args.calib, args.data_dir, args.seqlen, args.nsamples, args.calib_seqlen,
+                    args.batch_size, args.seed).sized(model_spec.is_cuda())
+    args.seqlen, args.nsamples, args.calib_seqlen = data.seqlen, data.nsamples, data.calib_seqlen
+    model, tok = load_model(model_spec.model, model_spec.dtype, model_spec.device)
     n = args.val_windows if split == "validation" else (args.test_windows or None)
-    windows = token_windows(tok, load_split("wikitext2", split), args.seqlen, n)
-    calib = calibration_batch(tok, load_split("c4", "train"), args.nsamples, args.calib_seqlen, seed=0)
+    windows = token_windows(tok, load_split(data.data, split, data.data_dir), data.seqlen, n)
+    calib = calibration_batch(tok, load_split(data.calib, "train", data.data_dir), data.nsamples, data.calib_seqlen,
+                              seed=data.seed)
     return model, tok, windows, calib
 
 

@@ -28,13 +28,12 @@ def main() -> None:
     ap.add_argument("--population", type=int, default=10)
     ap.add_argument("--generations", type=int, default=6)
     ap.add_argument("--sparsity", type=float, default=0.7)
-    ap.add_argument("--batch-size", type=int, default=1)
     args = ap.parse_args()
 
     model, tok, val, calib = load_inputs(args)
     fitness = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val,
                                batch_size=args.batch_size, max_scores_per_block=2**18)
-    allocator = LayerAllocator(fitness.block_scores(), target=args.sparsity, weights=fitness.param_counts())
+    allocator = LayerAllocator(fitness.blocks.scores, target=args.sparsity, weights=fitness.blocks.counts)
     problem = allocation_problem(allocator, fitness)
 
     curves, rows = {}, []

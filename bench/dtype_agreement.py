@@ -35,7 +35,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(ap, "dtype_agreement")
-    ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
+    ap.add_argument("--low-dtype", default="bf16", choices=("bf16", "fp16"), help="compared with fp32")
     ap.add_argument("--candidates", type=int, default=12)
     args = ap.parse_args()
 
@@ -44,19 +44,19 @@ def main() -> None:
     allocations = [a for a, _ in sample_allocations(ev, args.candidates)]
     fp32 = [ev(a) for a in allocations]
     del ev
-    model.to(DTYPES[args.dtype])  # scores and ranks rebuilt from the 16-bit weights, as a 16-bit search would
+    model.to(DTYPES[args.low_dtype])  # scores and ranks rebuilt from the 16-bit weights, as a 16-bit search would
     ev = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val, max_scores_per_block=2**18)
     low = [ev(a) for a in allocations]
     gaps = [abs(b - a) / a for a, b in zip(fp32, low)]
-    summary = {"candidates": len(allocations), "Spearman ρ (fp32 vs " + args.dtype + ")": spearman(fp32, low),
+    summary = {"candidates": len(allocations), "Spearman ρ (fp32 vs " + args.low_dtype + ")": spearman(fp32, low),
                "median relative gap": statistics.median(gaps), "max relative gap": max(gaps),
                "same best candidate": fp32.index(min(fp32)) == low.index(min(low))}
-    rows = [{"candidate": i, "fp32 val ppl": a, f"{args.dtype} val ppl": b} for i, (a, b) in enumerate(zip(fp32, low))]
+    rows = [{"candidate": i, "fp32 val ppl": a, f"{args.low_dtype} val ppl": b} for i, (a, b) in enumerate(zip(fp32, low))]
     table = (f"Model {args.model or 'SmolLM2-135M'} on {next(model.parameters()).device}; Wanda 70 %, random valid "
              f"allocations; validation {val.shape[0]}×{args.seqlen} tokens; calibration {args.nsamples}×{args.calib_seqlen}.\n\n"
              + markdown_table([summary], list(summary)) + "\n\n"
-             + markdown_table(rows, ["candidate", "fp32 val ppl", f"{args.dtype} val ppl"]))
-    write(args.name, {"args": vars(args), "summary": summary, "rows": rows}, table, f"fp32 vs {args.dtype} fitness")
+             + markdown_table(rows, ["candidate", "fp32 val ppl", f"{args.low_dtype} val ppl"]))
+    write(args.name, {"args": vars(args), "summary": summary, "rows": rows}, table, f"fp32 vs {args.low_dtype} fitness")
     print(markdown_table([summary], list(summary)))
 
 

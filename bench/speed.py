@@ -82,7 +82,7 @@ def parse_variants(text: str) -> list[tuple[str, str, str, int | None]]:
 
 def sample_allocations(ev: PruningEvaluator, n: int) -> list[tuple[list[float], float]]:
     """``n`` valid non-uniform allocations from random trees, with the seconds each took to decode."""
-    allocator = LayerAllocator(ev.block_scores(), target=0.7, weights=ev.param_counts())
+    allocator = LayerAllocator(ev.blocks.scores, target=0.7, weights=ev.blocks.counts)
     random.seed(0)
     out = []
     while len(out) < n:

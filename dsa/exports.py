@@ -101,10 +101,14 @@ def export(record: dict, to: str) -> str:
     raise UserError(f"unknown export format {to!r}; choose from {', '.join(FORMATS)}")
 
 
-def export_command(args) -> None:
-    text = export(read_record(args.source), args.to)
-    if args.out:
-        Path(args.out).write_text(text if text.endswith("\n") else text + "\n")
-        print(f"wrote {args.out}")
-    else:
+def export_command(source: str, to: str, out: Path | None = None) -> None:
+    """``dsa export``: print the record in format ``to``, or write it to ``out`` (checked writable by the CLI)."""
+    text = export(read_record(source), to)
+    if out is None:
         print(text.rstrip("\n"))
+        return
+    try:
+        out.write_text(text if text.endswith("\n") else text + "\n")
+    except OSError as exc:
+        raise UserError(f"--out {out} could not be written ({exc.strerror})") from None
+    print(f"wrote {out}")

@@ -1,170 +1,173 @@
-"""The LLM side of the CLI: the search task (validation-perplexity fitness), ``dsa prune`` and ``dsa eval``."""
+"""The LLM side of the tool: the search's fitness evaluator, ``dsa prune`` and ``dsa eval``. Every
+function here takes typed settings (:mod:`dsa.settings`), never command-line arguments."""
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from evaluators.baselines import BASELINES
+from evaluators.blockscores import BlockScores, block_scores
 from evaluators.calibration import collect_stats
 from evaluators.data import calibration_batch, load_split, token_windows
-from evaluators.fitness import PruningEvaluator, layer_scores
-from evaluators.models import block_names, load_model, model_linears, save_pruned
+from evaluators.fitness import PruningEvaluator
+from evaluators.models import block_names, load_model
+from evaluators.saving import save_pruned
 from evaluators.perplexity import perplexity
 from evaluators.pruners import measured_sparsity, prune
-from evaluators.scores import compute_scores, get_scorer
+from evaluators.scores import get_scorer
 from primitives import LayerAllocator
 
-from .allocations import allocate, check_allocation
-from .errors import UserError
+from .allocations import allocate, baseline_candidates, needs_wanda_metric
 from .exports import allocation_record, write_record
+from .errors import UserError
+from .settings import DataSpec, EvaluatorSpec, ModelSpec, PruneSpec
 
 
-def model_name(args: argparse.Namespace) -> str:
-    return args.model or "SmolLM2-135M (default)"
+def model_name(model: ModelSpec) -> str:
+    return model.model or "SmolLM2-135M (default)"
 
 
-def load(args: argparse.Namespace):
-    get_scorer(args.method)  # unknown method: fail before loading anything
-    model, tokenizer = load_model(args.model, args.dtype, args.device)
-    return model, tokenizer
+def source_of(texts) -> str | None:
+    """Where :func:`evaluators.data.load_split` found a text (hub, a data folder, the bundled copy)."""
+    return getattr(texts, "source", None)
 
 
-def calibration(args: argparse.Namespace, tokenizer) -> torch.Tensor | None:
-    """Calibration token windows (C4 by default), when the method needs them."""
-    if not get_scorer(args.method).needs_calibration:
-        return None
-    docs = load_split(args.calib, "train", args.data_dir)
-    return calibration_batch(tokenizer, docs, args.nsamples, args.calib_seqlen, seed=getattr(args, "seed", 0))
+def calibration(data: DataSpec, tokenizer, needed: bool = True) -> tuple[torch.Tensor | None, str | None]:
+    """Calibration token windows (C4 by default) and where their text came from, when ``needed``."""
+    if not needed:
+        return None, None
+    docs = load_split(data.calib, "train", data.data_dir)
+    return calibration_batch(tokenizer, docs, data.nsamples, data.calib_seqlen, seed=data.seed), source_of(docs)
 
 
-def build_evaluator(args: argparse.Namespace) -> tuple[PruningEvaluator, dict]:
-    """(evaluator, info) for ``dsa search --task llm``: load the model, the validation windows and the
-    calibration set, and build the :class:`PruningEvaluator` (scores and ranks, once). The one home of
-    this recipe: the single-process search and every Ray worker (:mod:`dsa.distributed`) call it."""
-    model, tokenizer = load(args)
-    val = token_windows(tokenizer, load_split(args.data, "validation", args.data_dir), args.seqlen, args.val_windows)
-    calib = calibration(args, tokenizer)
+def build_evaluator(spec: EvaluatorSpec, loaded: tuple | None = None) -> tuple[PruningEvaluator, dict]:
+    """(evaluator, info) for the search: load the model, the validation windows and the calibration
+    set, and build the :class:`PruningEvaluator` (scores and ranks, once). The one home of this
+    recipe: the single-process search and every Ray worker (:mod:`dsa.distributed`) call it. ``loaded``:
+    the (model, tokenizer) already in memory (a multi-task search shares one model between evaluators)."""
+    model, tokenizer = loaded or load_model(spec.model.model, spec.model.dtype, spec.model.device)
+    texts = load_split(spec.data.data, "validation", spec.data.data_dir)
+    windows = token_windows(tokenizer, texts, spec.data.seqlen, spec.val_windows + spec.selection_windows)
+    if windows.shape[0] < spec.val_windows + spec.selection_windows:
+        raise UserError(f"the validation text has {windows.shape[0]} windows of {spec.data.seqlen} tokens: fewer than "
+                        f"--val-windows {spec.val_windows} + --selection-windows {spec.selection_windows}")
+    val, selection = windows[:spec.val_windows], windows[spec.val_windows:] if spec.selection_windows else None
+    # Wanda's metric (OWL, DSA's code, DLP baselines) needs calibration inputs even for magnitude pruning
+    calib, calib_source = calibration(spec.data, tokenizer)
     start = time.perf_counter()
-    evaluator = PruningEvaluator(model, tokenizer, method=args.method, calib_ids=calib, val_windows=val,
-                                 batch_size=args.batch_size, low_fidelity_windows=args.low_fidelity_windows,
-                                 max_scores_per_block=args.max_scores_per_layer, seed=args.seed,
-                                 masking=getattr(args, "masking", "inplace"))
+    evaluator = PruningEvaluator(model, tokenizer, method=spec.prune.method, calib_ids=calib, val_windows=val,
+                                 selection_windows=selection, fitness=spec.fitness, batch_size=spec.data.batch_size,
+                                 max_scores_per_block=spec.prune.max_scores_per_layer, seed=spec.data.seed,
+                                 masking=spec.masking)
     setup = time.perf_counter() - start
     info = {
-        "model": model_name(args), "fitness": "validation perplexity",
-        "layers": evaluator.n_blocks, "val_windows": int(val.shape[0]), "seqlen": args.seqlen,
+        "model": model_name(spec.model),
+        "fitness": "validation perplexity" if spec.fitness == "ppl" else "validation KL from the dense model",
+        "layers": len(evaluator.blocks), "val_windows": int(val.shape[0]), "seqlen": spec.data.seqlen,
+        "selection_windows": spec.selection_windows,
         "dense_val_ppl": evaluator.dense_perplexity(), "setup_seconds": round(setup, 2),
+        "data_source": source_of(texts), "calib_source": calib_source,
     }
     return evaluator, info
 
 
-def allocation_task(args: argparse.Namespace, source, fitness, info: dict):
-    """(allocator, fitness, info): the allocator reads ``source``'s block scores and parameter counts."""
-    allocator = LayerAllocator(source.block_scores(), target=args.sparsity, weights=source.param_counts())
-    print(f"{info['layers']} layers, {info['val_windows']}×{args.seqlen} validation tokens, "
+def allocation_task(spec: EvaluatorSpec, blocks: BlockScores, fitness, info: dict, candidates: dict):
+    """(allocator, fitness, info, baseline candidates): the allocator reads ``blocks``' scores and counts."""
+    allocator = LayerAllocator(blocks.scores, target=spec.prune.sparsity, weights=blocks.counts)
+    print(f"{info['layers']} layers, {info['val_windows']}×{spec.data.seqlen} validation tokens, "
           f"dense validation perplexity {info['dense_val_ppl']:.3f}, scores ready in {info['setup_seconds']:.1f}s")
-    return allocator, fitness, info
+    return allocator, fitness, info, candidates
 
 
-def llm_task(args: argparse.Namespace):
-    """(allocator, fitness, info) for ``dsa search --task llm``: the fitness of an allocation is the
-    validation perplexity of the model pruned with it (fast path: masks from cached score ranks)."""
-    evaluator, info = build_evaluator(args)
-    return allocation_task(args, evaluator, evaluator, info)
-
-
-@dataclass
-class ScoreSource:
-    """What allocators read: the model, its per-block parameter counts and element-wise scores."""
-
-    model: torch.nn.Module
-    scores: list[torch.Tensor] = field(repr=False)
-
-    def param_counts(self) -> list[int]:
-        return [sum(lin.weight.numel() for lin in block.values()) for block in model_linears(self.model)]
-
-    def block_scores(self, max_per_block: int | None = None) -> list[torch.Tensor]:
-        return self.scores
+def llm_task(spec: EvaluatorSpec, baselines: tuple[str, ...]):
+    """(allocator, fitness, info, baseline candidates) for ``dsa search``: the fitness of an allocation is
+    the validation perplexity of the model pruned with it (fast path: masks from cached score ranks)."""
+    evaluator, info = build_evaluator(spec)
+    candidates = baseline_candidates(baselines, evaluator.blocks, spec.prune.sparsity)
+    return allocation_task(spec, evaluator.blocks, evaluator, info, candidates)
 
 
 def score_source(model, method: str, calib: torch.Tensor | None, batch_size: int = 1,
-                 max_per_block: int | None = None, seed: int = 0) -> ScoreSource:
-    """Element-wise scores per block, subsampled exactly as the search evaluator does (same seed)."""
+                 max_per_block: int | None = None, seed: int = 0) -> BlockScores:
+    """The model's :class:`~evaluators.blockscores.BlockScores` for ``method``, subsampled exactly as
+    the search evaluator does (same seed); with calibration data, Wanda's metric is available too."""
     scorer = get_scorer(method)
-    stats = collect_stats(model, calib, scorer.needs_hessian, batch_size) if scorer.needs_calibration else None
-    blocks = compute_scores(model, method, stats)
-    return ScoreSource(model, [layer_scores(list(block.values()), max_per_block, seed + l)
-                               for l, block in enumerate(blocks)])
+    stats = collect_stats(model, calib, scorer.needs_hessian, batch_size) if calib is not None else None
+    return block_scores(model, method, stats, max_per_block, seed, calib.shape[0] if calib is not None else None)
 
 
-def resolve_allocation(spec: str, source: ScoreSource, target: float) -> tuple[list[float], str | None]:
-    """Per-block sparsities for ``--allocation`` (a baseline name, a run folder or a formula)."""
-    if spec in BASELINES:
-        return BASELINES[spec](source, target), None
-    allocator = LayerAllocator(source.block_scores(), target=target, weights=source.param_counts())
-    return allocate(spec, allocator)
+def resolve_allocation(spec: str, source: BlockScores, target: float, fitness=None) -> tuple[list[float], str | None]:
+    """Per-block sparsities for ``--allocation`` (a baseline, a run folder or a formula) and its formula.
+    ``fitness`` (validation perplexity of an allocation) is what tuned baselines are tuned on."""
+    allocator = LayerAllocator(source.scores, target=target, weights=source.counts)
+    return allocate(spec, allocator, source, fitness)
 
 
-def prune_model(args: argparse.Namespace):
-    """Load, allocate and prune (exact sequential mode) → (model, tokenizer, record)."""
-    if args.allocation not in BASELINES:
-        check_allocation(args.allocation)
-    model, tokenizer = load(args)
-    calib = calibration(args, tokenizer)
-    source = score_source(model, args.method, calib, args.batch_size, args.max_scores_per_layer)
-    sparsities, formula = resolve_allocation(args.allocation, source, args.sparsity)
-    del source
-    prune(model, args.method, sparsities, calib, progress=not args.no_progress, batch_size=args.batch_size)
-    record = allocation_record(allocation=args.allocation, formula=formula, method=args.method, target=args.sparsity,
-                               model=model_name(args), layers=block_names(model),
+def prune_model(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, allocation: str,
+                val_windows: int = 2, progress: bool = True):
+    """Load, allocate (tuned baselines: on the validation split) and prune (exact sequential mode)
+    → (model, tokenizer, record)."""
+    model, tokenizer = load_model(model_spec.model, model_spec.dtype, model_spec.device)
+    method = prune_spec.method
+    need_calib = get_scorer(method).needs_calibration or needs_wanda_metric(allocation)
+    calib, calib_source = calibration(data, tokenizer, need_calib)
+    source = score_source(model, method, calib, data.batch_size, prune_spec.max_scores_per_layer, data.seed)
+    tuner = None
+    if allocation.endswith("-tuned"):
+        val = token_windows(tokenizer, load_split(data.data, "validation", data.data_dir), data.seqlen, val_windows)
+        tuner = PruningEvaluator(model, tokenizer, method=method, calib_ids=calib, val_windows=val,
+                                 batch_size=data.batch_size, max_scores_per_block=1, seed=data.seed)
+    try:
+        sparsities, formula = resolve_allocation(allocation, source, prune_spec.sparsity, tuner)
+    finally:
+        if tuner is not None:
+            tuner.close()
+    del source, tuner
+    prune(model, method, sparsities, calib, progress=progress, batch_size=data.batch_size)
+    record = allocation_record(allocation=allocation, formula=formula, method=method, target=prune_spec.sparsity,
+                               model=model_name(model_spec), layers=block_names(model),
                                requested=sparsities, measured=measured_sparsity(model))
+    record["calibration"] = {"source": calib_source, "nsamples": data.nsamples, "seqlen": data.calib_seqlen,
+                             "seed": data.seed} if calib is not None else None
     return model, tokenizer, record
 
 
-def prune_command(args: argparse.Namespace) -> None:
-    out = Path(args.save)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty; choose another --save folder")
-    model, tokenizer, record = prune_model(args)
-    save_pruned(model, tokenizer, out)
-    write_record(out, record)
+def prune_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, allocation: str, save: Path,
+                  val_windows: int = 2, progress: bool = True) -> None:
+    model, tokenizer, record = prune_model(model_spec, data, prune_spec, allocation, val_windows, progress)
+    save_pruned(model, tokenizer, save)
+    write_record(save, record)
     mean = sum(record["measured"]) / len(record["measured"])
-    print(f"saved {out}/ ({len(record['measured'])} blocks, measured mean sparsity {mean:.4f})")
+    print(f"saved {save}/ ({len(record['measured'])} blocks, measured mean sparsity {mean:.4f})")
 
 
-def eval_command(args: argparse.Namespace) -> dict:
-    """Test-split perplexity and, with ``--tasks``, lm-eval zero-shot accuracy (optionally after
+def eval_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, allocation: str | None,
+                 test_windows: int | None = None, tasks: list[str] | None = None, tasks_path: str | None = None,
+                 zeroshot_limit: int | None = None, perplexity_too: bool = True, val_windows: int = 2,
+                 progress: bool = True) -> dict:
+    """Test-split perplexity and, with ``tasks``, lm-eval zero-shot accuracy (optionally after
     pruning): the numbers to report."""
-    tasks = getattr(args, "tasks", None)
-    no_ppl = getattr(args, "no_perplexity", False)
-    if no_ppl and not tasks:
-        raise UserError("--no-perplexity leaves nothing to evaluate: add --tasks")
     manager = None
     if tasks:  # unknown task names and a missing lm-eval fail here, before any loading or pruning
-        from .zeroshot import parse_tasks, task_manager
-        tasks = parse_tasks(tasks)
-        manager = task_manager(tasks, getattr(args, "tasks_path", None))
-    if args.allocation:
-        model, tokenizer, record = prune_model(args)
+        from .zeroshot import task_manager
+        manager = task_manager(tasks, tasks_path)
+    if allocation:
+        model, tokenizer, record = prune_model(model_spec, data, prune_spec, allocation, val_windows, progress)
     else:
-        model, tokenizer = load(args)
+        model, tokenizer = load_model(model_spec.model, model_spec.dtype, model_spec.device)
         record = {"allocation": None}
-    result = {"model": model_name(args)}
-    if not no_ppl:
-        windows = token_windows(tokenizer, load_split(args.data, "test", args.data_dir), args.seqlen,
-                                args.test_windows)
+    result = {"model": model_name(model_spec)}
+    if perplexity_too:
+        texts = load_split(data.data, "test", data.data_dir)
+        windows = token_windows(tokenizer, texts, data.seqlen, test_windows)
         start = time.perf_counter()
-        ppl = perplexity(model, windows, args.batch_size, progress=not args.no_progress)
-        result.update({"data": args.data, "split": "test", "seqlen": args.seqlen, "windows": int(windows.shape[0]),
-                       "perplexity": ppl, "seconds": round(time.perf_counter() - start, 2)})
+        ppl = perplexity(model, windows, data.batch_size, progress=progress)
+        result.update({"data": data.data, "data_source": source_of(texts), "split": "test", "seqlen": data.seqlen,
+                       "windows": int(windows.shape[0]), "perplexity": ppl,
+                       "seconds": round(time.perf_counter() - start, 2)})
     if tasks:
         from .zeroshot import zero_shot
-        result["zeroshot"] = zero_shot(model, tokenizer, tasks, batch_size=args.batch_size,
-                                       limit=getattr(args, "zeroshot_limit", None),
-                                       include_path=getattr(args, "tasks_path", None), manager=manager,
-                                       progress=not args.no_progress)
+        result["zeroshot"] = zero_shot(model, tokenizer, tasks, batch_size=data.batch_size, limit=zeroshot_limit,
+                                       include_path=tasks_path, manager=manager, progress=progress)
     return {**result, **record}

@@ -7,12 +7,28 @@ import torch
 from deap import gp
 
 from gp import Problem
-from primitives import LayerAllocator
+from primitives import Formula, LayerAllocator
 
 
 def has_reduction(tree: gp.PrimitiveTree) -> bool:
-    """A usable allocation function reads the scores: it holds at least one reduction."""
+    """A usable allocation function reads the scores: it holds at least one reduction. (Depth-only trees
+    are left out of the space: allowed, they crowd a size-aware search with 3-node ramps; a depth ramp
+    still enters with a zero-weighted reduction, as the ATP seed of :func:`baseline_seeds` does.)"""
     return any(isinstance(node, gp.Primitive) and node.name.startswith("r_") for node in tree)
+
+
+def baseline_seeds(target: float) -> tuple[str, ...]:
+    """The baselines as formulas of this grammar, to seed a search (``--seed-baselines``); ``dsa`` gives
+    *more important* layers *lower* sparsity, so a baseline that prunes high-statistic layers harder
+    enters inverted. S is the active pruner's scores (the baselines read Wanda's metric)."""
+    del target  # the same seeds at every sparsity: λ as the authors set it (ATP's ramp: a typical β·(L−1)/2)
+    return (
+        "dsa(r_outlier(S), 0.08)",                                    # OWL: more outliers → less pruned
+        "dsa(t_reciprocal(t_asin(t_atan(r_var(p_abslog(S))))), 0.08)",  # DSA's released graph and direction
+        "dsa(t_asin(t_atan(r_var(p_abslog(S)))), 0.08)",             # the same graph, OWL's direction
+        "dsa(t_reciprocal(r_mean(S)), 0.15)",                         # DLP: larger mean score → more pruned
+        "dsa(sub(mul(r_mean(S), 0.0), d), 0.1)",                      # ATP: a linear ramp, deeper → more pruned
+    )
 
 
 def allocation_problem(allocator: LayerAllocator, fitness: Callable[[torch.Tensor], float]) -> Problem:
@@ -27,4 +43,8 @@ def allocation_problem(allocator: LayerAllocator, fitness: Callable[[torch.Tenso
         result = allocator(tree)
         return result.sparsities if result.valid and not result.uniform else None
 
-    return Problem(pset=allocator.pset, decode=decode, fitness=fitness, valid=has_reduction)
+    def display(tree) -> dict:
+        formula = Formula.of(tree, allocator.pset)
+        return {"formula": formula.text, "latex": formula.latex}
+
+    return Problem(pset=allocator.pset, decode=decode, fitness=fitness, valid=has_reduction, display=display)

@@ -1,14 +1,18 @@
-"""The run folder: where a search writes its config, checkpoints, hall of fame, logbook and plots."""
+"""The run folder: where a search writes its config, checkpoints, hall of fame, logbook and plots, and
+the checks that turn a damaged one into a one-line error."""
 from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from pathlib import Path
 
 from .errors import UserError
 
 RESULTS_DIR = Path("results")
+ROW_KEYS = {"rank", "fitness", "tree", "formula", "size", "output"}
+LOG_KEYS = {"gen", "total_evals", "hit_rate", "min", "median", "best"}
 
 
 def new_run_dir(task: str, base: Path = RESULTS_DIR) -> Path:
@@ -25,23 +29,59 @@ def write_json(path: Path, data) -> None:
     tmp.replace(path)
 
 
+def _json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is damaged: {what} is not readable JSON ({type(exc).__name__})") from None
+
+
+def _rows(path: Path) -> list[dict]:
+    rows = _json(path, "the hall of fame")
+    if not isinstance(rows, list) or not rows:
+        raise UserError(f"{path} is damaged: expected a non-empty list of formulas")
+    for row in rows:
+        if not isinstance(row, dict) or not ROW_KEYS <= set(row) or not isinstance(row["fitness"], (int, float)) \
+                or not isinstance(row["tree"], str):
+            raise UserError(f"{path} is damaged: every entry needs {', '.join(sorted(ROW_KEYS))}")
+        if math.isnan(row["fitness"]):
+            raise UserError(f"{path} is damaged: a fitness is NaN")
+    return rows
+
+
+def _logbook(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = set(reader.fieldnames or ())
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path} is damaged ({type(exc).__name__})") from None
+    if rows and not LOG_KEYS <= columns:
+        raise UserError(f"{path} is damaged: it lacks the columns {', '.join(sorted(LOG_KEYS - columns))}")
+    for row in rows:
+        try:
+            int(row["gen"]), int(row["total_evals"]), float(row["hit_rate"]), float(row["best"])
+        except (TypeError, ValueError):
+            raise UserError(f"{path} is damaged: a row is not numbers") from None
+    return rows
+
+
 def read_run(run_dir: str | Path) -> dict:
-    """Config, hall of fame and logbook of a run folder (UserError when it is not one)."""
+    """Config, hall of fame, Pareto front and logbook of a run folder (UserError when it is not one, or
+    when one of its files is damaged)."""
     run_dir = Path(run_dir)
     hof_path = run_dir / "hall_of_fame.json"
-    if not hof_path.exists():
+    if not hof_path.is_file():
         raise UserError(f"{run_dir} is not a run folder (no hall_of_fame.json)")
-    config_path = run_dir / "config.json"
-    logbook_path = run_dir / "logbook.csv"
-    front_path = run_dir / "pareto_front.json"
-    logbook = []
-    if logbook_path.exists():
-        with open(logbook_path, newline="") as f:
-            logbook = list(csv.DictReader(f))
+    config_path, logbook_path, front_path = (run_dir / n for n in ("config.json", "logbook.csv", "pareto_front.json"))
+    config = _json(config_path, "the run's config") if config_path.exists() else {}
+    if not isinstance(config, dict):
+        raise UserError(f"{config_path} is damaged: expected a JSON object")
     return {
         "dir": run_dir,
-        "config": json.loads(config_path.read_text()) if config_path.exists() else {},
-        "hall_of_fame": json.loads(hof_path.read_text()),
-        "pareto_front": json.loads(front_path.read_text()) if front_path.exists() else None,
-        "logbook": logbook,
+        "config": config,
+        "hall_of_fame": _rows(hof_path),
+        "pareto_front": _rows(front_path) if front_path.exists() else None,
+        "logbook": _logbook(logbook_path) if logbook_path.exists() else [],
     }

@@ -1,100 +1,251 @@
-"""``dsa search``: build the task, run the GP search, write the run folder (config, checkpoints,
-hall of fame, logbook, plots) and print the hall of fame."""
+"""``dsa search``: build the task, score the baselines, run the GP search, write the run folder (config,
+checkpoints, hall of fame, logbook, plots) and print the hall of fame."""
 from __future__ import annotations
 
-import argparse
+import contextlib
+import functools
 import json
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from gp import Search, SearchConfig
+import gp
+from gp import CheckpointError, ConfigError, Search, SearchConfig
+from gp import checkpoint as checkpoints
+from gp.direct import DirectConfig, DirectSearch, LevelSpace
+from primitives import build_pset
 
-from .allocations import FORMULAS, allocate
-from .distributed import worker_pool
+from .allocations import SEARCH_BASELINES
+from .multitask import MultiTaskFitness, first_allocation
+from .distributed import evaluation
 from .errors import UserError
 from .plots import plot_allocations, plot_fitness
-from .problem import allocation_problem
+from .problem import allocation_problem, has_reduction
 from .runs import new_run_dir, write_json
+from .settings import EvaluatorSpec
 from .show import show
 
-DEFAULT_GENERATIONS = 4
-NOT_SAVED = {"resume", "no_progress", "run_dir", "command", "workers", "ray_address"}  # where, not what
+CONFIG_VERSION = 2
 
 
-def search_config(args: argparse.Namespace) -> SearchConfig:
-    try:
-        return SearchConfig(
-            population=args.population, generations=args.generations, cxpb=args.cxpb, mutpb=args.mutpb,
-            tournament=args.tournament, elitism=args.elitism, hof_size=args.hof_size,
-            max_height=args.max_height, max_size=args.max_size, mode=args.mode,
-            cache=not args.no_cache, objectives=args.objectives, seed=args.seed)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+@dataclass
+class SearchRun:
+    """A search to run: the task, what defines its fitness, the GP settings and where it goes."""
+
+    task: str                     # "llm" or "synthetic"
+    spec: EvaluatorSpec           # synthetic: only prune.sparsity and data.seed matter
+    config: SearchConfig | DirectConfig  # formulas (GP), or per-layer levels (space "direct")
+    run_dir: Path | None = None   # None: results/<time>-<task>
+    resume: bool = False
+    progress: bool = True
+    workers: int | None = None
+    ray_address: str | None = None
+    baselines: tuple[str, ...] = SEARCH_BASELINES
+    space: str = "formula"        # "formula" (allocation functions) or "direct" (per-layer sparsities)
+    init: str | None = None       # direct: start from this run folder's (or formula's) allocation
+    level_step: float | None = None  # direct: sparsity per level (None: min(s, 1 − s)/16, EvoPress's default)
+    tasks: tuple = ()             # multi-task: every (model, pruner, sparsity) spec, ``spec`` the first
+
+    def identity(self) -> dict:
+        """What a checkpoint must share with this run to be resumed by it."""
+        space = {"space": self.space, "init": self.init, "level_step": self.level_step}
+        if self.task == "synthetic":
+            return {"task": "synthetic", "sparsity": self.spec.prune.sparsity, **space}
+        if self.tasks:
+            return {"task": self.task, "tasks": [t.identity() for t in self.tasks], **space}
+        return {"task": self.task, **self.spec.identity(), **space}
+
+    def settings(self) -> dict:
+        """What config.json records beside the evaluator spec (and reads back on resume)."""
+        return {"space": self.space, "search": self.config.to_dict(), "init": self.init, "level_step": self.level_step,
+                "tasks": [t.to_dict() for t in self.tasks]}
 
 
-def _resume_args(args: argparse.Namespace) -> tuple[argparse.Namespace, Path]:
-    run_dir = Path(args.resume)
-    config_path = run_dir / "config.json"
-    if not config_path.exists():
+def resume_run(run_dir: Path, generations: int | None, progress: bool = True, workers: int | None = None,
+               ray_address: str | None = None) -> SearchRun:
+    """The :class:`SearchRun` saved in ``run_dir/config.json``, to be continued (``generations`` may grow)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
         raise UserError(f"cannot resume {run_dir}: no config.json there")
-    saved = json.loads(config_path.read_text())["args"]
-    generations = args.generations if args.generations is not None else saved["generations"]
-    merged = argparse.Namespace(**{**vars(args), **saved})
-    merged.generations, merged.no_progress = generations, args.no_progress
-    return merged, run_dir
-
-
-def build_task(args: argparse.Namespace, map_fn=map):
-    """(allocator, fitness, description) for ``--task``; with a Ray pool as ``map_fn`` the evaluator
-    lives on the workers (:mod:`dsa.distributed`)."""
-    if args.task == "synthetic":
-        from .synthetic import synthetic_task
-        allocator, fitness = synthetic_task(args.sparsity, seed=args.seed)
-        return allocator, fitness, {"fitness": "distance to optimum (pp)"}
-    if map_fn is not map:
-        return map_fn.llm_task(args)
-    from .llm import llm_task
-    return llm_task(args)
-
-
-def run_search(args: argparse.Namespace) -> Path:
-    resume = bool(args.resume)
-    if resume:
-        args, run_dir = _resume_args(args)
-    else:
-        args.generations = DEFAULT_GENERATIONS if args.generations is None else args.generations
-        run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(args.task)
-        if (run_dir / "checkpoint.pkl").exists():
-            raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
-    config = search_config(args)
-    with worker_pool(args) as map_fn:  # the builtin map, or Ray workers (--workers / --ray-address)
-        return _search(args, config, run_dir, resume, map_fn)
-
-
-def _search(args: argparse.Namespace, config: SearchConfig, run_dir: Path, resume: bool, map_fn=map) -> Path:
-    allocator, fitness, info = build_task(args, map_fn)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    baselines = {name: allocate(name, allocator)[0] for name in ("uniform", *FORMULAS)}
-    values = map_fn(fitness, [torch.as_tensor(a, dtype=torch.float64) for a in baselines.values()])
-    baseline_fitness = {name: float(v) for name, v in zip(baselines, values)}
-    saved_args = {k: v for k, v in vars(args).items() if k not in NOT_SAVED}
-    write_json(run_dir / "config.json", {
-        "task": args.task, "model": info.get("model"), "method": args.method, "sparsity": args.sparsity,
-        "args": saved_args, "search": config.to_dict(), "info": info, "baselines": baseline_fitness,
-    })
-    problem = allocation_problem(allocator, fitness)
     try:
-        search = Search(problem, config, run_dir, map_fn=map_fn, progress=not args.no_progress)
-        result = search.run(resume=resume)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    plot_fitness(list(result.logbook), run_dir / "fitness.png", ylabel=info.get("fitness", "fitness"))
+        saved = json.loads(path.read_text())
+        if saved.get("version") != CONFIG_VERSION:
+            raise UserError(f"cannot resume {run_dir}: its config.json was written by another version of dsa-gp")
+        search = dict(saved["search"])
+        if generations is not None:
+            search["generations"] = generations
+        space = saved.get("space", "formula")
+        config = DirectConfig(**search) if space == "direct" else SearchConfig.from_dict(search)
+        run = SearchRun(saved["task"], EvaluatorSpec.from_dict(saved["evaluator"]), config, run_dir, resume=True,
+                        progress=progress, workers=workers, ray_address=ray_address,
+                        baselines=tuple(saved.get("baselines", {})) or SEARCH_BASELINES, space=space,
+                        init=saved.get("init"), level_step=saved.get("level_step"),
+                        tasks=tuple(EvaluatorSpec.from_dict(t) for t in saved.get("tasks", [])))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"cannot resume {run_dir}: config.json is damaged ({type(exc).__name__}: {exc})") from None
+    if run.task not in ("llm", "synthetic"):
+        raise UserError(f"cannot resume {run_dir}: unknown task {run.task!r} in config.json")
+    return run
+
+
+def build_task(run: SearchRun, ev):
+    """(allocator, fitness, info, baseline candidates) for the run's task; the llm task's evaluator lives
+    where ``ev`` (an :class:`~dsa.distributed.LocalEvaluation` or Ray workers) keeps it. Multi-task: the
+    first task's allocator and the multi-task fitness (uniform is its 0)."""
+    if run.tasks:
+        from .multitask import build_tasks
+        tasks, infos = build_tasks(list(run.tasks))
+        info = {"model": ", ".join(t.name for t in tasks), "fitness": "mean log(fitness / uniform's) over tasks",
+                "tasks": infos}
+        return tasks, MultiTaskFitness(tasks), info, {}
+    if run.task == "synthetic":
+        from .synthetic import synthetic_task
+        allocator, fitness = synthetic_task(run.spec.prune.sparsity, seed=run.spec.data.seed)
+        uniform = [({}, allocator.ctx.uniform.tolist())]
+        return allocator, fitness, {"fitness": "distance to optimum (pp)"}, {"uniform": uniform}
+    return ev.task(run.spec, run.baselines)
+
+
+@contextlib.contextmanager
+def started(run_dir: Path):
+    """Remove the run folder again (if this run created it) when the run fails before its first checkpoint."""
+    created = not run_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if created and not checkpoints.exists(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def run_search(run: SearchRun) -> Path:
+    if run.space == "formula":
+        problem_check = gp.Problem(pset=build_pset(), decode=None, fitness=None, valid=has_reduction)
+        try:
+            gp.check_limits(problem_check, run.config)
+        except ConfigError as exc:
+            raise UserError(str(exc)) from None
+    if run.init is not None:
+        from .allocations import check_allocation
+        check_allocation(run.init)
+    run_dir = run.run_dir or new_run_dir(run.task)
+    if not run.resume and (checkpoints.exists(run_dir) or (run_dir / checkpoints.LEGACY_FILE).exists()):
+        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+    if run.resume:  # a checkpoint that cannot be resumed fails now, before any loading
+        try:
+            gp.resumable(run_dir, run.config, run.identity())
+        except CheckpointError as exc:
+            raise UserError(str(exc)) from None
+    with started(run_dir), evaluation(run.task, run.spec, run.workers, run.ray_address) as ev:
+        return _search(replace(run, run_dir=run_dir), ev)
+
+
+def _search(run: SearchRun, ev) -> Path:
+    allocator, fitness, info, candidates = build_task(run, ev)
+    map_fn = ev.map
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run.run_dir / "config.json"
+    if run.resume:  # the baselines were scored when the run started; only the generations may have grown
+        config = json.loads(config_path.read_text())
+        config.update(run.settings())
+        baselines = {name: {"fitness": value, **config.get("baseline_settings", {}).get(name, {})}
+                     for name, value in config["baselines"].items()}
+    else:
+        if run.tasks:  # the multi-task fitness is relative to uniform: uniform scores 0 by definition
+            baselines = {"uniform": {"fitness": 0.0, "params": {}, "allocation": None}}
+        else:
+            baselines = score_baselines(candidates, fitness, map_fn)
+        config = {
+            "version": CONFIG_VERSION, "task": run.task, "model": info.get("model"), "method": run.spec.prune.method,
+            "sparsity": run.spec.prune.sparsity, "evaluator": run.spec.to_dict(), **run.settings(),
+            "info": info, "baselines": {name: b["fitness"] for name, b in baselines.items()},
+            "baseline_settings": {name: {"params": b["params"], "allocation": b["allocation"]}
+                                  for name, b in baselines.items()},
+        }
+    write_json(config_path, config)
+    if run.space == "direct":
+        search = direct_search(run, allocator, fitness, info, map_fn)
+    elif run.tasks:
+        from .multitask import multitask_problem
+        search = Search(multitask_problem(allocator), run.config, run.run_dir, map_fn=map_fn,
+                        progress=run.progress, identity=run.identity())
+    else:
+        search = Search(allocation_problem(allocator, fitness), run.config, run.run_dir, map_fn=map_fn,
+                        progress=run.progress, identity=run.identity())
+    result = search.run(resume=run.resume)
+    if run.task == "llm" and run.spec.selection_windows:
+        config["selection"] = rescore_on_selection(run.run_dir, result.hall_of_fame, baselines, fitness, map_fn)
+        write_json(config_path, config)
+    plot_fitness(list(result.logbook), run.run_dir / "fitness.png", ylabel=info.get("fitness", "fitness"))
     best = result.hall_of_fame[0]
-    plot_allocations({"best found": best["output"] or baselines["uniform"], **{k: baselines[k] for k in ("uniform", "owl")}},
-                     run_dir / "allocation.png", target=args.sparsity, title=best["formula"][:80])
-    print(show(str(run_dir), top=5))
+    shown = {name: baselines[name]["allocation"] for name in ("uniform", "owl") if baselines.get(name, {}).get("allocation")}
+    uniform = [run.spec.prune.sparsity] * len(first_allocation(best["output"]) or shown.get("uniform") or [])
+    plot_allocations({"best found": first_allocation(best["output"]) or uniform, **shown},
+                     run.run_dir / "allocation.png", target=run.spec.prune.sparsity, title=best["formula"][:80])
+    print(show(str(run.run_dir), top=5))
     files = ["hall_of_fame.json", *(["pareto_front.json"] if result.pareto_front is not None else []),
-             "logbook.csv", "fitness.png", "allocation.png", "checkpoint.pkl"]
-    print(f"\nwrote {run_dir}/ ({', '.join(files)})")
-    return run_dir
+             "logbook.csv", "fitness.png", "allocation.png", checkpoints.FILE]
+    print(f"\nwrote {run.run_dir}/ ({', '.join(files)})")
+    return run.run_dir
+
+
+def direct_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> DirectSearch:
+    """The EvoPress-style search over per-layer levels, around the uniform allocation or ``run.init``'s."""
+    target = run.spec.prune.sparsity
+    base = allocator.ctx.uniform
+    if run.init is not None:
+        from .allocations import allocate
+        base = torch.as_tensor(allocate(run.init, allocator)[0], dtype=torch.float64)
+    step = run.level_step or min(target, 1 - target) / 16
+    space = LevelSpace(base, allocator.ctx.weights, step, run.config.max_level, allocator.ctx.lo, allocator.ctx.hi)
+    windows = info.get("val_windows", 1)
+    if run.task == "synthetic":  # no validation windows there: every stage scores the same distance
+        fitness = functools.partial(lambda f, sparsities, windows=None: f(sparsities), fitness)
+    return DirectSearch(space, fitness, windows, run.config, run.run_dir, map_fn=map_fn, progress=run.progress,
+                        identity=run.identity(),
+                        describe=f"direct (EvoPress levels{', from ' + run.init if run.init else ''})")
+
+
+def rescore_on_selection(run_dir: Path, rows: list[dict], baselines: dict, fitness, map_fn) -> dict:
+    """Score the hall of fame and the baselines on the selection split (validation windows the search
+    never read), write each row's ``selection`` value and, where it loses there, a ``flag``; returns what
+    config.json records: the baselines' selection values and the row chosen as best (lowest selection
+    value among the rows that beat every baseline there, else the lowest overall, flagged)."""
+    scored = [r for r in rows if r["output"] is not None and r["fitness"] != gp.WORST]
+    names = [n for n in baselines if baselines[n].get("allocation") is not None]
+    multi = isinstance(fitness, MultiTaskFitness)  # its outputs: one allocation per task; uniform scores 0
+    allocations = [list(r["output"].values()) if multi else r["output"] for r in scored] + \
+        [baselines[n]["allocation"] for n in names]
+    tensors = [[torch.as_tensor(x, dtype=torch.float64) for x in a] if multi else torch.as_tensor(a, dtype=torch.float64)
+               for a in allocations]
+    values = [float(v) for v in map_fn(functools.partial(fitness, split="selection"), tensors)]
+    base = {"uniform": 0.0} if multi else dict(zip(names, values[len(scored):]))
+    others = {n: v for n, v in base.items() if n != "uniform"}
+    strongest = min(others, key=others.get) if others else None
+    for row, value in zip(scored, values):
+        row["selection"] = value
+        if "uniform" in base and value >= base["uniform"]:
+            row["flag"] = "loses to uniform on the selection split"
+        elif strongest is not None and value >= others[strongest]:
+            row["flag"] = f"loses to {strongest} on the selection split"
+    clean = [r for r in scored if "flag" not in r]
+    best = min(clean or scored, key=lambda r: r["selection"]) if scored else None
+    checkpoints.write_atomic(run_dir / "hall_of_fame.json", json.dumps(rows, indent=1, default=float).encode())
+    return {"baselines": base, "best_rank": best["rank"] if best else None,
+            "best_flag": best.get("flag") if best else None}
+
+
+def score_baselines(candidates: dict[str, list[tuple[dict, list[float]]]], fitness, map_fn=map) -> dict[str, dict]:
+    """Each baseline's fitness; a tuned baseline's candidates (its grid) are all scored and the best is kept,
+    as its authors tuned it, here on the validation windows."""
+    flat = [(name, params, alloc) for name, cands in candidates.items() for params, alloc in cands]
+    values = [float(v) for v in map_fn(fitness, [torch.as_tensor(a, dtype=torch.float64) for _, _, a in flat])]
+    out: dict[str, dict] = {}
+    for (name, params, alloc), value in zip(flat, values):
+        if name not in out or value < out[name]["fitness"]:
+            out[name] = {"fitness": value, "params": params, "allocation": list(alloc)}
+    return out

@@ -1,5 +1,5 @@
-"""``dsa show RUN``: the hall of fame as a table (rank, fitness, simplified formula, size, allocation),
-and a multi-objective run's Pareto front (fitness against formula size) ranked by size."""
+"""``dsa show RUN``: the hall of fame as a table (rank, fitness, selection-split fitness, simplified
+formula, size, allocation, flags), and a multi-objective run's Pareto front ranked by size."""
 from __future__ import annotations
 
 import textwrap
@@ -16,15 +16,24 @@ def hall_of_fame_table(rows: list[dict], top: int | None = None, notation: str =
                        width: int = 70) -> str:
     """Plain-text table; ``notation`` is "formula" (SymPy text), "latex" or "tree"."""
     rows = rows[:top] if top else rows
-    lines = [f"{'rank':>4}  {'fitness':>10}  {'size':>4}  formula", f"{'-' * 4}  {'-' * 10}  {'-' * 4}  {'-' * width}"]
+    selection = any(isinstance(r.get("selection"), (int, float)) for r in rows)
+    sel_head, sel_rule = (f"  {'selection':>10}", f"  {'-' * 10}") if selection else ("", "")
+    lines = [f"{'rank':>4}  {'fitness':>10}{sel_head}  {'size':>4}  formula",
+             f"{'-' * 4}  {'-' * 10}{sel_rule}  {'-' * 4}  {'-' * width}"]
+    pad = " " * (24 + len(sel_head))
     for row in rows:
         text = textwrap.wrap(str(row.get(notation, row["tree"])), width) or [""]
-        lines.append(f"{row['rank']:>4}  {row['fitness']:>10.4f}  {row['size']:>4}  {text[0]}")
-        lines += [f"{'':>24}{t}" for t in text[1:]]
-        if row.get("output"):
-            alloc = format_allocation(row["output"])
-            lines.append(f"{'':>24}per-layer sparsity: {alloc[0]}")
-            lines += [f"{'':>44}{a}" for a in alloc[1:]]
+        sel = row.get("selection")
+        sel_cell = (f"  {sel:>10.4f}" if isinstance(sel, (int, float)) else f"  {'':>10}") if selection else ""
+        lines.append(f"{row['rank']:>4}  {row['fitness']:>10.4f}{sel_cell}  {row['size']:>4}  {text[0]}")
+        lines += [f"{pad}{t}" for t in text[1:]]
+        if row.get("flag"):
+            lines.append(f"{pad}!! {row['flag']}")
+        output = row.get("output")
+        for label, values in (output.items() if isinstance(output, dict) else [("", output)] if output else []):
+            alloc = format_allocation(values)  # a multi-task row: one allocation per task
+            lines.append(f"{pad}per-layer sparsity{' (' + label + ')' if label else ''}: {alloc[0]}")
+            lines += [f"{pad}{'':>20}{a}" for a in alloc[1:]]
     return "\n".join(lines)
 
 
@@ -40,8 +49,19 @@ def show(run_dir: str, top: int | None = None, notation: str = "formula") -> str
         last = run["logbook"][-1]
         head.append(f"generations: {last['gen']}  evaluations: {last['total_evals']}  "
                     f"cache hit rate: {float(last['hit_rate']):.1%}")
-    for name, value in cfg.get("baselines", {}).items():
-        head.append(f"baseline {name}: fitness {value:.4f}")
+    baselines = cfg.get("baselines")
+    selection = cfg.get("selection") if isinstance(cfg.get("selection"), dict) else {}
+    on_selection = selection.get("baselines") if isinstance(selection.get("baselines"), dict) else {}
+    for name, value in (baselines.items() if isinstance(baselines, dict) else ()):
+        if isinstance(value, (int, float)):
+            extra = on_selection.get(name)
+            extra = f", selection split {extra:.4f}" if isinstance(extra, (int, float)) else ""
+            head.append(f"baseline {name}: fitness {value:.4f}{extra}")
+    if selection.get("best_rank") is not None:
+        verdict = f" — {selection['best_flag']}: not a win" if selection.get("best_flag") else \
+            " (beats every baseline there)"
+        head.append(f"best, chosen on the selection split (windows the search never read): rank "
+                    f"{selection['best_rank']}{verdict}")
     body = ["", hall_of_fame_table(run["hall_of_fame"], top, notation)]
     if run["pareto_front"] is not None:
         body += ["", "Pareto front of fitness and size, ranked by size: each formula is fitter than every smaller one",

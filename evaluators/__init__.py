@@ -1,13 +1,17 @@
 """Evaluators: load models and data, prune (exact, layer by layer), and score allocations fast.
 
-- ``models``: ``load_model``, ``decoder_blocks``, ``block_linears``, ``model_linears``, ``save_pruned``
-- ``data``: ``load_split``, ``token_windows``, ``calibration_batch``
+- ``models``: ``load_model`` (causal LMs, GGUF files, LLaVA-style image-text models), ``decoder_blocks``,
+  ``block_linears``, ``model_linears``
+- ``saving``: ``save_pruned`` (atomic HF folder)
+- ``data``: ``load_split`` (hub, a data folder, or the bundled copy), ``token_windows``, ``calibration_batch``
 - ``calibration``: ``collect_stats`` (per-linear input statistics), block-input capture
 - ``scores``: element-wise scores ``SCORERS`` (magnitude, wanda, sparsegpt)
-- ``masks``: per-row selection shared by all pruners
+- ``blockscores``: ``BlockScores``, what allocators read per decoder block (S_l, counts, Wanda's metric)
+- ``masks``: per-row and per-block selection shared by all pruners
 - ``pruners``: exact pruning ``prune`` with plug-ins ``PRUNERS``, ``measured_sparsity``
 - ``perplexity``: ``perplexity``, ``window_nlls``
 - ``fitness``: ``PruningEvaluator`` (the GP's fitness, apply/restore on precomputed ranks)
-- ``baselines``: ``BASELINES`` allocators (uniform, global, alphapruning)
+- ``baselines``: ``BASELINES``, the reference allocators (uniform, global, AlphaPruning, OWL, DSA's
+  released code and paper formula, ATP, DLP) and ``tune``
 - ``errors``: ``UserError``
 """

@@ -1,16 +1,32 @@
-"""Text data: WikiText-2 / C4 splits (hub when online, local files otherwise), windows, calibration.
+"""Text data: WikiText-2 / C4 splits, token windows, calibration batches.
 
-Offline, the local data folder (``data_dir``, else ``$DSA_DATA_DIR``, else ``../shared/data``
-relative to the working directory or to the repository) holds:
+``load_split("wikitext2" | "c4", split, data_dir)`` takes the first of these that applies:
+
+1. ``data_dir`` (the CLI's ``--data-dir``), else ``$DSA_DATA_DIR``: a local data folder. Once one is
+   given it is used alone: a file missing there is a :class:`UserError` naming the path.
+2. The Hugging Face Hub, when reachable (:func:`evaluators.hub.hub_reachable`; never with
+   ``HF_HUB_OFFLINE=1``): ``Salesforce/wikitext`` ``wikitext-2-raw-v1`` and an ``allenai/c4`` shard.
+3. The copy bundled with the package (``evaluators/bundled/``, xz-compressed; licences and
+   provenance in its README), identical to the local folder's files below, so a fresh install
+   works offline with no data folder.
+
+A local data folder holds (the bundled copy: the same content, xz-compressed, C4's texts as JSON lines):
 
 - ``wikitext-2/raw/test.raw.txt``: the raw WikiText-2 test split (one dataset row per line).
 - ``wikitext-2/valid.txt``: the *tokenized* release of the validation split (there is no raw valid
   file). It is de-tokenized with `` @-@ `` → ``-``, `` @,@ `` → ``,``, `` @.@ `` → ``.``; its
   ``<unk>`` tokens stay, so validation perplexities are close to, not equal to, the raw split's.
-- ``c4/c4_validation_2k.parquet``: 2000 C4 validation documents (column ``text``).
+- ``c4/c4_validation_2k.parquet``: 2000 C4 validation documents (column ``text``). Calibration
+  (split ``train``) uses these too when the hub is not used.
+
+Any other name is a local .txt/.parquet/.json/.jsonl file. Every result is a :class:`Texts`, a
+list of strings whose ``source`` says where it came from (for a run's config).
 """
 from __future__ import annotations
 
+import io
+import json
+import lzma
 import os
 import random
 import warnings
@@ -21,9 +37,15 @@ import torch
 from .errors import UserError
 from .hub import hub_reachable
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 WIKITEXT_FILES = {"test": "wikitext-2/raw/test.raw.txt", "validation": "wikitext-2/valid.txt"}
 C4_FILE = "c4/c4_validation_2k.parquet"
+# data-folder layout → the bundled xz file with the same content (C4: its texts as JSON lines)
+BUNDLED_FILES = {"wikitext-2/raw/test.raw.txt": "wikitext-2-test.raw.txt.xz",
+                 "wikitext-2/valid.txt": "wikitext-2-valid.txt.xz",
+                 C4_FILE: "c4-validation-2k.jsonl.xz"}
+WIKITEXT_HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1")
+C4_HUB = "allenai/c4"
 C4_SHARDS = {"validation": "en/c4-validation.00000-of-00008.json.gz",
              "train": "en/c4-train.00000-of-01024.json.gz"}
 DETOKENIZE = ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."))
@@ -31,15 +53,22 @@ SPLIT_ALIASES = {"valid": "validation", "val": "validation", "dev": "validation"
 FLAGS = "--data/--calib"
 
 
+class Texts(list):
+    """A list of texts that remembers where it came from: ``source`` is ``"hub:<repo> <config/file> <split>"``,
+    ``"dir:<file>"`` (a data folder), ``"bundled:<file in evaluators/bundled>"`` or ``"file:<path>"``."""
+
+    def __init__(self, texts=(), source: str = ""):
+        super().__init__(texts)
+        self.source = source
+
+
 def find_data_dir(data_dir: str | Path | None = None) -> Path | None:
-    """``data_dir`` if given, else ``$DSA_DATA_DIR``, else ``../shared/data`` from the cwd or the repo."""
-    if data_dir is not None:
+    """The local data folder to use: ``data_dir`` if given, else ``$DSA_DATA_DIR`` if set, else None
+    (then the hub or the bundled copy is used)."""
+    if data_dir is not None and str(data_dir) != "":
         return Path(data_dir).expanduser()
-    candidates = [os.environ.get("DSA_DATA_DIR"), Path.cwd() / "../shared/data", REPO_ROOT / "../shared/data"]
-    for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c).resolve()
-    return None
+    env = os.environ.get("DSA_DATA_DIR", "").strip()
+    return Path(env).expanduser() if env else None
 
 
 def _rows(text: str) -> list[str]:
@@ -47,31 +76,47 @@ def _rows(text: str) -> list[str]:
     return [line if line.strip() else "" for line in text.splitlines(keepends=True)]
 
 
-def _local_file(data_dir: str | Path | None, relative: str, what: str) -> Path:
-    root = find_data_dir(data_dir)
-    path = root / relative if root is not None else None
-    if path is None or not path.is_file():
-        where = str(path) if path is not None else f"<data dir>/{relative} (no data dir found; set DSA_DATA_DIR)"
-        raise UserError(f"{what} is not available offline: missing {where}; pass a local file with {FLAGS}")
+def _dir_file(root: Path, relative: str, what: str, data_dir) -> Path:
+    """``root/relative``, which must exist: a data folder once given is used alone."""
+    path = root / relative
+    if not path.is_file():
+        origin = "--data-dir" if data_dir is not None and str(data_dir) != "" else "$DSA_DATA_DIR"
+        raise UserError(f"{what}: missing {path} (data folder from {origin}); "
+                        f"fix the folder, or pass a local file with {FLAGS}")
     return path
 
 
-def read_text_file(path: str | Path) -> list[str]:
+def _bundled_bytes(relative: str) -> bytes:
+    path = BUNDLED_DIR / BUNDLED_FILES[relative]
+    try:
+        return lzma.decompress(path.read_bytes())
+    except (OSError, lzma.LZMAError) as exc:  # a broken install
+        raise UserError(f"the bundled data file {path} is unreadable ({type(exc).__name__}: {exc}); "
+                        f"reinstall dsa-gp, or set DSA_DATA_DIR / pass --data-dir") from exc
+
+
+def _bundled_text(relative: str) -> str:
+    """The bundled file decoded exactly as ``Path.read_text(encoding="utf-8")`` reads the original."""
+    return io.TextIOWrapper(io.BytesIO(_bundled_bytes(relative)), encoding="utf-8").read()
+
+
+def read_text_file(path: str | Path) -> Texts:
     """A local .txt (one row per line), .parquet, .json or .jsonl (column/field ``text``) file."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"data file not found: {path} ({FLAGS})")
+    source = f"file:{path.resolve()}"
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
     try:
         if suffix == ".txt":
-            return _rows(path.read_text(encoding="utf-8"))
+            return Texts(_rows(path.read_text(encoding="utf-8")), source)
         if suffix == ".parquet":  # pyarrow directly: same rows as datasets' parquet builder, less to import
             import pyarrow.parquet as pq
 
             table = pq.read_table(path)
             if "text" not in table.column_names:
                 raise UserError(f"data file {path} has no 'text' column ({FLAGS}); columns: {table.column_names}")
-            return [t or "" for t in table.column("text").to_pylist()]
+            return Texts((t or "" for t in table.column("text").to_pylist()), source)
         import datasets
 
         builder = {".json": "json", ".jsonl": "json",
@@ -92,45 +137,59 @@ def read_text_file(path: str | Path) -> list[str]:
         raise UserError(f"cannot read data file {path} ({FLAGS}): {type(exc).__name__}: {exc}") from exc
     if "text" not in table.column_names:
         raise UserError(f"data file {path} has no 'text' column ({FLAGS}); columns: {table.column_names}")
-    return [t or "" for t in table["text"]]
+    return Texts((t or "" for t in table["text"]), source)
 
 
-def _wikitext2(split: str, data_dir) -> list[str]:
-    if data_dir is None and hub_reachable():
+def _wikitext2(split: str, data_dir) -> Texts:
+    root = find_data_dir(data_dir)
+    if root is None and hub_reachable():
         try:
             import datasets
 
-            return list(datasets.load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split=split)["text"])
-        except Exception as exc:  # hub hiccup: fall back to the local copy
-            warnings.warn(f"wikitext2 from the hub failed ({type(exc).__name__}); using local files")
+            rows = datasets.load_dataset(*WIKITEXT_HUB, split=split)["text"]
+            return Texts(rows, f"hub:{WIKITEXT_HUB[0]} {WIKITEXT_HUB[1]} {split}")
+        except Exception as exc:  # hub hiccup: fall back to the bundled copy
+            warnings.warn(f"wikitext2 from the hub failed ({type(exc).__name__}); using the bundled copy")
     if split not in WIKITEXT_FILES:
         raise UserError(f"wikitext2 split {split!r} has no local copy; use test or validation ({FLAGS})")
-    text = _local_file(data_dir, WIKITEXT_FILES[split], f"wikitext2 {split}").read_text(encoding="utf-8")
+    relative = WIKITEXT_FILES[split]
+    if root is not None:
+        path = _dir_file(root, relative, f"wikitext2 {split}", data_dir)
+        text, source = path.read_text(encoding="utf-8"), f"dir:{path.resolve()}"
+    else:
+        text, source = _bundled_text(relative), f"bundled:{BUNDLED_FILES[relative]}"
     if split == "validation":
         for old, new in DETOKENIZE:
             text = text.replace(old, new)
-    return _rows(text)
+    return Texts(_rows(text), source)
 
 
-def _c4(split: str, data_dir) -> list[str]:
+def _c4(split: str, data_dir) -> Texts:
     if split not in C4_SHARDS:
         raise UserError(f"c4 split {split!r} unknown; use validation or train ({FLAGS})")
-    if data_dir is None and hub_reachable():
+    root = find_data_dir(data_dir)
+    if root is None and hub_reachable():
         try:
             import datasets
 
             shard = C4_SHARDS[split]
-            return list(datasets.load_dataset("allenai/c4", data_files={split: shard}, split=split)["text"])
+            rows = datasets.load_dataset(C4_HUB, data_files={split: shard}, split=split)["text"]
+            return Texts(rows, f"hub:{C4_HUB} {shard} {split}")
         except Exception as exc:
-            warnings.warn(f"c4 from the hub failed ({type(exc).__name__}); using local files")
-    if split == "train":
-        warnings.warn("no local C4 train shard: using the local C4 validation documents")
-    return read_text_file(_local_file(data_dir, C4_FILE, "c4"))
+            warnings.warn(f"c4 from the hub failed ({type(exc).__name__}); using the bundled copy")
+    # offline there is no C4 train shard: calibration reads the 2000 validation documents (said in `source`)
+    as_train = " (C4 validation documents, standing in for train)" if split == "train" else ""
+    if root is not None:
+        path = _dir_file(root, C4_FILE, "c4", data_dir)
+        return Texts(read_text_file(path), f"dir:{path.resolve()}{as_train}")
+    lines = _bundled_bytes(C4_FILE).decode("utf-8").split("\n")  # JSON escapes every newline inside a text
+    return Texts((json.loads(line)["text"] for line in lines if line), f"bundled:{BUNDLED_FILES[C4_FILE]}{as_train}")
 
 
-def load_split(name: str, split: str = "test", data_dir: str | None = None) -> list[str]:
-    """Texts of ``name`` ∈ {"wikitext2", "c4"} (hub when online and no ``data_dir``, else local files)
-    or of a local .txt/.parquet/.json/.jsonl file (``split`` ignored)."""
+def load_split(name: str, split: str = "test", data_dir: str | None = None) -> Texts:
+    """Texts of ``name`` ∈ {"wikitext2", "c4"} (``data_dir`` → ``$DSA_DATA_DIR`` → the hub when
+    reachable → the bundled copy) or of a local .txt/.parquet/.json/.jsonl file (``split`` ignored).
+    The result's ``source`` says which was used."""
     split = SPLIT_ALIASES.get(split, split)
     key = name.lower().replace("-", "").replace("_", "")
     if key in ("wikitext2", "wikitext"):

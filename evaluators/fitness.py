@@ -1,25 +1,21 @@
-"""The fitness of a per-block sparsity vector: perplexity of the pruned model (the GP's hot path).
+"""The fitness of a per-block sparsity vector: how much pruning with it hurts the model on validation
+text (the GP's hot path).
 
-Once per run, :class:`PruningEvaluator` collects calibration statistics on the *dense* model,
-scores every weight and keeps per-row score ranks. Two ways to turn ranks into a pruned model
-(``masking``), identical perplexities:
+Once per run, :class:`PruningEvaluator` collects calibration statistics on the *dense* model, scores
+every weight and keeps per-row score ranks (:mod:`evaluators.masking`: how a candidate's masks reach
+the model, in place, in each linear's forward, or per decoder block). Per candidate: masks from the
+ranks, one pass over the validation windows, the dense model back.
 
-- ``"inplace"`` (default): a copy of the dense weights is kept; a candidate costs one comparison +
-  ``masked_fill_`` per linear, a perplexity pass, and a weight copy back. Memory: weights ×2 + ranks.
-- ``"forward"``: no copy; each linear is parametrised (:mod:`torch.nn.utils.parametrize`) to use
-  ``W.masked_fill(rank < k, 0)`` in its forward, so masks are rebuilt in every forward call and the
-  weights are never written. Memory: weights + ranks (+ one linear's masked weight at a time).
+Fitness (``fitness``): ``"ppl"``, the perplexity of the pruned model, or ``"kl"``, the mean per-token
+KL divergence of its next-token distributions from the dense model's (EvoPress's fitness; the dense
+side cached once per split as top-k log-probabilities, :func:`evaluators.perplexity.window_kls`).
+
+Windows: the search's windows (``val_windows``), and optionally a disjoint ``selection`` split on
+which a finished search's hall of fame is re-scored before anything is called best. A call may score
+the first ``windows`` windows of a split only (multi-step selection: many candidates on few windows).
 
 Scores come from the dense model in one pass (no re-calibration through pruned blocks as in the
 exact :func:`evaluators.pruners.prune`); for magnitude the masks are identical to the exact pruner's.
-
-Multi-fidelity (``low_fidelity_windows = k``): every candidate is first scored on the first ``k``
-validation windows. Let ``best_low`` be the lowest such low-fidelity perplexity so far. A candidate
-whose low-fidelity perplexity exceeds ``best_low·(1 + low_fidelity_margin)`` is not competitive:
-its low-fidelity perplexity is returned as its fitness (``last_fidelity = "low"``). Otherwise the
-remaining windows are evaluated and the all-window perplexity is returned (``"full"``). The very
-first candidate is always evaluated in full. Returned values thus mix fidelities, but a rejected
-candidate is by construction worse than the best one on the shared first ``k`` windows.
 """
 from __future__ import annotations
 
@@ -28,204 +24,145 @@ import time
 from typing import Sequence
 
 import torch
-from torch import nn
-from torch.nn.utils import parametrize
 
+from .blockscores import BlockScores, layer_scores, param_counts
 from .calibration import collect_stats
 from .errors import UserError
-from .masks import prune_count, row_ranks
+from .masking import Masks
 from .models import model_linears
-from .perplexity import CHUNK, perplexity_from_nlls, window_nlls
+from .perplexity import CHUNK, dense_reference, perplexity_from_nlls, window_kls, window_nlls
 from .pruners import check_sparsities
 from .scores import get_scorer
 
 
-def subsample_scores(scores: torch.Tensor, limit: int | None, seed: int) -> torch.Tensor:
-    """A seeded random subset of ``limit`` elements (kept in their original order), or all of them."""
-    if limit is None or scores.numel() <= limit:
-        return scores
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(scores.numel(), generator=gen)[:limit].sort().values
-    return scores[idx]
-
-
-def layer_scores(scores: list[torch.Tensor], limit: int | None, seed: int) -> torch.Tensor:
-    """One block's ``S_l``: its linears' scores flattened into one float32 CPU vector, then the seeded
-    subset of :func:`subsample_scores` (seed = run seed + block index). The search evaluator and
-    ``dsa prune/eval`` both build ``S_l`` here, so a formula gives the same allocation in both."""
-    return subsample_scores(torch.cat([s.reshape(-1).float().cpu() for s in scores]), limit, seed)
-
-
-MASKING = ("inplace", "forward")
-
-
-class RankMask(nn.Module):
-    """Parametrisation of a linear's weight: zero the weights whose row rank is below ``k``."""
-
-    def __init__(self, ranks: torch.Tensor):
-        super().__init__()
-        self.ranks, self.k = ranks, 0  # a plain attribute, not a buffer: kept out of state_dict
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight.masked_fill(self.ranks < self.k, 0) if self.k else weight
+FITNESS = ("ppl", "kl")
+KL_TOP_K = 256  # dense tokens kept per position for the KL fitness (plus the rest of the mass)
 
 
 class PruningEvaluator:
     """Perplexity of the model pruned block-wise at given sparsities, with fast apply/restore.
 
     >>> ev = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val)
-    >>> ev([0.5] * len(ev.param_counts()))   # perplexity at 50 % uniform sparsity
+    >>> ev([0.5] * len(ev.blocks))            # perplexity at 50 % uniform sparsity
     """
 
     def __init__(self, model, tokenizer, *, method: str = "wanda", calib_ids: torch.Tensor | None = None,
-                 val_windows: torch.Tensor, batch_size: int = 1, low_fidelity_windows: int | None = None,
-                 low_fidelity_margin: float = 0.1, max_scores_per_block: int | None = None, seed: int = 0,
-                 progress: bool = False, masking: str = "inplace", head_chunk: int | None = CHUNK):
-        """``max_scores_per_block``: keep only a seeded random subset of each block's scores for
-        :meth:`block_scores` (saves memory on large models; default: keep all, float32 on CPU).
-        ``masking``: ``"inplace"`` (dense copy) or ``"forward"`` (no copy, masks rebuilt in every forward
-        call: as fast on a GPU, slower on a CPU with several forward calls per candidate; module doc).
-        With ``"forward"``, call :meth:`close` before using the model for anything else.
-        ``head_chunk``: LM-head positions per step in the perplexity pass (None: all logits at once;
-        see :mod:`evaluators.perplexity`)."""
-        if masking not in MASKING:
-            raise UserError(f"masking must be one of {', '.join(MASKING)}, got {masking!r}")
+                 val_windows: torch.Tensor, selection_windows: torch.Tensor | None = None, fitness: str = "ppl",
+                 batch_size: int = 1, max_scores_per_block: int | None = None, seed: int = 0,
+                 progress: bool = False, masking: str = "inplace", head_chunk: int | None = CHUNK,
+                 kl_top_k: int = KL_TOP_K):
+        """``max_scores_per_block``: keep only a seeded random subset of each block's scores in
+        :attr:`blocks` (saves memory on large models; default: keep all, float32 on CPU).
+        ``masking``: ``"inplace"`` (dense copy), ``"forward"`` (no copy, masks rebuilt in every forward
+        call) or ``"block"`` (no copy, uint8 rank levels, one block's masked weights at a time; use it
+        with ``batch_size`` ≥ the number of validation windows); see :mod:`evaluators.masking`. With
+        ``"forward"`` or ``"block"``, call :meth:`close` before using the model for anything else.
+        ``fitness``: ``"ppl"`` or ``"kl"`` (module doc). ``head_chunk``: LM-head positions per step
+        (None: all logits at once; see :mod:`evaluators.perplexity`)."""
+        if fitness not in FITNESS:
+            raise UserError(f"fitness must be one of {', '.join(FITNESS)}, got {fitness!r}")
         scorer = get_scorer(method)
         if scorer.needs_calibration and calib_ids is None:
             raise UserError(f"{method} scores need calibration data (--calib)")
-        if val_windows is None or val_windows.dim() != 2 or val_windows.shape[0] == 0:
-            raise UserError("the evaluator needs validation windows, a [n, seqlen] tensor with n ≥ 1")
-        self.model, self.tokenizer, self.method = model, tokenizer, method
+        splits = {"search": val_windows, "selection": selection_windows}
+        for name, windows in splits.items():
+            if (windows is not None or name == "search") and (windows is None or windows.dim() != 2
+                                                              or windows.shape[0] == 0):
+                raise UserError(f"the evaluator's {name} windows must be a [n, seqlen] tensor with n ≥ 1")
+        self.model, self.tokenizer, self.method, self.fitness = model, tokenizer, method, fitness
+        self.splits = {name: w for name, w in splits.items() if w is not None}
         self.val_windows = val_windows
-        self.batch_size = batch_size
-        self.low_fidelity_windows = low_fidelity_windows
-        self.low_fidelity_margin = low_fidelity_margin
-        self.seed = seed
-        self.progress = progress
-        self.masking = masking
-        self.head_chunk = head_chunk
+        self.batch_size, self.seed, self.progress, self.head_chunk = batch_size, seed, progress, head_chunk
+        self.kl_top_k = kl_top_k
         self.linears = model_linears(model)
-        stats = collect_stats(model, calib_ids, scorer.needs_hessian, batch_size) if scorer.needs_calibration else None
-        self._ranks: list[dict[str, torch.Tensor]] = []
-        self._dense: list[dict[str, torch.Tensor]] = []
-        self._scores: list[torch.Tensor] = []
+        self.masks = Masks(model, self.linears, masking)
+        # with calibration data, statistics are collected whatever the method: Wanda's metric (OWL, DLP,
+        # DSA's released code) reads them for magnitude pruning too
+        stats = collect_stats(model, calib_ids, scorer.needs_hessian, batch_size) if calib_ids is not None else None
+        scores: list[torch.Tensor] = []
         for l, block in enumerate(self.linears):
-            ranks, dense, flat = {}, {}, []
+            flat = []
             for name, lin in block.items():
                 score = scorer.score(lin.weight, stats[name] if stats else None)
-                ranks[name] = row_ranks(score)
+                self.masks.add(l, name, lin, score)
                 flat.append(score.cpu())
-                if masking == "inplace":
-                    dense[name] = lin.weight.detach().clone()
-                else:
-                    parametrize.register_parametrization(lin, "weight", RankMask(ranks[name]), unsafe=True)
                 del score
-            self._ranks.append(ranks)
-            self._dense.append(dense)
-            self._scores.append(layer_scores(flat, max_scores_per_block, seed + l))
+            scores.append(layer_scores(flat, max_scores_per_block, seed + l))
+        self.blocks = BlockScores(scores, param_counts(model), method, model,
+                                  {name: st.sq_norm for name, st in stats.items()} if stats else None,
+                                  int(calib_ids.shape[0]) if stats else None)
         del stats
-        self._touched: list[tuple[torch.nn.Linear, torch.Tensor]] = []
+        self._reference: dict[str, list] = {}  # KL: the dense model's top-k log-probabilities, per split
         self._dense_ppl: float | None = None
-        self.best_low: float | None = None
-        self.last_fidelity: str | None = None
         self.evaluations = 0
-        self.full_evaluations = 0
-        self.low_fidelity_rejections = 0
         self.seconds = 0.0
+
+    @property
+    def masking(self) -> str:
+        return self.masks.masking
 
     @property
     def n_blocks(self) -> int:
         return len(self.linears)
 
-    def block_scores(self, max_per_block: int | None = None) -> list[torch.Tensor]:
-        """Per block, the flattened element-wise scores of all its linears (float32, CPU) — ``S_l``.
+    @property
+    def state_bytes(self) -> int:
+        """Bytes the evaluator keeps besides the model: dense copies ("inplace") + ranks or levels."""
+        return self.masks.state_bytes
 
-        ``max_per_block`` returns a seeded random subset of that size (order kept)."""
-        return [subsample_scores(s, max_per_block, self.seed + l) for l, s in enumerate(self._scores)]
-
-    def param_counts(self) -> list[int]:
-        """Prunable weights per block."""
-        return [sum(lin.weight.numel() for lin in block.values()) for block in self.linears]
-
-    @torch.no_grad()
     def apply(self, sparsities: Sequence[float]) -> None:
-        """Prune: in each row, zero the weights ranked below ``round(s_l·cols)`` (in place, or in the
-        forward with ``masking="forward"``)."""
-        values = check_sparsities(sparsities, self.n_blocks)
-        self.restore()
-        for s, block, ranks, dense in zip(values, self.linears, self._ranks, self._dense):
-            for name, lin in block.items():
-                k = prune_count(s, lin.in_features)
-                if not k:
-                    continue
-                if self.masking == "forward":
-                    mask = lin.parametrizations.weight[0]
-                    mask.k = k
-                    self._touched.append((mask, None))
-                else:
-                    self._touched.append((lin, dense[name]))
-                    lin.weight.masked_fill_(ranks[name] < k, 0)
+        """Prune block ``l`` at ``sparsities[l]`` (see :meth:`evaluators.masking.Masks.apply`)."""
+        self.masks.apply(check_sparsities(sparsities, self.n_blocks))
 
-    @torch.no_grad()
     def restore(self) -> None:
-        """Undo :meth:`apply`: copy the dense weights back (bit-exact), or switch the masks off."""
-        for target, dense in self._touched:
-            if dense is None:
-                target.k = 0
-            else:
-                target.weight.copy_(dense)
-        self._touched = []
+        """Undo :meth:`apply` (bit-exact)."""
+        self.masks.restore()
 
     def close(self) -> None:
-        """Leave the model dense and plain (removes ``masking="forward"``'s parametrisations)."""
-        self.restore()
-        for block in self.linears:
-            for lin in block.values():
-                if parametrize.is_parametrized(lin, "weight"):
-                    parametrize.remove_parametrizations(lin, "weight", leave_parametrized=False)
+        """Leave the model dense and plain."""
+        self.masks.close()
 
-    def _nlls(self, windows: torch.Tensor) -> torch.Tensor:
-        return window_nlls(self.model, windows, self.batch_size, self.progress, self.head_chunk)
+    def _windows(self, split: str, windows: int | None) -> torch.Tensor:
+        if split not in self.splits:
+            raise UserError(f"the evaluator has no {split!r} windows (splits: {', '.join(self.splits)})")
+        return self.splits[split] if windows is None else self.splits[split][:windows]
 
-    def _evaluate(self) -> float:
-        k, n = self.low_fidelity_windows, self.val_windows.shape[0]
-        if not k or k >= n:
-            self.last_fidelity = "full"
-            self.full_evaluations += 1
-            return perplexity_from_nlls(self._nlls(self.val_windows))
-        low = self._nlls(self.val_windows[:k])
-        low_ppl = perplexity_from_nlls(low)
-        if self.best_low is not None and not low_ppl <= self.best_low * (1.0 + self.low_fidelity_margin):
-            self.last_fidelity = "low"
-            self.low_fidelity_rejections += 1
-            return low_ppl
-        self.best_low = low_ppl if self.best_low is None else min(self.best_low, low_ppl)
-        self.last_fidelity = "full"
-        self.full_evaluations += 1
-        return perplexity_from_nlls(torch.cat([low, self._nlls(self.val_windows[k:])]))
+    def _score(self, split: str, windows: int | None) -> float:
+        """The fitness of the model as it is now on the first ``windows`` windows of ``split``."""
+        tokens = self._windows(split, windows)
+        if self.fitness == "ppl":
+            return perplexity_from_nlls(window_nlls(self.model, tokens, self.batch_size, self.progress,
+                                                    self.head_chunk))
+        reference = self.reference(split)[:tokens.shape[0]]
+        return float(window_kls(self.model, tokens, reference, self.batch_size, self.progress, self.head_chunk).mean())
 
-    def __call__(self, sparsities: Sequence[float]) -> float:
-        """Perplexity of the model pruned at ``sparsities`` (+inf if not finite); weights restored after."""
+    def reference(self, split: str = "search") -> list:
+        """The dense model's top-k next-token log-probabilities on ``split`` (computed once)."""
+        if split not in self._reference:
+            self.restore()
+            self._reference[split] = dense_reference(self.model, self._windows(split, None), self.kl_top_k,
+                                                     self.batch_size, self.head_chunk)
+        return self._reference[split]
+
+    def __call__(self, sparsities: Sequence[float], windows: int | None = None, split: str = "search") -> float:
+        """The fitness (perplexity, or KL from the dense model) of the model pruned at ``sparsities`` on the
+        first ``windows`` windows of ``split`` (all by default); +inf if not finite; weights restored after."""
         start = time.perf_counter()
+        if self.fitness == "kl":
+            self.reference(split)  # before the masks go on
         try:
             self.apply(sparsities)
-            value = self._evaluate()
+            value = self._score(split, windows)
         finally:
             self.restore()
             self.evaluations += 1
             self.seconds += time.perf_counter() - start
         return value if math.isfinite(value) else math.inf
 
-    def state_dict(self) -> dict:
-        """What a resumed search needs to score candidates exactly as before (multi-fidelity threshold)."""
-        return {"best_low": self.best_low}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best_low = state.get("best_low")
-
     def dense_perplexity(self) -> float:
-        """Perplexity of the dense model on all validation windows (cached)."""
+        """Perplexity of the dense model on all search windows (cached)."""
         if self._dense_ppl is None:
             self.restore()
-            self._dense_ppl = perplexity_from_nlls(self._nlls(self.val_windows))
+            self._dense_ppl = perplexity_from_nlls(window_nlls(self.model, self.val_windows, self.batch_size,
+                                                               self.progress, self.head_chunk))
         return self._dense_ppl

@@ -1,8 +1,24 @@
-"""Per-output-row pruning masks: how many weights a row loses, and which (lowest-score first).
+"""Pruning masks: which weights a group of scores loses (lowest score first).
 
-Every pruner and the fast evaluator select weights the same way: in each output row (Wanda's
-comparison group), the ``prune_count(s, cols)`` weights with the lowest scores, ties broken by
-column index (stable sort). So a row's measured sparsity is exactly ``round(s·cols)/cols``.
+Two comparison groups:
+
+- **per output row** (Wanda's; every pruner's but SparseGPT's default, and the fast evaluator's): in
+  each row, the ``prune_count(s, cols)`` weights with the lowest scores, ties broken by column index
+  (stable sort). A row's measured sparsity is exactly ``round(s·cols)/cols``.
+- **one threshold per score block** (SparseGPT's reference ``fasterprune``, unstructured): over all
+  rows × columns of a 128-column block, prune every score ``≤`` the value at sorted position
+  ``int(n·s)`` (:func:`threshold_mask`).
+
+Quantised per-row ranks (the fast evaluator's ``masking="block"``): a row's rank is stored as a
+uint8 **level** ``level = rank·256 // cols`` (:func:`row_levels`; 1 byte per weight instead of
+int16's 2). ``level < q`` ⇔ ``rank < level_count(q, cols) = ceil(q·cols/256)``, so a level mask is
+always an exact-rank mask ``rank < c`` for a ``c`` on the grid ``ceil(q·cols/256)``, ``q = 0..256``
+(:func:`level_threshold` picks the grid point nearest ``prune_count(s, cols)``, ties to the lower
+``q``). Resolution: 1/256 of a row (≈ 0.4 % sparsity); the pruned count per row is off
+``prune_count(s, cols)`` by at most ``ceil(cols/256)/2`` weights, and is exactly it when
+``cols ≤ 256`` (every count is on the grid) or when ``256·prune_count(s, cols)`` is a multiple of
+``cols`` (e.g. ``s = j/256`` and ``cols`` a multiple of 256: 4096, 11008). Masks are nested: a higher
+sparsity prunes a superset.
 """
 from __future__ import annotations
 
@@ -30,6 +46,60 @@ def row_ranks(scores: torch.Tensor) -> torch.Tensor:
     return torch.empty(rows, cols, dtype=dtype, device=scores.device).scatter_(1, order, positions)
 
 
+LEVELS = 256  # quantisation levels per row (uint8)
+
+
+def row_levels(scores: torch.Tensor) -> torch.Tensor:
+    """``level[i, j] = rank[i, j]·256 // cols`` (uint8), ``rank`` as in :func:`row_ranks` (stable,
+    lowest score first) — built without the int16/int32 ranks."""
+    rows, cols = scores.shape
+    order = torch.argsort(scores, dim=1, stable=True)
+    of_position = (torch.arange(cols, dtype=torch.int64, device=scores.device) * LEVELS // cols).to(torch.uint8)
+    return torch.empty(rows, cols, dtype=torch.uint8, device=scores.device).scatter_(
+        1, order, of_position.expand(rows, cols))
+
+
+def level_count(q: int, cols: int) -> int:
+    """Weights per row with ``level < q``: ``ceil(q·cols/256)`` (``q`` in 0..256)."""
+    return (q * cols + LEVELS - 1) // LEVELS
+
+
+def level_threshold(sparsity: float, cols: int) -> int:
+    """The ``q`` in 0..256 whose :func:`level_count` is nearest ``prune_count(sparsity, cols)`` (ties:
+    the lower ``q``, i.e. fewer weights pruned). ``q = 256`` prunes the whole row."""
+    k = prune_count(sparsity, cols)
+    q = k * LEVELS // cols  # level_count(q) ≤ k < level_count(q + 1)
+    if q < LEVELS and level_count(q + 1, cols) - k < k - level_count(q, cols):
+        q += 1
+    return q
+
+
+def level_mask(levels: torch.Tensor, q: int) -> torch.Tensor:
+    """Boolean mask of the weights to prune: ``levels < q`` (``q ≥ 256``: all; a uint8 comparison with
+    256 would wrap to 0)."""
+    if q >= LEVELS:
+        return torch.ones_like(levels, dtype=torch.bool)
+    return levels < q
+
+
 def lowest_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of the weights to prune: per row, the ``k`` lowest scores."""
     return row_ranks(scores) < k
+
+
+def threshold_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """SparseGPT's unstructured mask of one score block (IST-DASLab/sparsegpt ``fasterprune``):
+    ``thresh = sorted(scores.flatten())[int(n·s)]``, prune ``scores ≤ thresh``.
+
+    The ``≤`` takes the element at position ``int(n·s)`` too, so absent ties this prunes
+    ``int(n·s) + 1`` of the ``n`` scores (all tied at the threshold go). Guards the reference lacks:
+    ``s ≤ 0`` prunes nothing (the reference would prune the minimum), ``int(n·s) ≥ n`` prunes all
+    (the reference would index out of range)."""
+    n = scores.numel()
+    k = int(n * float(sparsity))
+    if sparsity <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if k >= n:
+        return torch.ones_like(scores, dtype=torch.bool)
+    thresh = torch.kthvalue(scores.reshape(-1), k + 1).values  # = sorted(...)[k]
+    return scores <= thresh

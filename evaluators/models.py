@@ -1,10 +1,12 @@
-"""Load a causal LM (hub id, local folder or .gguf file), find its decoder blocks and linears, save it."""
+"""Load a causal LM (hub id, local folder or .gguf file), find its decoder blocks and linears, save it.
+
+Image-text-to-text models (LLaVA: a vision tower, a projector and a causal language model) load
+too; only their language model's decoder blocks are found, so only those are scored and pruned (the
+vision tower and the projector stay dense), and perplexity is that of the language model on text.
+"""
 from __future__ import annotations
 
-import copy
 import importlib.util
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import torch
 import transformers
 from packaging.version import Version
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .errors import UserError
 from .hub import hub_reachable
@@ -23,7 +25,11 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Gemma-3 GGUF tokenizers: transformers 5.17 cuts the raw WikiText-2 test split into 572,919 tokens
 # (no BOS, words split into pieces), 5.24 into 292,283 (as the model was trained); perplexities differ.
 GGUF_TOKENIZER_MIN = {"gemma3": Version("5.24")}
-BLOCK_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers")
+# The last two: the language model of an image-text-to-text model (LLaVA, Gemma-3, Mistral-3, ...) in the
+# transformers 5 layout (``model.language_model`` is the bare decoder) and the transformers 4 one
+# (``language_model`` is a ...ForCausalLM); the vision tower's blocks are never taken.
+BLOCK_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers",
+               "model.language_model.layers", "language_model.model.layers")
 
 
 def smollm2_gguf() -> Path | None:
@@ -88,18 +94,54 @@ def load_model(model: str | None = None, dtype: str = "fp32", device: str = "aut
         source, extra = str(path), {}
     elif _looks_like_path(name):
         raise UserError(f"model folder not found: {name} (--model)")
-    else:
-        source, extra = name, {}
+    else:  # a hub id: offline, only the local Hugging Face cache (no retries, one clear error)
+        source, extra = name, ({} if hub_reachable() else {"local_files_only": True})
     try:
-        lm = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **extra)
+        auto = _auto_class(source, extra)
+        lm = auto.from_pretrained(source, dtype=DTYPES[dtype], **extra)
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     except Exception as exc:  # loaders raise many types (OSError, ValueError, KeyError, ...)
-        raise UserError(f"cannot load --model {name}: {_one_line(exc)}") from exc
+        offline = " (the Hugging Face Hub is unreachable: only the local cache was searched)" \
+            if extra.get("local_files_only") else ""
+        raise UserError(f"cannot load --model {name}{offline}: {_one_line(exc)}") from exc
+    if not any(block_linears(block) for block in decoder_blocks(lm)):
+        raise UserError(f"--model {name}: its decoder blocks hold no nn.Linear to prune (e.g. GPT-2's Conv1D "
+                        f"layers are not supported)")
+    if auto is not AutoModelForCausalLM:
+        lm.dsa_processor = _processor(source)  # kept for save_pruned
     if "gguf_file" in extra:
         _check_gguf_tokenizer(lm.config.model_type, name)
     lm.to(dev).eval()
     lm.requires_grad_(False)
     return lm, tokenizer
+
+
+def _auto_class(source: str, extra: dict):
+    """``AutoModelForCausalLM``, or ``AutoModelForImageTextToText`` for a config that only the latter knows
+    (LLaVA: ``LlavaConfig`` is no causal-LM config). GGUF files are always causal LMs."""
+    if "gguf_file" in extra:
+        return AutoModelForCausalLM
+    from transformers.models.auto import modeling_auto
+
+    image_text = getattr(transformers, "AutoModelForImageTextToText", None)  # transformers >= 4.46
+    mapping = getattr(modeling_auto, "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING", None)
+    if image_text is None or mapping is None:
+        return AutoModelForCausalLM
+    config_class = type(AutoConfig.from_pretrained(source, **extra))
+    if config_class not in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING and config_class in mapping:
+        return image_text
+    return AutoModelForCausalLM  # its own error for a config neither knows
+
+
+def _processor(source: str):
+    """An image-text model's processor (image processor, tokenizer, chat template), or None when it has
+    none that loads: dsa itself only needs the tokenizer (text), the processor is saved with the model."""
+    try:
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(source)
+    except Exception:  # no preprocessor config, a missing optional dependency, ...
+        return None
 
 
 def _check_gguf_tokenizer(model_type: str, name: str) -> None:
@@ -111,17 +153,24 @@ def _check_gguf_tokenizer(model_type: str, name: str) -> None:
 
 
 def decoder_blocks(model: nn.Module) -> list[nn.Module]:
-    """The decoder blocks, in order (LLaMA/Mistral/Qwen2/Gemma, OPT, GPT-2, NeoX; else the first
-    ``nn.ModuleList`` with at least two entries)."""
+    """The decoder blocks, in order (LLaMA/Mistral/Qwen2/Gemma/Phi-3, OPT, GPT-2, NeoX, the language model
+    of LLaVA-style models; else the first ``nn.ModuleList`` with at least two entries inside the model's
+    ``get_decoder()``, else inside the whole model)."""
     for dotted in BLOCK_PATHS:
         obj = model
         for attr in dotted.split("."):
             obj = getattr(obj, attr, None)
         if isinstance(obj, nn.ModuleList) and len(obj) > 0:
             return list(obj)
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) >= 2:
-            return list(module)
+    try:
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    except Exception:  # a model whose get_decoder does not apply
+        decoder = None
+    roots = [decoder, model] if isinstance(decoder, nn.Module) and decoder is not model else [model]
+    for root in roots:
+        for module in root.modules():
+            if isinstance(module, nn.ModuleList) and len(module) >= 2:
+                return list(module)
     raise UserError(f"unsupported model {type(model).__name__}: no list of decoder blocks found")
 
 
@@ -143,43 +192,3 @@ def model_linears(model: nn.Module) -> list[dict[str, nn.Linear]]:
     """
     return [{f"{prefix}.{name}": lin for name, lin in block_linears(block).items()}
             for prefix, block in zip(block_names(model), decoder_blocks(model))]
-
-
-def _plain_model(model):
-    """The model itself, or for a GGUF-loaded (quantizer-tagged) one an untagged copy sharing its tensors."""
-    if getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config"):
-        return model
-    config = copy.deepcopy(model.config)
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    plain = type(model)(config).to(model.device, model.dtype)
-    plain.load_state_dict(model.state_dict())
-    return plain
-
-
-def save_pruned(model, tokenizer, out_dir: str | Path) -> Path:
-    """Save a standard HF folder (config + safetensors + tokenizer) loadable by ``from_pretrained``.
-
-    Written to a temporary sibling folder and renamed at the end, so a failure leaves nothing
-    half-written; an existing ``out_dir`` folder is replaced.
-    """
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path exists and is not a folder: {out_dir}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        _plain_model(model).save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            out.rename(old / out.name)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out

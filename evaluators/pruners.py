@@ -6,12 +6,17 @@ Pruning plug-ins, one interface (``prune_linear``):
 
 - ``magnitude`` / ``wanda``: zero the lowest-score weights of every output row (Wanda's comparison
   group; magnitude uses it too, unlike its per-matrix original, so the sparsity is exact per row).
-- ``sparsegpt``: SparseGPT's OBS update, blocked (128 columns), dampening 0.01, unstructured. Its
-  adaptive mask is chosen per output row too: a column block prunes
-  ``round(s·end) − round(s·start)`` weights of each row, so every row ends at ``round(s·cols)``.
+- ``sparsegpt``: SparseGPT's OBS update, blocked (128 columns), dampening 0.01, unstructured, with the
+  reference's adaptive mask (IST-DASLab/sparsegpt ``fasterprune``): per 128-column block, one threshold
+  over all its rows (:func:`evaluators.masks.threshold_mask`), which prunes ``int(n·s) + 1`` of the
+  block's ``n = rows·128`` weights absent ties. Rows differ; each column block, hence each linear, is at
+  its requested sparsity + at most ``1/n`` (+ ties).
+- ``sparsegpt-row``: the same OBS update with the mask chosen per output row instead: a column block
+  prunes ``round(s·end) − round(s·start)`` weights of each row, so every row ends at ``round(s·cols)``.
 
-Rows therefore have measured sparsity ``round(s·cols)/cols`` (SparseGPT may add the columns of
-inputs that are always zero), i.e. each block is at its requested sparsity ± one weight per row.
+Score pruners and ``sparsegpt-row`` therefore give rows of measured sparsity ``round(s·cols)/cols``,
+i.e. each block at its requested sparsity ± one weight per row. (SparseGPT, both masks, prunes the
+weights of inputs that are always zero first; they count toward the quota.)
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .calibration import LinearStats, StatsCollector, capture_block_inputs, run_block
 from .errors import UserError
-from .masks import lowest_mask, prune_count
+from .masks import lowest_mask, prune_count, threshold_mask
 from .models import decoder_blocks, model_linears
 from .scores import PERCDAMP, SCORERS, Scorer, inverse_hessian_factor
 
@@ -55,19 +60,31 @@ class ScorePruner(Pruner):
 
 
 class SparseGPTPruner(Pruner):
-    """SparseGPT (Frantar & Alistarh 2023) ``fasterprune``, unstructured, per-row adaptive masks."""
+    """SparseGPT (Frantar & Alistarh 2023) ``fasterprune``, unstructured.
 
-    name = "sparsegpt"
+    ``mask="block"`` (default, the reference): one threshold per 128-column block over all its rows.
+    ``mask="row"``: per output row, ``round(s·end) − round(s·start)`` weights of each column block."""
+
     needs_calibration = True
     needs_hessian = True
+    MASKS = ("block", "row")
 
-    def __init__(self, blocksize: int = 128, percdamp: float = PERCDAMP):
+    def __init__(self, blocksize: int = 128, percdamp: float = PERCDAMP, mask: str = "block"):
+        if mask not in self.MASKS:
+            raise UserError(f"SparseGPT mask must be one of {', '.join(self.MASKS)}, got {mask!r}")
         self.blocksize = blocksize
         self.percdamp = percdamp
+        self.mask = mask
+        self.name = "sparsegpt" if mask == "block" else f"sparsegpt-{mask}"
+
+    def _block_mask(self, scores: torch.Tensor, sparsity: float, i1: int, i2: int) -> torch.Tensor:
+        if self.mask == "block":
+            return threshold_mask(scores, sparsity)
+        return lowest_mask(scores, prune_count(sparsity, i2) - prune_count(sparsity, i1))
 
     def prune_linear(self, linear, sparsity, stats):
         cols = linear.in_features
-        if prune_count(sparsity, cols) == 0:
+        if sparsity <= 0 or (self.mask == "row" and prune_count(sparsity, cols) == 0):
             return
         hinv, dead = inverse_hessian_factor(stats.hessian.to(linear.weight.device), self.percdamp)
         W = linear.weight.detach().float().clone()
@@ -78,8 +95,7 @@ class SparseGPTPruner(Pruner):
             Q1 = torch.zeros_like(W1)
             Err1 = torch.zeros_like(W1)
             Hinv1 = hinv[i1:i2, i1:i2]
-            k = prune_count(sparsity, i2) - prune_count(sparsity, i1)
-            mask1 = lowest_mask(W1.square() / torch.diag(Hinv1).square()[None, :], k)
+            mask1 = self._block_mask(W1.square() / torch.diag(Hinv1).square()[None, :], sparsity, i1, i2)
             for i in range(i2 - i1):
                 w = W1[:, i]
                 q = w.masked_fill(mask1[:, i], 0.0)
@@ -95,7 +111,8 @@ class SparseGPTPruner(Pruner):
 PRUNERS: dict[str, Pruner] = {
     "magnitude": ScorePruner(SCORERS["magnitude"]),
     "wanda": ScorePruner(SCORERS["wanda"]),
-    "sparsegpt": SparseGPTPruner(),
+    "sparsegpt": SparseGPTPruner(),  # the reference's mask: one threshold per 128-column block
+    "sparsegpt-row": SparseGPTPruner(mask="row"),  # the same OBS update, masks chosen per output row
 }
 
 

@@ -14,7 +14,6 @@ import torch
 
 from .calibration import LinearStats
 from .errors import UserError
-from .models import model_linears
 
 PERCDAMP = 0.01
 
@@ -81,10 +80,3 @@ def get_scorer(method: str) -> Scorer:
     if method not in SCORERS:
         raise UserError(f"unknown pruning method {method!r}: choose one of {', '.join(SCORERS)}")
     return SCORERS[method]
-
-
-def compute_scores(model, method: str, stats: dict[str, LinearStats] | None) -> list[dict[str, torch.Tensor]]:
-    """Per decoder block, ``{qualified linear name: float32 scores}``."""
-    scorer = get_scorer(method)
-    return [{name: scorer.score(lin.weight, stats.get(name) if stats else None) for name, lin in block.items()}
-            for block in model_linears(model)]

@@ -1,47 +1,106 @@
-"""Search settings, with the defaults the CLI documents."""
+"""Search settings: one typed record, its defaults, and the checks that reject a bad value before any
+work starts (:class:`ConfigError`, a ``ValueError``)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
 OBJECTIVES = (("fitness",), ("fitness", "size"))  # single-objective, or NSGA-II on fitness and tree size
+MODES = ("evolution", "random")
+MAX_SEED = 2**32 - 1  # numpy's seed range; torch and random accept it too
+
+
+class ConfigError(ValueError):
+    """A search setting out of its range (the CLI reports it as bad input)."""
 
 
 @dataclass
 class SearchConfig:
-    population: int = 20          # individuals per generation
-    generations: int = 10         # generations after the initial population
+    population: int = 10          # individuals per generation
+    generations: int = 4          # generations after the initial population
     cxpb: float = 0.7             # probability that a pair of offspring is crossed over
     mutpb: float = 0.3            # probability that an offspring is mutated
     tournament: int = 2           # tournament size (2: mild pressure; 3 collapsed onto one formula in tests)
     elitism: int = 2              # best individuals copied unchanged to the next generation (NSGA-II: mu + lambda)
-    hof_size: int = 10            # distinct formulas kept in the hall of fame
+    hof_size: int = 10            # distinct candidates kept in the hall of fame
     init_min_height: int = 3      # initial trees: height range (the 4 stages need ≥ 3)
     init_max_height: int = 6
     max_height: int = 10          # static limits against bloat (gp.staticLimit)
     max_size: int = 30
     mode: str = "evolution"       # "evolution" or "random" (random search, same budget)
-    cache: bool = True            # skip candidates whose formula or output was already evaluated
+    cache: bool = True            # skip candidates whose tree or output was already evaluated
     objectives: tuple = ("fitness",)  # ("fitness", "size"): NSGA-II, a Pareto front of fitness against size
     seed: int = 0
+    # multi-step selection (EvoPress's, for trees): `offspring` children per generation, scored on the first
+    # `windows` validation windows of each stage, the best `survivors` going on; the last stage scores on all
+    # windows and its survivors (population − elitism) join the elites. Empty: plain generations.
+    offspring: int = 0
+    stages: tuple = ()            # ((windows, survivors), …) before the last, full stage
+    tune_constants: int = 0       # evaluations per generation spent nudging the best tree's constants (PySR-like)
+    seeds: tuple = ()             # trees (text) placed in the initial population, e.g. the baselines' formulas
 
     def __post_init__(self):
-        if self.mode not in ("evolution", "random"):
-            raise ValueError(f"mode must be 'evolution' or 'random', got {self.mode!r}")
-        if self.population < 2 or self.generations < 0:
-            raise ValueError("population must be ≥ 2 and generations ≥ 0")
-        if not (0 <= self.cxpb <= 1 and 0 <= self.mutpb <= 1):
-            raise ValueError("cxpb and mutpb are probabilities in [0, 1]")
-        if not 0 <= self.elitism < self.population:
-            raise ValueError("elitism must be in [0, population)")
         if isinstance(self.objectives, str):  # "fitness,size", as the CLI takes it
             self.objectives = self.objectives.split(",")
         self.objectives = tuple(self.objectives)
-        if self.objectives not in OBJECTIVES:
-            raise ValueError(f"objectives must be one of {', '.join(','.join(o) for o in OBJECTIVES)}; "
-                             f"got {','.join(self.objectives)}")
+        self.stages = tuple((int(w), int(k)) for w, k in self.stages)
+        self.seeds = tuple(self.seeds)
+        for problem in self.problems():
+            raise ConfigError(problem)
+
+    def problems(self) -> list[str]:
+        """Every setting out of range, as one message each (empty when all are fine)."""
+        out = []
+
+        def need(ok: bool, text: str) -> None:
+            if not ok:
+                out.append(text)
+        ints = ("population", "generations", "tournament", "elitism", "hof_size", "init_min_height",
+                "init_max_height", "max_height", "max_size", "seed", "offspring", "tune_constants")
+        for name in ints:
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
+        if out:
+            return out
+        need(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        need(self.population >= 2, f"population must be ≥ 2, got {self.population}")
+        need(self.generations >= 0, f"generations must be ≥ 0, got {self.generations}")
+        for name in ("cxpb", "mutpb"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and 0 <= value <= 1, f"{name} is a probability in [0, 1], got {value}")
+        need(1 <= self.tournament <= self.population,
+             f"tournament must be in [1, population={self.population}], got {self.tournament}")
+        need(0 <= self.elitism < self.population, f"elitism must be in [0, population={self.population}), "
+                                                  f"got {self.elitism}")
+        need(self.hof_size >= 1, f"hof_size must be ≥ 1, got {self.hof_size}")
+        need(1 <= self.init_min_height <= self.init_max_height,
+             f"need 1 ≤ init_min_height ≤ init_max_height, got {self.init_min_height} and {self.init_max_height}")
+        need(self.max_height >= 1, f"max_height must be ≥ 1, got {self.max_height}")
+        need(self.max_size >= 1, f"max_size must be ≥ 1, got {self.max_size}")
+        need(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed}")
+        need(self.objectives in OBJECTIVES, f"objectives must be one of "
+                                            f"{', '.join(','.join(o) for o in OBJECTIVES)}; got {','.join(self.objectives)}")
+        need(self.tune_constants >= 0, f"tune_constants must be ≥ 0, got {self.tune_constants}")
+        if self.stages:
+            survivors = [k for _, k in self.stages] + [self.population - self.elitism]
+            windows = [w for w, _ in self.stages]
+            need(self.offspring >= survivors[0], f"offspring ({self.offspring}) must be at least the first stage's "
+                                                 f"survivors ({survivors[0]})")
+            need(survivors == sorted(survivors, reverse=True) and all(k >= 1 for k in survivors),
+                 f"survivors per stage must shrink to population − elitism = {survivors[-1]}, got {survivors}")
+            need(all(w >= 1 for w in windows) and windows == sorted(windows),
+                 f"stage windows must be positive and grow, got {windows}")
+            need(self.mode == "evolution" and len(self.objectives) == 1,
+                 "multi-step selection applies to single-objective evolution")
+        else:
+            need(self.offspring == 0, "offspring is set by multi-step selection (stages)")
+        return out
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["objectives"] = list(self.objectives)
+        data["stages"] = [list(s) for s in self.stages]
+        data["seeds"] = list(self.seeds)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "SearchConfig":

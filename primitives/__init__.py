@@ -6,12 +6,12 @@ from .parse import FormulaError, parse_tree
 from .program import run
 from .pset import ALLOCATION_GROUPS, GROUPS, build_pset, primitives, stage_counts
 from .record import Prim
-from .symbolic import Formula, canonical_key, evaluate_sympy, simplify, to_sympy
+from .symbolic import Formula, evaluate_sympy, simplify, to_sympy
 from .types import Allocation, Scores, Spread, Temperature, Value
 
 __all__ = [
     "ALLOCATION_GROUPS", "GROUPS", "FormulaError", "parse_tree", "Allocation", "AllocationContext", "AllocationResult", "Formula",
-    "LayerAllocator", "Prim", "Scores", "Spread", "Temperature", "Value", "build_pset", "canonical_key",
+    "LayerAllocator", "Prim", "Scores", "Spread", "Temperature", "Value", "build_pset",
     "evaluate_sympy", "primitives", "project_to_target", "relative_depth", "run", "simplify",
     "stack_scores", "stage_counts", "to_sympy",
 ]

@@ -48,6 +48,9 @@ def temperature() -> float:
 
 
 EPHEMERALS = {Value: ("const", constant), Spread: ("spread", spread), Temperature: ("temp", temperature)}
+# Where a constant of each type may lie (parsed formulas are checked, nudged constants kept inside): a
+# spread beyond 1 only clips, a temperature is positive, a value is any moderate finite number.
+CONSTANT_BOUNDS = {Value: (-1e6, 1e6), Spread: (0.0, 1.0), Temperature: (1e-3, 1e3)}
 
 # Scores and relative depth are non-negative by construction; other arguments are just real.
 ARG_ASSUMPTIONS = {"S": {"nonnegative": True}, "d": {"nonnegative": True}}

@@ -1,4 +1,4 @@
-"""Trees ↔ SymPy: symbolic form, simplification, printing, canonical keys, and numeric evaluation
+"""Trees ↔ SymPy: symbolic form, simplification, printing, and numeric evaluation
 of a (simplified) SymPy expression with torch, to check that simplification kept the meaning."""
 from __future__ import annotations
 
@@ -41,13 +41,6 @@ def simplify(expr: sp.Expr) -> sp.Expr:
     except Exception:  # SymPy can fail on exotic forms; the unsimplified form is still right
         return expr
     return simpler if sp.count_ops(simpler) <= sp.count_ops(expr) else expr
-
-
-def canonical_key(tree: gp.PrimitiveTree, pset: gp.PrimitiveSetTyped) -> str:
-    """A key equal for trees whose canonical SymPy forms are equal (e.g. ``abs(abs(x))`` and ``abs(x)``)."""
-    if not hasattr(pset, "records"):
-        return str(tree)
-    return sp.srepr(to_sympy(tree, pset))
 
 
 @dataclass(frozen=True)

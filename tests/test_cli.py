@@ -1,6 +1,5 @@
 """The ``dsa`` command as a user meets it: synthetic search end to end, show, kill + resume, bad input."""
 import json
-import pickle
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ def test_synthetic_search_writes_run_folder_and_show_prints_it(tmp_path):
     run = tmp_path / "run"
     out = dsa(*SYNTHETIC, "--generations", 3, "--run-dir", run)
     assert out.returncode == 0, out.stderr
-    for name in ("config.json", "checkpoint.pkl", "hall_of_fame.json", "logbook.csv", "fitness.png", "allocation.png"):
+    for name in ("config.json", "checkpoint.json", "hall_of_fame.json", "logbook.csv", "fitness.png", "allocation.png"):
         assert (run / name).stat().st_size > 0, name
     rows = json.loads((run / "hall_of_fame.json").read_text())
     assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
@@ -52,8 +51,7 @@ def test_killed_run_resumes_to_the_same_hall_of_fame(tmp_path):
         time.sleep(0.005)
     proc.kill()
     proc.wait()
-    with open(killed / "checkpoint.pkl", "rb") as f:
-        gen_at_kill = pickle.load(f)["gen"]
+    gen_at_kill = json.loads((killed / "checkpoint.json").read_text())["gen"]
     assert 2 <= gen_at_kill < generations, "the run must really have been interrupted"
 
     resumed = dsa("search", "--resume", killed, "--no-progress")
@@ -62,7 +60,7 @@ def test_killed_run_resumes_to_the_same_hall_of_fame(tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["search", "--task", "synthetic", "--sparsity", "1.5"], "sparsity must be in [0, 1)"),
+    (["search", "--task", "synthetic", "--sparsity", "1.5"], "sparsity must be in (0, 0.99]"),
     (["search", "--task", "synthetic", "--population", "abc"], "positive integer"),
     (["search", "--task", "synthetic", "--elitism", "50"], "elitism"),
     (["search", "--resume", "/nonexistent/run"], "no config.json"),

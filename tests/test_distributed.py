@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsa.cli import build_parser, fill_size_defaults
-from dsa.distributed import LOOPBACK_ENV, EvaluatorActor, RayMap, Recipe, WorkerError
+from dsa.cli import build_parser, search_specs
+from dsa.distributed import LOOPBACK_ENV, EvaluatorActor, RayEvaluation, WorkerError
 from dsa.llm import build_evaluator
 from test_cli_llm import data_args, dsa, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
 
@@ -33,18 +33,16 @@ def ray_local():
 
 
 @pytest.fixture(scope="module")
-def search_args(tiny_dir):
-    args = build_parser().parse_args(["search", *map(str, data_args(tiny_dir))])
-    fill_size_defaults(args)
-    return args
+def spec(tiny_dir):
+    return search_specs(build_parser().parse_args(["search", *map(str, data_args(tiny_dir))]))[0]
 
 
 @pytest.fixture(scope="module")
-def local(search_args):
+def local(spec):
     """The in-process evaluator (single-threaded, as the CPU workers are)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    evaluator, info = build_evaluator(search_args)
+    evaluator, info = build_evaluator(spec)
     yield evaluator
     torch.set_num_threads(threads)
 
@@ -76,46 +74,52 @@ def alive(pid: int) -> bool:
     return True
 
 
-def test_pool_matches_in_process(ray_local, search_args, local, allocations):
-    with RayMap(Recipe.from_args(search_args), workers=2) as pool:
+def pids(pool):
+    return [pid for pid in pool._get([a.ready.remote() for a in pool.actors])]
+
+
+def test_pool_matches_in_process(ray_local, spec, local, allocations):
+    with RayEvaluation(spec, workers=2) as pool:
         assert not pool.owns_ray and len(pool.actors) == 2 and len(set(pool.pids)) == 2
         if os.environ.get(LOOPBACK_ENV) == "0":
             assert [node["NodeManagerAddress"] for node in ray_local.nodes()] == ["127.0.0.1"]
-        setup = pool.setup()
-        assert setup["param_counts"] == local.param_counts()
-        assert all(torch.equal(a, b) for a, b in zip(setup["block_scores"], local.block_scores()))
+        allocator, _, info, candidates = pool.task(spec, ("uniform", "owl"))
+        blocks = pool._get(pool.actors[0].setup.remote(0.7, ("uniform",)))["blocks"]
+        assert blocks.counts == local.blocks.counts and blocks.model is None
+        assert all(torch.equal(a, b) for a, b in zip(blocks.scores, local.blocks.scores))
+        assert set(candidates) == {"uniform", "owl"} and info["workers"] == 2
         want = [local(a) for a in allocations]
-        assert pool(local, allocations) == want  # in input order, bit for bit
-        assert pool(None, [a.tolist() for a in reversed(allocations)]) == want[::-1]
+        assert pool.map(local, allocations) == want  # in input order, bit for bit
+        assert pool.map(None, [a.tolist() for a in reversed(allocations)]) == want[::-1]
 
-        ray_local.kill(pool.actors[0])  # a worker gone between two batches: replaced on first use
-        assert pool(None, allocations) == want
-        assert pool.replacements == 1 and len(pool.actors) == 2
+        os.kill(pool.pids[0], 9)  # a worker process gone between two batches: Ray restarts it
+        assert pool.map(None, allocations) == want
+        after = pids(pool)
+        assert pool.pids[0] not in after and pool.pids[1] in after and not alive(pool.pids[0])
     assert pool.actors == []
 
 
-def test_worker_killed_mid_evaluation(ray_local, search_args, local, allocations, tmp_path):
+def test_worker_killed_mid_evaluation(ray_local, spec, local, allocations, tmp_path):
     poison = torch.tensor([POISON, 0.6, 0.7, 0.8], dtype=torch.float64)
     batch = [*allocations[:4], poison, *allocations[4:]]
     want = [local(a) for a in batch]
     marker = tmp_path / "crashed"
-    with RayMap(Recipe.from_args(search_args), workers=2, actor_cls=crashing(marker)) as pool:
+    with RayEvaluation(spec, workers=2, actor_cls=crashing(marker)) as pool:
         before = set(pool.pids)
-        assert pool(None, batch) == want
-        assert marker.exists() and pool.replacements == 1 and len(pool.actors) == 2
-        after = set(ray_local.get([a.ready.remote() for a in pool.actors]))
+        assert pool.map(None, batch) == want  # the poisoned allocation re-run on the restarted worker
+        assert marker.exists()
+        after = set(pids(pool))
         (dead,) = before - after  # one worker process replaced, and gone
         assert not alive(dead) and len(after - before) == 1
-        assert pool(None, allocations) == want[:4] + want[5:]  # the new worker evaluates too
+        assert pool.map(None, allocations) == want[:4] + want[5:]  # the new worker evaluates too
 
 
-def test_retries_are_bounded(ray_local, search_args, allocations, tmp_path):
+def test_retries_are_bounded(ray_local, spec, allocations, tmp_path):
     poison = torch.tensor([POISON, 0.6, 0.7, 0.8], dtype=torch.float64)
     actor = crashing(tmp_path / "crashed", every_time=True)
-    with RayMap(Recipe.from_args(search_args), workers=1, max_retries=1, actor_cls=actor) as pool:
-        with pytest.raises(WorkerError, match="killed 2 workers"):
-            pool(None, [allocations[0], poison])
-        assert pool.replacements == 1
+    with RayEvaluation(spec, workers=1, max_retries=1, actor_cls=actor) as pool:
+        with pytest.raises(WorkerError, match="killed its worker"):
+            pool.map(None, [allocations[0], poison])
 
 
 def hall_of_fame(run: Path) -> list:
@@ -132,7 +136,7 @@ def test_search_with_workers_same_hall_of_fame(tiny_dir, tmp_path):
     assert hall_of_fame(tmp_path / "ray") == hall_of_fame(tmp_path / "single")
     configs = [json.loads((tmp_path / run / "config.json").read_text()) for run in ("single", "ray")]
     assert configs[1]["baselines"] == configs[0]["baselines"]
-    assert configs[1]["info"]["workers"] == 2 and "workers" not in configs[1]["args"]
+    assert configs[1]["info"]["workers"] == 2 and configs[1]["evaluator"] == configs[0]["evaluator"]
     assert configs[1]["info"]["model"] == configs[0]["info"]["model"]
 
 

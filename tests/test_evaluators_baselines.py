@@ -1,9 +1,20 @@
+import inspect
+import math
+
 import pytest
 import torch
 
-from evaluators.baselines import BASELINES, alphapruning, block_alphas, esd_alpha, global_threshold
+from evaluators.baselines import (BASELINES, OWL_GRID, alphapruning, alphapruning_sparsities, atp, atp_grid,
+                                  atp_sparsities, block_alphas, dlp, dlp_score, dlp_sparsities, dsa_code,
+                                  dsa_code_importance, dsa_paper, dsa_paper_importance, dsa_sparsities, esd_alpha,
+                                  global_threshold, outlier_ratio, owl, owl_sparsities, released_value, tune, uniform)
+from evaluators.baselines import simple
+from evaluators.blockscores import BlockScores, subsample_scores
 from evaluators.errors import UserError
 from evaluators.fitness import PruningEvaluator
+from evaluators.models import model_linears
+
+CONSTANT = "ignore:.*same statistic:RuntimeWarning"  # dsa-code on the tiny model: every block NaN → uniform
 
 
 @pytest.fixture
@@ -11,48 +22,106 @@ def evaluator(tiny_llama, tiny_calib, tiny_val):
     return PruningEvaluator(tiny_llama, None, method="wanda", calib_ids=tiny_calib, val_windows=tiny_val)
 
 
+@pytest.fixture
+def blocks(evaluator):
+    return evaluator.blocks
+
+
 def _weighted_mean(s, counts):
     return sum(a * b for a, b in zip(s, counts)) / sum(counts)
 
 
+def _metric(blocks, l):
+    """Wanda's metric of block l, computed here from the weights and Σ_tokens x² (an independent check)."""
+    parts = [(lin.weight.abs() * blocks.sq_norms[name].sqrt().float()[None, :]).reshape(-1)
+             for name, lin in model_linears(blocks.model)[l].items()]
+    return torch.cat(parts)
+
+
+def _fake_fitness(s):
+    return sum(i * v for i, v in enumerate(s))  # lowest for allocations that prune the last blocks least
+
+
+@pytest.mark.filterwarnings(CONSTANT)
 @pytest.mark.parametrize("name", sorted(BASELINES))
 @pytest.mark.parametrize("target", [0.0, 0.5, 0.8])
-def test_baselines_valid(evaluator, name, target):
-    s = BASELINES[name](evaluator, target)
-    counts = evaluator.param_counts()
-    assert len(s) == len(counts) and all(isinstance(v, float) for v in s)
+def test_baselines_valid(blocks, name, target):
+    params = {"fitness": _fake_fitness} if BASELINES[name].tuned else {}
+    if name == "atp":
+        params["beta"] = 0.01
+    if name.startswith("atp") and target == 0.0:  # no legal β > 0 at sparsity 0
+        with pytest.raises(UserError):
+            BASELINES[name](blocks, target, **params)
+        return
+    s = BASELINES[name](blocks, target, **params)
+    assert len(s) == len(blocks) and all(isinstance(v, float) for v in s)
     assert all(0.0 <= v <= 0.99 for v in s)
-    assert _weighted_mean(s, counts) == pytest.approx(target, abs=1e-6)
+    assert _weighted_mean(s, blocks.counts) == pytest.approx(target, abs=1e-6)
 
 
-class FakeSource:
-    """Blocks with given scores and sizes (and no model)."""
-
-    def __init__(self, scores):
-        self.scores = scores
-
-    def param_counts(self):
-        return [s.numel() for s in self.scores]
-
-    def block_scores(self, max_per_block=None):
-        return self.scores
+def test_registry_defaults_match_signatures():
+    for name, base in BASELINES.items():
+        sig = inspect.signature(base.fn).parameters
+        assert list(sig)[:4] == ["blocks", "target", "lo", "hi"], name
+        for key, value in base.defaults.items():
+            assert sig[key].default == value, (name, key)
+    assert BASELINES["owl"].defaults == {"m": 5.0, "lam": 0.08}
+    assert BASELINES["dlp"].defaults == {"alpha": 0.15}
+    assert BASELINES["dsa-code"].defaults == BASELINES["dsa-paper"].defaults == {"lam": 0.08}
+    assert {n for n, b in BASELINES.items() if b.tuned} == {"owl-tuned", "atp-tuned"}
 
 
 def test_global_threshold_follows_scores():
     g = torch.Generator().manual_seed(0)
     scores = [torch.rand(1000, generator=g) * scale for scale in (1.0, 2.0, 4.0)]
-    s = global_threshold(FakeSource(scores), 0.5)
+    s = global_threshold(BlockScores(scores, [1000] * 3), 0.5)
     assert s[0] > s[1] > s[2]  # blocks with larger scores keep more weights
     t = torch.cat(scores).sort().values[1499]
     assert s == pytest.approx([float((x <= t).float().mean()) for x in scores], abs=2e-3)
 
 
-def test_alphapruning_prunes_larger_alpha_more(evaluator):
-    alphas = block_alphas(evaluator.model)
-    s = alphapruning(evaluator, 0.5, epsilon=0.2)
+def test_global_threshold_subsamples_large_models(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.rand(1000, generator=g) * scale for scale in (1.0, 2.0, 4.0)]
+    monkeypatch.setattr(simple, "GLOBAL_MAX_SCORES", 1500)
+    raw = simple.threshold_shares([subsample_scores(s, 500, seed=l) for l, s in enumerate(scores)], 0.5)
+    got = global_threshold(BlockScores(scores, [1000] * 3), 0.5)
+    shift = got[0] - raw[0]  # the final step only shifts (no clip here) to the exact mean
+    assert got == pytest.approx([r + shift for r in raw], abs=1e-12) and sum(got) / 3 == pytest.approx(0.5)
+
+
+def test_alphapruning_reference_example():
+    """Spec example: LLaMA-7B shapes, ε = 0.2, made-up per-linear α̂ (q,k,v,o,gate,up,down)."""
+    alphas = [[2.0, 2.1, 3.0, 3.4, 2.2, 3.6, 2.5], [2.4, 2.5, 3.1, 3.9, 2.9, 4.2, 3.0],
+              [2.9, 3.0, 3.3, 4.0, 3.4, 4.5, 3.6], [3.5, 3.6, 4.0, 4.6, 4.1, 5.0, 4.4]]
+    means = [sum(a) / 7 for a in alphas]
+    assert means == pytest.approx([2.685714, 3.142857, 3.528571, 4.171429], abs=1e-6)
+    count = 4 * 4096 * 4096 + 3 * 11008 * 4096
+    want = [0.567089, 0.654333, 0.727945, 0.850633]
+    assert alphapruning_sparsities(means, [count] * 4, 0.7, 0.2) == pytest.approx(want, abs=1e-6)
+    blocks = BlockScores([torch.zeros(1)] * 4, [count] * 4, "wanda")
+    assert alphapruning(blocks, 0.7, alphas=means) == pytest.approx(want, abs=1e-6)  # ε 0.2 for Wanda
+
+
+def test_alphapruning_prunes_larger_alpha_more(blocks):
+    alphas = block_alphas(blocks.model)
+    s = alphapruning(blocks, 0.5, epsilon=0.2)
     order = sorted(range(len(s)), key=lambda i: alphas[i])
     assert [s[i] for i in order] == sorted(s)
     assert max(s) / min(s) == pytest.approx(1.2 / 0.8)  # ratios span [1 − ε, 1 + ε]
+
+
+def test_alphapruning_epsilon_per_pruner():
+    a = [2.0, 3.0, 4.0]
+    spread = {m: alphapruning(BlockScores([torch.zeros(1)] * 3, [10] * 3, m), 0.5, alphas=a)
+              for m in ("magnitude", "wanda", "sparsegpt")}
+    assert max(spread["magnitude"]) / min(spread["magnitude"]) == pytest.approx(1.3 / 0.7)
+    assert spread["wanda"] == spread["sparsegpt"]
+    assert max(spread["wanda"]) / min(spread["wanda"]) == pytest.approx(1.2 / 0.8)
+    explicit = alphapruning(BlockScores([torch.zeros(1)] * 3, [10] * 3, "magnitude"), 0.5, epsilon=0.1, alphas=a)
+    assert max(explicit) / min(explicit) == pytest.approx(1.1 / 0.9)
+    with pytest.raises(UserError, match="epsilon"):
+        alphapruning(BlockScores([torch.zeros(1)] * 3, [10] * 3, ""), 0.5, alphas=a)
 
 
 def test_esd_alpha_hill_estimator():
@@ -65,6 +134,167 @@ def test_esd_alpha_hill_estimator():
     assert esd_alpha(w, "xmin_peak") > 1
 
 
-def test_bad_target(evaluator):
+def test_bad_target(blocks):
     with pytest.raises(UserError):
-        BASELINES["uniform"](evaluator, 1.2)
+        BASELINES["uniform"](blocks, 1.2)
+    assert uniform(blocks, 0.3) == [0.3] * 4
+
+
+# ---- OWL ---------------------------------------------------------------------------------------------
+
+def test_owl_outlier_ratio_and_mapping():
+    v = torch.tensor([1.0] * 9 + [20.0])  # mean 2.9: both 3·mean and 5·mean leave one outlier in ten
+    assert outlier_ratio(v, 3) == outlier_ratio(v, 5) == pytest.approx(10.0)
+    assert outlier_ratio(v, 7) == 0.0  # 20.3 > 20: strictly above the threshold only
+    assert owl_sparsities([2.5, 4.0, 3.1], 0.7, 0.08) == pytest.approx([0.774667, 0.614667, 0.710667], abs=1e-6)
+    s = owl_sparsities([2.5, 4.0, 3.1], 0.05, 0.08)  # density > 1 → sparsity ≤ 0 → 0.01 (not a clip)
+    assert s[1] == 0.01 and s[0] == pytest.approx(0.124667, abs=1e-6) and s[2] == pytest.approx(0.060667, abs=1e-6)
+
+
+def test_owl_end_to_end(blocks):
+    ratios = [float((v > v.mean() * 5).sum()) / v.numel() * 100 for v in (_metric(blocks, l) for l in range(4))]
+    s = owl(blocks, 0.7)
+    assert s == pytest.approx(owl_sparsities(ratios, 0.7, 0.08), abs=1e-12)
+    assert max(s) - min(s) == pytest.approx(0.16)
+    assert s.index(min(s)) == ratios.index(max(ratios))  # most outliers → densest block
+    assert owl(blocks, 0.7, m=3, lam=0.02) != s
+
+
+def test_owl_reads_wanda_metric_whatever_the_pruner(tiny_llama, tiny_val, blocks):
+    magnitude = PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val).blocks
+    with pytest.raises(UserError, match="Wanda"):
+        owl(magnitude, 0.7)
+    sparsegpt_like = BlockScores(blocks.scores, blocks.counts, "sparsegpt", blocks.model, blocks.sq_norms)
+    assert owl(sparsegpt_like, 0.7) == owl(blocks, 0.7)
+
+
+# ---- DSA ---------------------------------------------------------------------------------------------
+
+def test_dsa_code_importance_reference_ops():
+    # spec demo: ABSLOG [0, −ln 2, ln 2, ln 4] (zero → log 1), unbiased var 0.800755, asin(atan(·))
+    assert dsa_code_importance(torch.tensor([0.0, 0.5, 2.0, 4.0])) == pytest.approx(0.741237, abs=1e-6)
+    assert dsa_code_importance(torch.tensor([1.0, 100.0])) == 0.0  # var > tan 1: asin > 1 → NaN → 0.0
+    assert released_value(float("nan")) == 0.0 and released_value(float("-inf")) == -1.0
+
+
+def test_dsa_mapping_reference_examples():
+    b = [math.asin(math.atan(1.2)), released_value(float("nan")), released_value(float("inf"))]
+    assert dsa_sparsities(b, 0.7, 0.08) == pytest.approx([0.780872, 0.698256, 0.620872], abs=1e-6)
+    a = [math.asin(math.atan(0.9)), math.asin(math.atan(1.4)), 0.0, -1.0]
+    assert dsa_sparsities(a, 0.7, 0.08) == pytest.approx([0.739244, 0.769934, 0.680888, 0.609934], abs=1e-6)
+    with pytest.warns(RuntimeWarning, match="same statistic"):
+        assert dsa_sparsities([0.0, 0.0, 0.0], 0.7, 0.08) == [0.7] * 3
+
+
+def test_dsa_paper_importance():
+    def by_hand(values):
+        x = [math.log((v if v > 0 else 1.0) + 1e-6) for v in values]
+        y = [math.log(abs(t if t != 0 else 1.0)) for t in x]
+        g = math.exp(sum(math.log(abs(t)) for t in y) / len(y))
+        return math.exp(math.cos(g))
+
+    v = [0.5, 2.0, 4.0, 0.03, 1e-4]
+    assert dsa_paper_importance(torch.tensor(v)) == pytest.approx(by_hand(v), rel=1e-5)
+    # a zero becomes 1, then ln(1 + 1e-6) in float32 (1 + 1e-6 rounds to 1 + 2⁻²⁰)
+    y = abs(math.log(math.log(1 + 2**-20)))
+    assert dsa_paper_importance(torch.tensor([0.0])) == pytest.approx(math.exp(math.cos(y)), rel=1e-5)
+    # ln(e) = 1 → ln|1| = 0 → the geometric mean is 0 → exp(cos 0) = e
+    assert dsa_paper_importance(torch.tensor([math.e - 1e-6, 2.0])) == pytest.approx(math.e, rel=1e-5)
+    big = torch.rand(2_000_000, generator=torch.Generator().manual_seed(0)) * 1e-3 + 1e-4
+    assert torch.isinf(torch.prod(torch.log(torch.log(big + 1e-6).abs()).abs()))  # the released prod overflows
+    assert dsa_paper_importance(big) == pytest.approx(by_hand(big[:1000].tolist()), rel=2e-2)
+    assert 1 / math.e <= dsa_paper_importance(big) <= math.e
+
+
+@pytest.mark.filterwarnings(CONSTANT)
+def test_dsa_end_to_end(blocks):
+    assert blocks.sequences == 4  # the evaluator records how many calibration windows sq_norms sums over
+    blocks.sequences = None  # first: our unscaled ‖X‖²
+    metrics = [_metric(blocks, l) for l in range(4)]
+    variances = [float(torch.var(m.log())) for m in metrics]
+    assert all(v > math.tan(1) for v in variances)  # random weights: every block NaN in the released graph
+    assert [dsa_code_importance(m) for m in metrics] == [0.0] * 4
+    with pytest.warns(RuntimeWarning, match="same statistic"):
+        assert dsa_code(blocks, 0.7) == [0.7] * 4
+    paper = [dsa_paper_importance(m) for m in metrics]
+    s = dsa_paper(blocks, 0.7)
+    assert s == pytest.approx(dsa_sparsities(paper, 0.7, 0.08), abs=1e-12)
+    assert s.index(max(s)) == paper.index(max(paper))  # higher importance → sparser
+    scaled = [dsa_paper_importance(m / 2) for m in metrics]  # the reference's Σ/N_sequences with N = 4
+    assert dsa_paper(blocks, 0.7, sequences=4) == pytest.approx(dsa_sparsities(scaled, 0.7, 0.08), abs=1e-6)
+    blocks.sequences = 4  # read from BlockScores where it carries the number of calibration sequences
+    assert dsa_paper(blocks, 0.7) == dsa_paper(blocks, 0.7, sequences=4)
+
+
+# ---- ATP and DLP -------------------------------------------------------------------------------------
+
+def test_atp_reference():
+    assert atp_sparsities(4, 0.7, 0.05) == pytest.approx([0.625, 0.675, 0.725, 0.775], abs=1e-12)
+    assert atp_sparsities(4, 0.7, 0.0) == pytest.approx([0.7] * 4)
+    for beta in (0.21, -0.01):
+        with pytest.raises(UserError, match="beta"):
+            atp_sparsities(4, 0.7, beta)
+    grid = [p["beta"] for p in atp_grid(32, 0.7)]  # bound 0.6/31 = 0.019355
+    assert grid == pytest.approx([0.002 * k for k in range(1, 10)]) and grid[-1] == 0.018
+    assert atp_grid(4, 0.7)[-1] == {"beta": 0.2} and len(atp_grid(4, 0.7)) == 100 and atp_grid(4, 0.0) == []
+
+
+def test_atp_end_to_end(blocks):
+    with pytest.raises(UserError, match="beta"):
+        atp(blocks, 0.7)
+    assert atp(blocks, 0.7, beta=0.05) == pytest.approx([0.625, 0.675, 0.725, 0.775], abs=1e-12)
+    s = atp(blocks, 0.7, beta=0.2)  # legal: [0.4, 0.6, 0.8, 1.0]; 1.0 > hi = 0.99 → shifted and clipped
+    assert max(s) == 0.99 and sum(s) / 4 == pytest.approx(0.7) and s == sorted(s)
+
+
+def test_dlp_reference():
+    want = [0.58, 0.64, 0.70, 0.88]
+    assert dlp_sparsities([0.010, 0.014, 0.018, 0.030], 0.7, 0.15) == pytest.approx(want, abs=1e-12)
+    assert dlp_score(torch.tensor([1.0, 2.0, 6.0])) == pytest.approx(3.0)
+
+
+def test_dlp_end_to_end(blocks):
+    scores = [float(_metric(blocks, l).mean()) for l in range(4)]
+    s = dlp(blocks, 0.7)
+    assert s == pytest.approx(dlp_sparsities(scores, 0.7, 0.15), abs=1e-9)
+    assert max(s) - min(s) == pytest.approx(0.3) and s.index(max(s)) == scores.index(max(scores))
+
+
+# ---- tuning ------------------------------------------------------------------------------------------
+
+def test_tune_picks_lowest_validation_fitness(blocks):
+    calls = []
+
+    def fitness(s):
+        calls.append(s)
+        return _fake_fitness(s)
+
+    result = tune("atp", blocks, 0.7, lambda s: fitness(s) * 0 + (s[-1] - s[0] - 0.3) ** 2)  # best: span 3β = 0.3
+    assert len(calls) == len(result.table) == len(atp_grid(4, 0.7)) == 100
+    assert result.params == {"beta": 0.1} and result.fitness == min(f for _, f in result.table)
+    assert result.sparsities == atp(blocks, 0.7, beta=0.1)
+    ties = tune("atp", blocks, 0.7, lambda s: 1.0, grid=[{"beta": 0.01}, {"beta": 0.02}])
+    assert ties.params == {"beta": 0.01} and [f for _, f in ties.table] == [1.0, 1.0]
+    nan_first = iter([math.nan, 3.0, 2.0])
+    grid = [{"beta": b} for b in (0.01, 0.02, 0.03)]
+    assert tune("atp", blocks, 0.7, lambda s: next(nan_first), grid=grid).params == {"beta": 0.03}
+    record = result.to_dict()
+    assert record["params"] == {"beta": 0.1}
+    assert record["table"][0] == {"params": {"beta": 0.002}, "fitness": result.table[0][1]}
+    candidates = BASELINES["atp-tuned"].candidates(blocks, 0.7)
+    assert [p for p, _ in candidates] == [p for p, _ in result.table]
+    assert candidates[0][1] == atp(blocks, 0.7, beta=0.002)
+    with pytest.raises(UserError, match="grid"):
+        tune("dlp", blocks, 0.7, fitness)
+    with pytest.raises(UserError, match="empty"):
+        tune("atp-tuned", blocks, 0.0, fitness)
+    with pytest.raises(UserError, match="fitness"):
+        BASELINES["owl-tuned"](blocks, 0.7)
+
+
+def test_owl_tuned_grid(blocks, evaluator):
+    result = tune("owl-tuned", blocks, 0.7, _fake_fitness)
+    assert [p for p, _ in result.table] == OWL_GRID and len(OWL_GRID) == 20
+    assert result.sparsities == owl(blocks, 0.7, **result.params)  # ratios shared across the grid: same result
+    picked = BASELINES["owl-tuned"](blocks, 0.7, fitness=evaluator)  # the real validation perplexity
+    assert picked == tune("owl", blocks, 0.7, evaluator).sparsities

@@ -1,12 +1,14 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+import evaluators
 from evaluators import data
-from evaluators.data import calibration_batch, find_data_dir, load_split, read_text_file, token_windows
+from evaluators.data import Texts, calibration_batch, load_split, read_text_file, token_windows
 from evaluators.errors import UserError
 
 WORDS = "the a of and to in is was for on as with by at from it that his her film series".split()
@@ -80,23 +82,100 @@ def test_missing_data_is_user_error(tmp_path, monkeypatch):
         load_split("nosuchset", "test")
 
 
-needs_shared = pytest.mark.skipif(find_data_dir() is None or not (find_data_dir() / "wikitext-2").is_dir(),
-                                  reason="../shared/data not found")
+SHARED = (Path(evaluators.__file__).parents[1] / "../shared/data").resolve()
+needs_shared = pytest.mark.skipif(not (SHARED / "wikitext-2").is_dir() or not (SHARED / "c4").is_dir(),
+                                  reason="../shared/data not found next to the repository")
 
 
-@needs_shared
-def test_local_wikitext2_rows(monkeypatch):
+@pytest.fixture
+def offline(monkeypatch):
+    """No data folder, no hub: load_split must fall back to the bundled copy."""
+    monkeypatch.delenv("DSA_DATA_DIR", raising=False)
     monkeypatch.setattr(data, "hub_reachable", lambda: False)
+    return monkeypatch
+
+
+def test_local_wikitext2_rows(offline):
     test = load_split("wikitext2", "test")
     assert len(test) == 4358 and test[:2] == ["", " = Robert Boulter = \n"]
     valid = load_split("wikitext2", "valid")
     assert len(valid) == 3760
     joined = "".join(valid)
     assert " @-@ " not in joined and " @,@ " not in joined and " @.@ " not in joined
+    assert "<unk>" in joined  # the tokenized release keeps its unknown-word tokens
+
+
+def test_local_c4(offline):
+    docs = load_split("c4", "validation")
+    assert len(docs) == 2000 and all(isinstance(d, str) and d for d in docs)
+    train = load_split("c4", "train")  # offline: the validation documents stand in, and the source says so
+    assert train == docs and "standing in for train" in train.source
+
+
+def test_bundled_is_the_fallback_and_says_so(offline):
+    for (name, split), file in {("wikitext2", "test"): "wikitext-2-test.raw.txt.xz",
+                                ("wikitext2", "validation"): "wikitext-2-valid.txt.xz",
+                                ("c4", "validation"): "c4-validation-2k.jsonl.xz"}.items():
+        texts = load_split(name, split)
+        assert isinstance(texts, Texts) and isinstance(texts, list)
+        assert texts.source == f"bundled:{file}" and (data.BUNDLED_DIR / file).is_file()
+    # every bundled file is one the loader uses, and the licences travel with them
+    assert {p.name for p in data.BUNDLED_DIR.iterdir()} == {*data.BUNDLED_FILES.values(), "README.md"}
+    assert "CC BY-SA 3.0" in (data.BUNDLED_DIR / "README.md").read_text(encoding="utf-8")
+
+
+def _fake_data_dir(root: Path, tag: str) -> Path:
+    (root / "wikitext-2/raw").mkdir(parents=True)
+    (root / "wikitext-2/raw/test.raw.txt").write_text(f" = {tag} = \n \n", encoding="utf-8")
+    (root / "wikitext-2/valid.txt").write_text(f" {tag} @-@ valid \n", encoding="utf-8")
+    return root
+
+
+def test_env_data_dir_beats_bundled(tmp_path, offline):
+    root = _fake_data_dir(tmp_path / "env", "env")
+    offline.setenv("DSA_DATA_DIR", str(root))
+    test = load_split("wikitext2", "test")
+    assert test == [" = env = \n", ""]
+    assert test.source == f"dir:{(root / 'wikitext-2/raw/test.raw.txt').resolve()}"
+    assert load_split("wikitext2", "valid") == [" env-valid \n"]
+    with pytest.raises(UserError, match="DSA_DATA_DIR") as err:  # no C4 there: no silent fallback
+        load_split("c4", "validation")
+    assert str(root / "c4/c4_validation_2k.parquet") in str(err.value) and "\n" not in str(err.value)
+    # DSA_DATA_DIR also beats the hub
+    offline.setattr(data, "hub_reachable", lambda: pytest.fail("the hub must not be asked"))
+    assert load_split("wikitext2", "test").source.startswith("dir:")
+
+
+def test_explicit_data_dir_beats_env(tmp_path, offline):
+    env = _fake_data_dir(tmp_path / "env", "env")
+    explicit = _fake_data_dir(tmp_path / "explicit", "explicit")
+    offline.setenv("DSA_DATA_DIR", str(env))
+    test = load_split("wikitext2", "test", data_dir=str(explicit))
+    assert test == [" = explicit = \n", ""] and str(explicit) in test.source
+    with pytest.raises(UserError, match="--data-dir"):
+        load_split("c4", "validation", data_dir=str(explicit))
+    with pytest.raises(UserError, match="--data-dir"):  # a data_dir that does not exist at all
+        load_split("wikitext2", "test", data_dir=str(tmp_path / "nowhere"))
+
+
+def test_local_file_source(tmp_path):
+    (tmp_path / "a.txt").write_text("x\n", encoding="utf-8")
+    texts = load_split(str(tmp_path / "a.txt"))
+    assert texts == ["x\n"] and texts.source == f"file:{(tmp_path / 'a.txt').resolve()}"
 
 
 @needs_shared
-def test_local_c4(monkeypatch):
-    monkeypatch.setattr(data, "hub_reachable", lambda: False)
-    docs = load_split("c4", "validation")
-    assert len(docs) == 2000 and all(isinstance(d, str) for d in docs)
+def test_bundled_equals_shared_data(offline, word_tokenizer):
+    """The packaged copy gives exactly the texts of ../shared/data's files, in the same order."""
+    for name, split in [("wikitext2", "test"), ("wikitext2", "validation"), ("c4", "validation")]:
+        bundled = load_split(name, split)
+        shared = load_split(name, split, data_dir=str(SHARED))
+        assert bundled.source.startswith("bundled:") and shared.source.startswith(f"dir:{SHARED}")
+        assert type(bundled) is type(shared) and bundled == shared, (name, split)
+    # hence the same perplexity windows and calibration windows
+    a = token_windows(word_tokenizer, load_split("wikitext2", "test"), 64)
+    b = token_windows(word_tokenizer, load_split("wikitext2", "test", data_dir=str(SHARED)), 64)
+    assert a.equal(b)
+    a = calibration_batch(word_tokenizer, load_split("c4", "validation"), 4, 32, seed=0)
+    b = calibration_batch(word_tokenizer, load_split("c4", "validation", data_dir=str(SHARED)), 4, 32, seed=0)
+    assert a.equal(b)

@@ -3,12 +3,13 @@ import math
 import pytest
 import torch
 
-from conftest import make_tiny_llama
+from conftest import TINY_VOCAB, make_tiny_llama
 from evaluators import fitness
 from evaluators.errors import UserError
+from evaluators.blockscores import subsample_scores
 from evaluators.fitness import PruningEvaluator
 from evaluators.models import model_linears
-from evaluators.perplexity import perplexity, window_nlls
+from evaluators.perplexity import dense_reference, perplexity, window_kls, window_nlls
 from evaluators.pruners import measured_sparsity, prune
 
 SPARSITIES = [0.3, 0.5, 0.65, 0.8]
@@ -69,35 +70,73 @@ def test_wanda_evaluator_block0_masks_equal_exact_pruner(tiny_llama, tiny_calib,
 
 def test_block_scores_and_counts(tiny_llama, tiny_calib, tiny_val):
     ev = PruningEvaluator(tiny_llama, None, method="wanda", calib_ids=tiny_calib, val_windows=tiny_val)
-    counts = ev.param_counts()
+    counts = ev.blocks.counts
     per_block = 2 * 64 * 64 + 2 * 32 * 64 + 3 * 64 * 128
     assert counts == [per_block] * 4
-    scores = ev.block_scores()
+    scores = ev.blocks.scores
     assert [s.numel() for s in scores] == counts and scores[0].dtype == torch.float32
-    sub = ev.block_scores(max_per_block=1000)
-    assert [s.numel() for s in sub] == [1000] * 4 and torch.equal(sub[1], ev.block_scores(1000)[1])
+    # S_l is the block's linears' scores, flattened and concatenated; Wanda's metric reads the same vector
+    assert torch.equal(scores[2], ev.blocks.wanda_metric(2))
+    sub = subsample_scores(scores[1], 1000, seed=1)
+    assert sub.numel() == 1000 and torch.equal(sub, subsample_scores(scores[1], 1000, seed=1))
     small = PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val, max_scores_per_block=500)
-    assert [s.numel() for s in small.block_scores()] == [500] * 4
+    assert [s.numel() for s in small.blocks.scores] == [500] * 4
+    # the evaluator's S_l is what dsa prune/eval compute from the model (same seeded subset)
+    from dsa.llm import score_source
+    again = score_source(tiny_llama, "magnitude", None, max_per_block=500)
+    assert all(torch.equal(a, b) for a, b in zip(again.scores, small.blocks.scores))
 
 
-def test_low_fidelity(tiny_llama, tiny_val):
-    ev = PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val, low_fidelity_windows=1,
-                          low_fidelity_margin=0.0)
-    low = {}
-    for s in (0.2, 0.9):
-        ev.apply([s] * 4)
-        low[s] = perplexity(tiny_llama, tiny_val[:1])
+def test_partial_windows_and_the_selection_split(tiny_llama, tiny_val):
+    search, selection = tiny_val[:3], tiny_val[3:]
+    ev = PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=search, selection_windows=selection)
+    ev.apply(SPARSITIES)
+    want = {"first": perplexity(tiny_llama, search[:1]), "all": perplexity(tiny_llama, search),
+            "selection": perplexity(tiny_llama, selection)}
     ev.restore()
-    assert low[0.2] != low[0.9]
-    good, bad = sorted(low, key=low.get)
-    first = ev([good] * 4)
-    assert ev.last_fidelity == "full" and ev.best_low == low[good]
-    ev.apply([good] * 4)
-    assert first == perplexity(tiny_llama, tiny_val)
+    assert ev(SPARSITIES, windows=1) == want["first"]
+    assert ev(SPARSITIES) == want["all"]
+    assert ev(SPARSITIES, split="selection") == want["selection"]
+    with pytest.raises(UserError, match="no 'test' windows"):
+        ev(SPARSITIES, split="test")
+    alone = PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=search)
+    with pytest.raises(UserError, match="selection"):
+        alone(SPARSITIES, split="selection")
+
+
+def kl_full(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """Mean per-token KL(P ‖ Q) over the whole vocabulary, per window."""
+    p, q = torch.log_softmax(p_logits.double(), -1), torch.log_softmax(q_logits.double(), -1)
+    return (p.exp() * (p - q)).sum(-1).mean(-1)
+
+
+@pytest.mark.parametrize("chunk", [None, 16])
+def test_kl_equals_the_full_kl_with_the_whole_vocabulary_and_bounds_it_below(tiny_llama, tiny_val, chunk):
+    dense_logits = tiny_llama(tiny_val).logits[:, :-1]
+    full_ref = dense_reference(tiny_llama, tiny_val, k=TINY_VOCAB, chunk=chunk)
+    small_ref = dense_reference(tiny_llama, tiny_val, k=8, chunk=chunk)
+    assert window_kls(tiny_llama, tiny_val, full_ref, chunk=chunk).abs().max() < 1e-5  # dense vs itself
+    ev = PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val)
+    ev.apply(SPARSITIES)
+    want = kl_full(dense_logits, tiny_llama(tiny_val).logits[:, :-1])
+    full = window_kls(tiny_llama, tiny_val, full_ref, batch_size=3, chunk=chunk)
+    small = window_kls(tiny_llama, tiny_val, small_ref, chunk=chunk)
+    ev.close()
+    assert full.tolist() == pytest.approx(want.tolist(), rel=1e-4)
+    assert all(0 < a <= b + 1e-9 for a, b in zip(small.tolist(), full.tolist()))
+
+
+def test_kl_fitness(tiny_llama, tiny_val):
+    ev = PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val, fitness="kl", kl_top_k=TINY_VOCAB)
+    assert ev([0.0] * 4) == pytest.approx(0.0, abs=1e-6)
+    values = [ev([s] * 4) for s in (0.2, 0.5, 0.8)]
+    assert values == sorted(values) and values[0] > 0  # more pruning, further from the dense model
+    ev.apply([0.5] * 4)
+    pruned = tiny_llama(tiny_val).logits[:, :-1]
     ev.restore()
-    assert ev([bad] * 4) == low[bad]  # worse on the first window: rejected at low fidelity
-    assert ev.last_fidelity == "low" and ev.low_fidelity_rejections == 1
-    assert ev([good] * 4) == first and ev.last_fidelity == "full" and ev.full_evaluations == 2
+    assert values[1] == pytest.approx(float(kl_full(tiny_llama(tiny_val).logits[:, :-1], pruned).mean()), rel=1e-4)
+    with pytest.raises(UserError, match="fitness"):
+        PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val, fitness="mse")
 
 
 def test_non_finite_loss_is_inf(tiny_llama, tiny_val, monkeypatch):
@@ -181,3 +220,101 @@ def test_chunked_lm_head_applies_gemma_softcap(tiny_val):
     chunked = window_nlls(model, tiny_val, chunk=16)
     assert getattr(model, "_dsa_head_split_ok") is True  # the soft-capped head reproduces the model's logits
     assert chunked.tolist() == pytest.approx(window_nlls(model, tiny_val, chunk=None).tolist(), rel=1e-6)
+
+
+@pytest.mark.parametrize("masking", ["inplace", "forward", "block"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_weights_come_back_bit_exact_after_fifty_allocations(tiny_llama, tiny_calib, tiny_val, method, masking):
+    dense_w = _weights(tiny_llama)
+    ev = PruningEvaluator(tiny_llama, None, method=method, calib_ids=tiny_calib, val_windows=tiny_val[:1],
+                          masking=masking)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        ev((torch.rand(4, generator=gen, dtype=torch.float64) * 0.99).tolist())
+    ev.close()
+    assert all(torch.equal(w, dense_w[n]) for n, w in _weights(tiny_llama).items())
+    assert ev.evaluations == 50
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_block_masking_equals_inplace_bit_for_bit_one_block_at_a_time(tiny_llama, tiny_calib, tiny_val, method):
+    """cols ≤ 128 ≤ 256: uint8 levels are exact ranks, so "block" gives the other modes' perplexities."""
+    dense_w = _weights(tiny_llama)
+    keys = set(tiny_llama.state_dict())
+    inplace = PruningEvaluator(tiny_llama, None, method=method, calib_ids=tiny_calib, val_windows=tiny_val)
+    allocations = [SPARSITIES, [0.7] * 4, [0.0, 0.9, 0.2, 0.5], [1.0, 0.0, 0.99, 0.01]]
+    want = [inplace(a) for a in allocations]
+    ev = PruningEvaluator(tiny_llama, None, method=method, calib_ids=tiny_calib, val_windows=tiny_val,
+                          batch_size=len(tiny_val), masking="block")
+    assert ev.dense_perplexity() == inplace.dense_perplexity()
+    assert [ev(a) for a in allocations] == want
+    assert ev.state_bytes == sum(w.numel() for w in dense_w.values())  # 1 byte per prunable weight
+    assert inplace.state_bytes == sum(w.numel() * (4 + 2) for w in dense_w.values())  # fp32 copy + int16 ranks
+
+    # inside a block's forward: its linears are masked, every other block's are dense (one masked copy at a time)
+    linears = model_linears(tiny_llama)
+    seen = []
+
+    def spy(l):
+        def hook(module, args, output):
+            others = [lin.weight for m, block in enumerate(linears) if m != l for lin in block.values()]
+            seen.append((l, float((module.weight == 0).float().mean()), all(bool((w != 0).all()) for w in others)))
+        return hook
+    handles = [lin.register_forward_hook(spy(l)) for l, block in enumerate(linears) for lin in block.values()]
+    ev.apply(SPARSITIES)
+    assert all(torch.equal(w, dense_w[n]) for n, w in _weights(tiny_llama).items())  # outside the forward: dense
+    assert perplexity(tiny_llama, tiny_val, batch_size=len(tiny_val)) == want[0]
+    for h in handles:
+        h.remove()
+    assert len(seen) == 7 * 4
+    for l, zeros, others_dense in seen:
+        assert zeros == pytest.approx(SPARSITIES[l], abs=1 / 64) and others_dense
+    ev.close()
+    assert set(tiny_llama.state_dict()) == keys
+    assert all(not block._forward_pre_hooks and not block._forward_hooks for block in tiny_llama.model.layers)
+    assert all(torch.equal(w, dense_w[n]) for n, w in _weights(tiny_llama).items())
+    assert perplexity(tiny_llama, tiny_val) == inplace.dense_perplexity()
+
+
+def test_block_masking_puts_weights_back_when_a_block_raises(tiny_llama, tiny_val):
+    dense_w = _weights(tiny_llama)
+    storage = {n: lin.weight.data_ptr() for block in model_linears(tiny_llama) for n, lin in block.items()}
+    ev = PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val, masking="block")
+
+    def boom(module, args, output):
+        raise RuntimeError("boom")
+    handle = tiny_llama.model.layers[1].mlp.down_proj.register_forward_hook(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        ev([0.5] * 4)
+    handle.remove()
+    assert all(lin.weight.data_ptr() == storage[n] for block in model_linears(tiny_llama) for n, lin in block.items())
+    assert all(torch.equal(w, dense_w[n]) for n, w in _weights(tiny_llama).items())
+    assert math.isfinite(ev([0.5] * 4))
+    ev.close()
+
+
+def test_level_quantisation_rule_on_a_wide_matrix():
+    from evaluators.masks import (level_count, level_mask, level_threshold, prune_count, row_levels,
+                                  row_ranks)
+    cols = 1000
+    scores = torch.randn(16, cols, generator=torch.Generator().manual_seed(0))
+    levels, ranks = row_levels(scores), row_ranks(scores)
+    assert levels.dtype == torch.uint8 and torch.equal(levels.long(), ranks.long() * 256 // cols)
+    previous = torch.zeros_like(levels, dtype=torch.bool)
+    for s in torch.linspace(0, 1, 401).tolist():
+        q = level_threshold(s, cols)
+        mask = level_mask(levels, q)
+        pruned = mask.sum(dim=1)
+        assert bool((pruned == level_count(q, cols)).all())  # the same count in every row
+        assert abs(level_count(q, cols) - prune_count(s, cols)) <= math.ceil(cols / 256) / 2
+        assert torch.equal(mask, ranks < level_count(q, cols))  # a prefix of the exact ranking
+        assert bool((mask | ~previous).all())  # nested: monotone in s
+        previous = mask
+    assert not level_mask(levels, level_threshold(0.0, cols)).any()
+    assert level_mask(levels, level_threshold(1.0, cols)).all()
+    # exact (= int16 ranks) when cols ≤ 256, or for s = j/256 with cols a multiple of 256
+    for cols, sparsities in ((200, torch.linspace(0, 1, 201).tolist()), (4096, [j / 256 for j in range(257)])):
+        scores = torch.randn(4, cols, generator=torch.Generator().manual_seed(1))
+        levels, ranks = row_levels(scores), row_ranks(scores)
+        for s in sparsities:
+            assert torch.equal(level_mask(levels, level_threshold(s, cols)), ranks < prune_count(s, cols)), (cols, s)

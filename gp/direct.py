@@ -1,0 +1,263 @@
+"""A direct search over per-layer sparsities, after EvoPress (Sieberling et al., ICML 2025), in the
+engine's conventions: hall of fame, logbook, JSON checkpoints, resume.
+
+An individual is one integer *level* per layer; layer ``l`` gets sparsity ``base[l] + level[l]·step_l``,
+where ``step_l = step · mean(counts) / counts[l]`` (one level moves the same number of weights in every
+layer, as EvoPress's fixed ``weights_diff``), so levels summing to 0 keep the parameter-weighted mean
+of ``base`` (the target) exactly. ``base`` is the uniform allocation, or a warm start (e.g. the best
+allocation of a GP run).
+
+Each generation (EvoPress's ``evo_prune_search.py``): ``offspring`` distinct children of the parent by
+level switches (1–3 switches, P = 5/9, 3/9, 1/9; each moves one layer down a level and one layer up),
+then multi-step selection — all children scored on a few validation windows, the best ``survivors``
+of each stage go on to more windows, the parent joins the last stage (elitism), and the last stage's
+best becomes the parent. Stages score on the first ``windows`` validation windows (fixed, so values
+are comparable across generations and cacheable); the last stage must use them all.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import checkpoint
+from .config import MAX_SEED, ConfigError
+from .problem import WORST, rounded_key
+from .search import SearchResult
+
+
+@dataclass
+class DirectConfig:
+    generations: int = 20
+    offspring: int = 16                 # children per generation (EvoPress: 64)
+    stages: tuple = ((1, 4), (None, 1))  # (validation windows, None = all; survivors) per selection step
+    max_level: int = 8                  # |level| ≤ max_level (EvoPress: 8 levels each way)
+    hof_size: int = 10
+    cache: bool = True
+    seed: int = 0
+    max_evaluations: int | None = None  # stop after the generation that reaches this many evaluations
+
+    def __post_init__(self):
+        self.stages = tuple((None if w is None else int(w), int(k)) for w, k in self.stages)
+        for problem in self.problems():
+            raise ConfigError(problem)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.generations < 0:
+            out.append(f"generations must be ≥ 0, got {self.generations}")
+        if self.offspring < 1:
+            out.append(f"offspring must be ≥ 1, got {self.offspring}")
+        if not self.stages or self.stages[-1][0] is not None:
+            out.append("the last selection stage must use all validation windows")
+        survivors = [k for _, k in self.stages]
+        if any(k < 1 for k in survivors) or survivors != sorted(survivors, reverse=True) or survivors[-1] != 1:
+            out.append(f"survivors per stage must decrease to 1, got {survivors}")
+        windows = [w for w, _ in self.stages[:-1]]
+        if any(w < 1 for w in windows) or windows != sorted(windows):
+            out.append(f"stage windows must be positive and grow, got {windows}")
+        if self.max_level < 1:
+            out.append(f"max_level must be ≥ 1, got {self.max_level}")
+        if self.hof_size < 1:
+            out.append(f"hof_size must be ≥ 1, got {self.hof_size}")
+        if self.max_evaluations is not None and self.max_evaluations < 1:
+            out.append(f"max_evaluations must be ≥ 1, got {self.max_evaluations}")
+        if not 0 <= self.seed <= MAX_SEED:
+            out.append(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
+        return out
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["stages"] = [list(s) for s in self.stages]
+        return data
+
+
+class LevelSpace:
+    """Levels ↔ sparsities around ``base`` (float64 [L]) for layers of ``counts`` weights, within [lo, hi]."""
+
+    def __init__(self, base, counts, step: float, max_level: int, lo: float = 0.0, hi: float = 0.99):
+        self.base = torch.as_tensor(base, dtype=torch.float64)
+        counts = torch.as_tensor(counts, dtype=torch.float64)
+        self.steps = step * counts.mean() / counts
+        self.lo, self.hi = lo, hi
+        eps = 1e-12  # a level whose sparsity lands on a bound (up to rounding) is allowed
+        self.low = [max(-max_level, -math.floor((b - lo + eps) / s)) for b, s in zip(self.base.tolist(), self.steps.tolist())]
+        self.high = [min(max_level, math.floor((hi - b + eps) / s)) for b, s in zip(self.base.tolist(), self.steps.tolist())]
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def sparsities(self, levels) -> torch.Tensor:
+        out = self.base + torch.as_tensor(levels, dtype=torch.float64) * self.steps
+        return out.clamp(self.lo, self.hi)
+
+    def mutate(self, levels: list[int]) -> list[int]:
+        """1–3 level switches (P = 5/9, 3/9, 1/9): one layer down a level, one up (Σ levels unchanged)."""
+        child = list(levels)
+        for _ in range(min(random.randint(1, 3), random.randint(1, 3))):
+            down = [l for l in range(len(child)) if child[l] - 1 >= self.low[l]]
+            up = [l for l in range(len(child)) if child[l] + 1 <= self.high[l]]
+            if not down or not up:
+                break
+            d, u = random.choice(down), random.choice(up)
+            child[d] -= 1
+            child[u] += 1
+        return child
+
+
+def text(levels) -> str:
+    return "levels(" + ", ".join(str(int(v)) for v in levels) + ")"
+
+
+class DirectSearch:
+    """``DirectSearch(space, fitness, config, run_dir).run(resume=False)`` → :class:`~gp.SearchResult`.
+
+    ``fitness(sparsities)`` scores on all ``all_windows`` validation windows, ``fitness(sparsities,
+    windows=n)`` on the first ``n``; ``map_fn`` evaluates a batch (the builtin, or Ray workers). The
+    logbook counts evaluations and the windows they read (``windows_used``: the budget in tokens)."""
+
+    def __init__(self, space: LevelSpace, fitness: Callable, all_windows: int, config: DirectConfig | None = None,
+                 run_dir: str | Path | None = None, map_fn: Callable = map, progress: bool = False,
+                 identity: dict | None = None, describe: str = "direct (EvoPress levels)"):
+        self.space, self.fitness, self.all_windows, self.config = space, fitness, all_windows, config or DirectConfig()
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.map, self.progress, self.identity, self.describe = map_fn, progress, identity or {}, describe
+        self.cache: dict[tuple, float] = {}
+        self.hits = self.evaluations = self.windows_used = 0
+
+    # --- evaluation -------------------------------------------------------------------------------
+    def score(self, candidates: list[list[int]], windows: int | None, counts: dict) -> list[float]:
+        """Fitness of each candidate on the first ``windows`` validation windows (None: all), cached by
+        (rounded allocation, windows); new allocations go through ``map`` in one batch."""
+        keys = [(rounded_key(self.space.sparsities(c)), windows) for c in candidates]
+        todo: dict[tuple, torch.Tensor] = {}
+        for levels, key in zip(candidates, keys):
+            if (self.config.cache and key in self.cache) or key in todo:
+                self.hits += 1
+            else:
+                todo[key] = self.space.sparsities(levels)
+        fn = self.fitness if windows is None else functools.partial(self.fitness, windows=windows)
+        for key, value in zip(todo, self.map(fn, list(todo.values()))):
+            value = float(value)
+            self.cache[key] = value if math.isfinite(value) else WORST
+        self.evaluations += len(todo)
+        self.windows_used += len(todo) * (windows or self.all_windows)
+        counts["evals"] += len(todo)
+        return [self.cache[k] for k in keys]
+
+    def step(self, parent: list[int], counts: dict) -> tuple[list[int], list[float]]:
+        """One generation: children, multi-step selection, the parent in the last stage."""
+        cfg, seen, children = self.config, {tuple(parent)}, []
+        for _ in range(cfg.offspring * 20):
+            if len(children) == cfg.offspring:
+                break
+            child = self.space.mutate(parent)
+            if tuple(child) not in seen:
+                seen.add(tuple(child))
+                children.append(child)
+        candidates, values = children, []
+        for k, (windows, survivors) in enumerate(cfg.stages):
+            if k == len(cfg.stages) - 1:
+                candidates = candidates + [parent]
+            scored = self.score(candidates, windows, counts)
+            ranked = sorted(range(len(candidates)), key=scored.__getitem__)
+            values = [scored[i] for i in ranked]
+            candidates = [candidates[i] for i in ranked[:survivors]]
+        return candidates[0], values
+
+    # --- the loop -------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> SearchResult:
+        cfg = self.config
+        state = self._load() if resume else None
+        if state is None:
+            checkpoint.seed_everything(cfg.seed)
+            parent, hof, logbook, start = [0] * len(self.space), {}, [], 1
+            t0, counts = time.perf_counter(), {"evals": 0}
+            values = self.score([parent], None, counts)
+            self._update(hof, [parent], values)
+            self._record(logbook, 0, values, hof, counts, t0)
+            self._save(0, parent, hof, logbook)
+        else:
+            parent, hof, logbook, start = state
+        for gen in range(start, cfg.generations + 1):
+            if cfg.max_evaluations is not None and self.evaluations >= cfg.max_evaluations:
+                break
+            t0, counts = time.perf_counter(), {"evals": 0}
+            parent, last = self.step(parent, counts)
+            self._update(hof, [parent], last[:1])
+            self._record(logbook, gen, last, hof, counts, t0)
+            self._save(gen, parent, hof, logbook)
+            if self.progress:
+                print(f"generation {gen}: best {self._best(hof):.4g}, evaluations {self.evaluations}", flush=True)
+        rows = self.rows(hof)
+        return SearchResult(rows, logbook, None, self.evaluations, self.run_dir, best=rows[0]["output"] if rows else None)
+
+    @staticmethod
+    def _best(hof: dict) -> float:
+        return min(hof.values()) if hof else WORST
+
+    def _update(self, hof: dict, levels: list[list[int]], values: list[float]) -> None:
+        for lv, value in zip(levels, values):
+            hof[tuple(lv)] = value
+        for key in sorted(hof, key=hof.get)[self.config.hof_size:]:
+            del hof[key]
+
+    def _record(self, logbook: list, gen: int, values: list[float], hof: dict, counts: dict, t0: float) -> None:
+        lookups = self.evaluations + self.hits
+        logbook.append({"gen": gen, "evals": counts["evals"], "total_evals": self.evaluations,
+                        "windows_used": self.windows_used, "min": min(values), "median": statistics.median(values),
+                        "best": self._best(hof), "hit_rate": round(self.hits / lookups, 4) if lookups else 0.0,
+                        "seconds": round(time.perf_counter() - t0, 3)})
+
+    def rows(self, hof: dict) -> list[dict]:
+        """The hall of fame as the engine's rows (``tree``: the levels; ``output``: the sparsities)."""
+        return [{"rank": rank, "fitness": value, "tree": text(levels), "formula": self.describe, "latex": self.describe,
+                 "size": len(levels), "height": 0, "output": self.space.sparsities(levels).tolist()}
+                for rank, (levels, value) in enumerate(sorted(hof.items(), key=lambda kv: kv[1]), 1)]
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def _save(self, gen: int, parent: list[int], hof: dict, logbook: list) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.save(self.run_dir, {
+            "gen": gen, "parent": parent, "hof": [[list(k), v] for k, v in hof.items()], "logbook": logbook,
+            "cache": [[list(k[0]), k[1], v] for k, v in self.cache.items()], "hits": self.hits,
+            "evaluations": self.evaluations, "windows_used": self.windows_used, "rng": checkpoint.rng_state(),
+            "config": self.config.to_dict(), "identity": self.identity})
+        checkpoint.write_atomic(self.run_dir / "hall_of_fame.json",
+                                json.dumps(self.rows(hof), indent=1, default=float).encode())
+        tmp = self.run_dir / ".logbook.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(logbook[0].keys()))
+            writer.writeheader()
+            writer.writerows(logbook)
+        tmp.replace(self.run_dir / "logbook.csv")
+
+    def _load(self):
+        state = checkpoint.load(self.run_dir) if self.run_dir else None
+        if state is None:
+            return None
+        saved, now = dict(state.get("config") or {}), self.config.to_dict()
+        saved.pop("generations", None), now.pop("generations")
+        if saved != now or state.get("identity", {}) != self.identity:
+            raise checkpoint.CheckpointError("cannot resume: the checkpoint is of another direct search "
+                                             f"(settings {saved} vs {now})")
+        try:
+            hof = {tuple(k): float(v) for k, v in state["hof"]}
+            self.cache = {(tuple(k), w): float(v) for k, w, v in state["cache"]}
+            self.hits, self.evaluations = int(state["hits"]), int(state["evaluations"])
+            self.windows_used = int(state["windows_used"])
+            checkpoint.set_rng_state(state["rng"])
+            return list(state["parent"]), hof, list(state["logbook"]), int(state["gen"]) + 1
+        except (KeyError, TypeError, ValueError) as exc:
+            raise checkpoint.CheckpointError(f"{self.run_dir}/{checkpoint.FILE} is damaged ({exc})") from None

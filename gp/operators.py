@@ -1,0 +1,98 @@
+"""Variation operators as free functions of individuals (as in ``deap/gp.py``): typed one-point
+crossover, three mutations, a constraint decorator, and ``vary`` (DEAP's varAnd plus re-mutation of
+offspring that repeat a known candidate)."""
+from __future__ import annotations
+
+import copy
+import math
+import random
+from functools import wraps
+from typing import Callable
+
+from deap import algorithms, base, gp
+
+from primitives.pset import CONSTANT_BOUNDS
+
+from .generate import generate
+
+
+def cx_one_point(ind1, ind2):
+    """Typed one-point crossover: swap two random subtrees of a common return type.
+
+    Same operator as ``gp.cxOnePoint``, but the common types are put in a fixed order before the
+    random pick: DEAP draws from a ``set`` of classes, whose order changes from one process to the
+    next, which would make a seeded run (and its resumption) irreproducible.
+    """
+    if len(ind1) < 2 or len(ind2) < 2:
+        return ind1, ind2
+    where1, where2 = {}, {}
+    for where, ind in ((where1, ind1), (where2, ind2)):
+        for i, node in enumerate(ind[1:], 1):
+            where.setdefault(node.ret, []).append(i)
+    common = [t for t in where1 if t in where2]  # first-appearance order in ind1: deterministic
+    if common:
+        type_ = random.choice(common)
+        slice1 = ind1.searchSubtree(random.choice(where1[type_]))
+        slice2 = ind2.searchSubtree(random.choice(where2[type_]))
+        ind1[slice1], ind2[slice2] = ind2[slice2], ind1[slice1]
+    return ind1, ind2
+
+
+def perturb_constant(ind):
+    """Multiply one ephemeral constant by a log-normal factor (σ = 0.2), kept within its bounds: a local
+    step, where ``gp.mutEphemeral`` redraws the constant from scratch."""
+    positions = [i for i, node in enumerate(ind) if isinstance(type(node), gp.MetaEphemeral)]
+    if positions:
+        i = random.choice(positions)
+        node = type(ind[i]).__new__(type(ind[i]))
+        lo, hi = CONSTANT_BOUNDS.get(ind[i].ret, (-math.inf, math.inf))
+        node.value = min(max(round(ind[i].value * math.exp(random.gauss(0.0, 0.2)), 4), lo), hi)
+        ind[i] = node
+    return ind,
+
+
+def mutate(ind, pset):
+    """One of: a new random subtree (40 %), a node swapped for one of the same type (30 %), or a
+    constant nudged (30 %, when the tree has one)."""
+    choice = random.random()
+    if choice < 0.4:
+        return gp.mutUniform(ind, expr=lambda pset, type_: generate(pset, 0, 2, type_), pset=pset)
+    if choice < 0.7 or not any(isinstance(type(n), gp.MetaEphemeral) for n in ind):
+        return gp.mutNodeReplacement(ind, pset=pset)
+    return perturb_constant(ind)
+
+
+def constrain(valid: Callable) -> Callable:
+    """Like ``gp.staticLimit``: a child that fails ``valid`` is replaced by one of the parents."""
+    def decorator(func):
+        @wraps(func)
+        def wrapper(*args, **kwargs):
+            keep = [copy.deepcopy(a) for a in args]
+            children = list(func(*args, **kwargs))
+            for i, child in enumerate(children):
+                if not valid(child):
+                    children[i] = random.choice(keep)
+            return children
+        return wrapper
+    return decorator
+
+
+def vary(parents: list, toolbox: base.Toolbox, cxpb: float, mutpb: float,
+         known: Callable[[str], bool] | None = None, key: Callable = str) -> list:
+    """Crossover and mutation (DEAP's ``varAnd``); with ``known`` (a test on :func:`key`), an offspring
+    that repeats a known candidate or a sibling is mutated again (up to 10 times), so that the
+    evaluation budget goes to new candidates."""
+    offspring = algorithms.varAnd(parents, toolbox, cxpb, mutpb)
+    if known is None:
+        return offspring
+    seen: set = set()
+    for i, child in enumerate(offspring):
+        for _ in range(10):
+            k = key(child)
+            if k not in seen and not known(k):
+                break
+            child, = toolbox.mutate(toolbox.clone(child))
+            del child.fitness.values
+        seen.add(k)
+        offspring[i] = child
+    return offspring

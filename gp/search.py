@@ -1,0 +1,306 @@
+"""The search loop: initial population, one generation of the configured strategy at a time
+(:mod:`gp.algorithms`), a hall of fame of distinct candidates, a logbook, and a JSON checkpoint every
+generation from which a killed run resumes to the same result (:mod:`gp.checkpoint`).
+
+With ``objectives=("fitness", "size")`` the strategy is NSGA-II and a ``tools.ParetoFront`` of
+candidates trading fitness against tree size is kept too.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from deap import base, creator, gp, tools
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .algorithms import strategy, tune_constants
+from .config import ConfigError, SearchConfig
+from .evaluation import FitnessCache, evaluate
+from .generate import half_and_half, min_height
+from .operators import constrain, cx_one_point, mutate
+from .problem import WORST, Problem
+
+GENERATION_TRIES = 1000
+
+
+@dataclass
+class SearchResult:
+    hall_of_fame: list[dict]
+    logbook: tools.Logbook
+    cache: FitnessCache
+    evaluations: int
+    run_dir: Path | None = None
+    best: Any = field(default=None, repr=False)
+    pareto_front: list[dict] | None = None  # multi-objective runs: the non-dominated candidates, by size
+
+
+def toolbox_for(problem: Problem, cfg: SearchConfig, individual: type) -> base.Toolbox:
+    """DEAP toolbox: typed half-and-half trees within the limits, tournament, one-point crossover,
+    mutation, static limits and the problem's structural constraint on both operators."""
+    pset = problem.pset
+    tb = base.Toolbox()
+    low, high = min(cfg.init_min_height, cfg.max_height), min(cfg.init_max_height, cfg.max_height)
+    floor = int(min(min_height(pset, pset.ret), cfg.max_height))
+
+    def fits(ind) -> bool:
+        return problem.valid(ind) and ind.height <= cfg.max_height and len(ind) <= cfg.max_size
+
+    def new_individual():
+        for i in range(GENERATION_TRIES):  # after half the tries, allow the grammar's smallest heights too
+            ind = individual(half_and_half(pset, low if i < GENERATION_TRIES // 2 else floor, high))
+            if fits(ind):
+                return ind
+        raise ConfigError(f"no tree within max_height={cfg.max_height} and max_size={cfg.max_size} passes "
+                          f"this grammar's constraints; raise the limits")
+
+    tb.register("individual", new_individual)
+    tb.register("population", tools.initRepeat, list, tb.individual)
+    tb.register("select", tools.selTournament, tournsize=cfg.tournament)
+    tb.register("mate", cx_one_point)
+    tb.register("mutate", mutate, pset=pset)
+    for op in ("mate", "mutate"):
+        tb.decorate(op, gp.staticLimit(key=lambda t: t.height, max_value=cfg.max_height))
+        tb.decorate(op, gp.staticLimit(key=len, max_value=cfg.max_size))
+        tb.decorate(op, constrain(problem.valid))
+    return tb
+
+
+def resumable(run_dir: Path, config: SearchConfig, identity: dict) -> dict | None:
+    """The checkpoint in ``run_dir`` as JSON data, after checking that a search with ``config`` and
+    ``identity`` can resume it (same settings but ``generations``, same identity); None when there is
+    none. Reads only (call it before any expensive set-up)."""
+    state = checkpoint.load(run_dir)
+    if state is None:
+        return None
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("identity", {}), dict):
+        raise checkpoint.CheckpointError(f"{run_dir}/{checkpoint.FILE} is damaged (no settings)")
+    saved = {**SearchConfig().to_dict(), **state["config"]}  # settings added since: their defaults
+    now = config.to_dict()
+    diff = {k: (saved.get(k), now[k]) for k in now if k != "generations" and saved.get(k) != now[k]}
+    if diff:
+        raise checkpoint.CheckpointError("cannot resume: settings differ from the checkpoint's: " + ", ".join(
+            f"{k} {a!r} (checkpoint) vs {b!r}" for k, (a, b) in diff.items()))
+    theirs = state.get("identity", {})
+    diff = {k: (theirs.get(k), identity.get(k)) for k in {**theirs, **identity} if theirs.get(k) != identity.get(k)}
+    if diff:
+        raise checkpoint.CheckpointError("cannot resume: the checkpoint is of another run: " + ", ".join(
+            f"{k} {a!r} (checkpoint) vs {b!r}" for k, (a, b) in sorted(diff.items())))
+    return state
+
+
+def check_limits(problem: Problem, config: SearchConfig) -> None:
+    """ConfigError when ``config``'s size and height limits admit no tree of ``problem``'s grammar
+    (cheap: call it before any expensive set-up)."""
+    toolbox_for(problem, config, creator.Individual).individual()
+
+
+class Search:
+    """``Search(problem, config, run_dir).run(resume=False)`` → :class:`SearchResult`.
+
+    ``map_fn`` evaluates a batch of outputs (the builtin ``map``, or Ray workers); ``identity``: what
+    the run is about (task, model, data …), saved in the checkpoint and checked on resume."""
+
+    def __init__(self, problem: Problem, config: SearchConfig | None = None, run_dir: str | Path | None = None,
+                 map_fn: Callable = map, progress: bool = False, identity: dict | None = None):
+        self.problem = problem
+        self.config = config or SearchConfig()
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.map = map_fn
+        self.progress = progress
+        self.identity = identity or {}
+        self.cache = FitnessCache()
+        self.evaluations = 0
+        self.partial_evaluations = 0
+        self._displays: dict[str, dict] = {}
+        self.multi = len(self.config.objectives) > 1
+        self.individual = creator.IndividualMulti if self.multi else creator.Individual
+        self.toolbox = toolbox_for(problem, self.config, self.individual)
+        self.toolbox.individual()  # fail now (ConfigError) when the limits admit no tree
+
+    def new_individual(self) -> gp.PrimitiveTree:
+        return self.toolbox.individual()
+
+    def population(self, n: int) -> list:
+        return self.toolbox.population(n)
+
+    # --- evaluation ---------------------------------------------------------------------------
+    def _set_fitness(self, ind, value: float) -> None:
+        """``(value,)``, or with two objectives ``(value, tree size)``; an invalid candidate is the worst
+        in both, so that a tiny invalid tree never sits on the Pareto front."""
+        if self.multi:
+            ind.fitness.values = (value, len(ind)) if value != WORST else (WORST, WORST)
+        else:
+            ind.fitness.values = (value,)
+
+    def evaluate(self, individuals: list, windows: int | None = None) -> dict[str, int]:
+        """Give every individual a fitness (with ``windows``: a partial score on that many validation
+        windows), through the cache where possible; returns counts."""
+        counts = evaluate(individuals, self.problem, self.cache, self._set_fitness, self.map,
+                          use_cache=self.config.cache, progress=self.progress, windows=windows)
+        self.evaluations += counts["evals"]
+        self.partial_evaluations += counts["partial_evals"]
+        return counts
+
+    def seeded_population(self) -> list:
+        """The initial population: the configured seed trees first, then random ones."""
+        seeds = [self.problem.parse(text, self.individual) for text in self.config.seeds[:self.config.population]]
+        return seeds + self.population(self.config.population - len(seeds))
+
+    def _known(self, key: str) -> bool:
+        return key in self.cache.by_text
+
+    # --- the loop -----------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> SearchResult:
+        cfg = self.config
+        state = self._load() if resume else None
+        if state is None:
+            checkpoint.seed_everything(cfg.seed)
+            hof = tools.HallOfFame(cfg.hof_size, similar=self._same)
+            front = tools.ParetoFront(similar=self._same) if self.multi else None
+            logbook = tools.Logbook()
+            t0 = time.perf_counter()
+            pop = self.seeded_population()
+            counts = self.evaluate(pop)
+            self._update(hof, front, pop)
+            self._record(logbook, 0, pop, hof, counts, t0)
+            self._save(0, pop, hof, front, logbook)
+            start = 1
+        else:
+            pop, hof, front, logbook, start = state
+        step = strategy(cfg)
+        known = self._known if cfg.cache else None
+        gens = tqdm(range(start, cfg.generations + 1), desc="generations", disable=not self.progress,
+                    initial=start - 1, total=cfg.generations)
+        for gen in gens:
+            t0 = time.perf_counter()
+            pop, counts = step(pop, self.toolbox, cfg, self.evaluate, known)
+            if cfg.tune_constants and cfg.mode == "evolution" and not self.multi:
+                extra = tune_constants(pop, self.toolbox, cfg.tune_constants, self.evaluate)
+                counts = {k: counts.get(k, 0) + extra.get(k, 0) for k in {**counts, **extra}}
+            self._update(hof, front, pop)
+            self._record(logbook, gen, pop, hof, counts, t0)
+            gens.set_postfix(best=f"{hof[0].fitness.values[0]:.4g}", evals=self.evaluations)
+            self._save(gen, pop, hof, front, logbook)
+        return SearchResult(self.rows(hof), logbook, self.cache, self.evaluations, self.run_dir,
+                            best=hof[0] if len(hof) else None,
+                            pareto_front=self.pareto_rows(front) if front is not None else None)
+
+    def _same(self, a, b) -> bool:
+        """Hall-of-fame duplicates: the same output (e.g. the same rounded allocation), else the same text."""
+        key = self.problem.output_key
+        if key is not None and a.output is not None and b.output is not None:
+            return key(a.output) == key(b.output)
+        return a.key == b.key
+
+    @staticmethod
+    def _update(hof, front, pop) -> None:
+        hof.update(pop)
+        if front is not None:  # valid candidates only: an all-invalid generation leaves the front empty
+            front.update([ind for ind in pop if ind.fitness.values[0] != WORST])
+
+    def _record(self, logbook, gen, pop, hof, counts, t0):
+        stats = tools.Statistics(lambda ind: ind.fitness.values[0])
+        stats.register("min", np.min)
+        stats.register("median", np.median)
+        counts = {k: counts.get(k, 0) for k in ("evals", "partial_evals", "text_hits", "output_hits", "invalid")}
+        logbook.record(
+            gen=gen, **counts, total_evals=self.evaluations, total_partial_evals=self.partial_evaluations,
+            **stats.compile(pop),
+            best=float(hof[0].fitness.values[0]) if len(hof) else WORST,
+            hit_rate=round(self.cache.hit_rate, 4),
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+
+    # --- results -------------------------------------------------------------------------------
+    def rows(self, individuals) -> list[dict]:
+        """Individuals (the hall of fame, a Pareto front) as JSON-able rows, ranked in the given order:
+        rank, fitness, tree, displayed formula, size, output."""
+        rows = []
+        for rank, ind in enumerate(individuals, 1):
+            if ind.output is None and ind.fitness.values[0] != WORST:  # answered from the cache by its text
+                output = self.problem.decode(ind)
+                ind.output = None if output is None else self.problem.describe(output)
+            if ind.key not in self._displays:
+                self._displays[ind.key] = self.problem.display(ind)
+            rows.append({"rank": rank, "fitness": ind.fitness.values[0], "tree": ind.key, **self._displays[ind.key],
+                         "size": len(ind), "height": ind.height, "output": ind.output})
+        return rows
+
+    def pareto_rows(self, front) -> list[dict]:
+        """The Pareto front as rows ranked by size, smallest first (so fitness falls down the table)."""
+        return self.rows(sorted(front, key=len))
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def _individuals(self, individuals) -> list[dict]:
+        return [{"tree": ind.key if hasattr(ind, "key") else str(ind), "output": getattr(ind, "output", None),
+                 "fitness": list(ind.fitness.values) if ind.fitness.valid else None} for ind in individuals]
+
+    def _restore(self, rows: list[dict]) -> list:
+        out = []
+        for row in rows:
+            ind = self.problem.parse(row["tree"], self.individual)
+            ind.key, ind.output = self.problem.key(ind), row["output"]
+            if row["fitness"] is not None:
+                ind.fitness.values = tuple(row["fitness"])
+            out.append(ind)
+        return out
+
+    def _save(self, gen, pop, hof, front, logbook):
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state = {"gen": gen, "population": self._individuals(pop), "hof": self._individuals(hof),
+                 "front": self._individuals(front) if front is not None else None, "logbook": list(logbook),
+                 "cache": self.cache.to_json(), "evaluations": self.evaluations,
+                 "partial_evaluations": self.partial_evaluations, "rng": checkpoint.rng_state(),
+                 "config": self.config.to_dict(), "identity": self.identity}
+        if hasattr(self.problem.fitness, "state_dict"):
+            state["fitness_state"] = self.problem.fitness.state_dict()
+        checkpoint.save(self.run_dir, state)
+        checkpoint.write_atomic(self.run_dir / "hall_of_fame.json",
+                                json.dumps(self.rows(hof), indent=1, default=float).encode())
+        if front is not None:
+            checkpoint.write_atomic(self.run_dir / "pareto_front.json",
+                                    json.dumps(self.pareto_rows(front), indent=1, default=float).encode())
+        tmp = self.run_dir / ".logbook.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(logbook[0].keys()))
+            writer.writeheader()
+            writer.writerows(logbook)
+        tmp.replace(self.run_dir / "logbook.csv")
+
+    def _load(self):
+        """(population, hof, front, logbook, next generation) from the run folder's checkpoint, with the
+        cache, evaluation count and random states restored; None when there is no checkpoint."""
+        state = resumable(self.run_dir, self.config, self.identity) if self.run_dir else None
+        if state is None:
+            return None
+        try:
+            pop = self._restore(state["population"])
+            hof = tools.HallOfFame(self.config.hof_size, similar=self._same)
+            for ind in self._restore(state["hof"]):
+                hof.insert(ind)
+            front = None
+            if self.multi:
+                front = tools.ParetoFront(similar=self._same)
+                for ind in self._restore(state["front"] or []):
+                    front.insert(ind)
+            logbook = tools.Logbook()
+            for row in state["logbook"]:
+                logbook.record(**row)
+            self.cache = FitnessCache.from_json(state["cache"])
+            self.evaluations = int(state["evaluations"])
+            self.partial_evaluations = int(state.get("partial_evaluations", 0))
+            if "fitness_state" in state and hasattr(self.problem.fitness, "load_state_dict"):
+                self.problem.fitness.load_state_dict(state["fitness_state"])
+            checkpoint.set_rng_state(state["rng"])
+            return pop, hof, front, logbook, int(state["gen"]) + 1
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise checkpoint.CheckpointError(f"{self.run_dir}/{checkpoint.FILE} is damaged "
+                                             f"({type(exc).__name__}: {exc})") from None
