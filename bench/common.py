@@ -13,10 +13,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def add_model_args(ap: argparse.ArgumentParser, name: str, split: str = "validation", windows: int = 2) -> None:
-    """The CLI's model and data flags (one home: :func:`dsa.cli.add_model_args`: --model --dtype --device
+    """The CLI's model and data flags (one home: :func:`dsa.flags.add_model_args`: --model --dtype --device
     --data --calib --data-dir --seqlen --batch-size --seed), plus --name, the number of WikiText-2
     windows of ``split`` (--val-windows or --test-windows) and the calibration size."""
-    from dsa.cli import add_model_args as model_args, positive_int
+    from dsa.flags import add_model_args as model_args, positive_int
     model_args(ap, pruning=False)
     ap.add_argument("--name", default=name)
     ap.add_argument("--val-windows" if split == "validation" else "--test-windows", type=int, default=windows,

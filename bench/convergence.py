@@ -1,13 +1,19 @@
-"""Convergence: evolutionary vs random search on the real model, same evaluation budget, several
-seeds — best validation perplexity against the number of fitness evaluations (PNG + table).
+"""Convergence: evolutionary vs random search on the real model at the same budget of fitness
+evaluations, several seeds — best validation fitness against the number of evaluations (PNG + table),
+and how many evaluations each evolution variant needs to reach random search's final best.
 
-    python bench/convergence.py [--model M] [--seeds 3] [--population 10] [--generations 6]
+    python bench/convergence.py [--model M] [--seeds 3] [--population 10] [--budget 300] \
+        [--variants random,evolution,evolution+tune,evolution+seeds,evolution+tune+seeds]
 
-The model, calibration statistics and score ranks are built once and shared by all runs.
+Variants: ``random`` (a fresh random population per generation), ``evolution`` (the default engine),
+``+tune`` (each generation, 4 evaluations nudging the best formula's constants), ``+seeds`` (the
+baselines' formulas in the first population). Every run stops at the generation that reaches
+``--budget`` evaluations. The model, calibration statistics and score ranks are built once.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -15,72 +21,97 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, add_model_args, load_inputs, markdown_table, write  # noqa: E402
-from dsa.problem import allocation_problem  # noqa: E402
+from dsa.problem import allocation_problem, baseline_seeds  # noqa: E402
 from evaluators.fitness import PruningEvaluator  # noqa: E402
 from gp import Search, SearchConfig  # noqa: E402
 from primitives import LayerAllocator  # noqa: E402
+
+VARIANTS = "random,evolution,evolution+tune,evolution+seeds,evolution+tune+seeds"
+
+
+def config(variant: str, args, seed: int) -> SearchConfig:
+    parts = set(variant.split("+"))
+    return SearchConfig(population=args.population, generations=10_000, mode="random" if "random" in parts else
+                        "evolution", seed=seed, max_evaluations=args.budget,
+                        tune_constants=4 if "tune" in parts else 0,
+                        seeds=baseline_seeds(args.sparsity) if "seeds" in parts else ())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(ap, "convergence_smollm2_wanda70")
+    ap.add_argument("--method", default="wanda")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--population", type=int, default=10)
-    ap.add_argument("--generations", type=int, default=6)
+    ap.add_argument("--budget", type=int, default=300, help="fitness evaluations per run")
     ap.add_argument("--sparsity", type=float, default=0.7)
+    ap.add_argument("--fitness", choices=("ppl", "kl"), default="ppl")
+    ap.add_argument("--variants", default=VARIANTS)
     args = ap.parse_args()
 
     model, tok, val, calib = load_inputs(args)
-    fitness = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val,
+    fitness = PruningEvaluator(model, tok, method=args.method, calib_ids=calib, val_windows=val, fitness=args.fitness,
                                batch_size=args.batch_size, max_scores_per_block=2**18)
     allocator = LayerAllocator(fitness.blocks.scores, target=args.sparsity, weights=fitness.blocks.counts)
     problem = allocation_problem(allocator, fitness)
 
     curves, rows = {}, []
-    for seed in range(args.seeds):  # seed-major: a run stopped early still compares both modes
-        for mode in ("evolution", "random"):
-            cfg = SearchConfig(population=args.population, generations=args.generations, mode=mode, seed=seed)
-            result = Search(problem, cfg).run()
-            curves[(mode, seed)] = [(r["total_evals"], r["best"]) for r in result.logbook]
-            rows.append({"mode": mode, "seed": seed, "evaluations": result.evaluations,
-                         "best val ppl": result.logbook[-1]["best"], "best formula": result.hall_of_fame[0]["formula"]})
+    for seed in range(args.seeds):  # seed-major: a run stopped early still compares every variant
+        for variant in args.variants.split(","):
+            result = Search(problem, config(variant, args, seed)).run()
+            curves[(variant, seed)] = [(r["total_evals"], r["best"]) for r in result.logbook]
+            rows.append({"variant": variant, "seed": seed, "evaluations": result.evaluations,
+                         "best": result.logbook[-1]["best"], "best formula": result.hall_of_fame[0]["formula"]})
             print(rows[-1], flush=True)
             report(args, rows, curves, f"{next(model.parameters()).device}", int(val.shape[0]))
 
 
+def evaluations_to_reach(curve: list[tuple[int, float]], value: float) -> float:
+    """The number of evaluations after which the best so far is ≤ ``value`` (inf if never)."""
+    return next((n for n, best in curve if best <= value), math.inf)
+
+
 def report(args, rows: list[dict], curves: dict, device: str, n_val: int) -> None:
     """Write the table and plot so far (a run stopped early leaves its finished seeds behind)."""
-    modes = [m for m in ("evolution", "random") if any(r["mode"] == m for r in rows)]
-    summary = [{"mode": m, "runs": sum(r["mode"] == m for r in rows),
-                "median best val ppl": statistics.median(r["best val ppl"] for r in rows if r["mode"] == m),
-                "min": min(r["best val ppl"] for r in rows if r["mode"] == m),
-                "max": max(r["best val ppl"] for r in rows if r["mode"] == m),
-                "mean evaluations": statistics.mean(r["evaluations"] for r in rows if r["mode"] == m)}
-               for m in modes]
-    plot(curves, RESULTS / f"{args.name}.png")
-    table = (f"{args.model or 'SmolLM2-135M'} on {device}, Wanda, {args.sparsity:.0%}; "
-             f"calibration C4 {args.nsamples}×{args.calib_seqlen}; "
-             f"fitness = validation perplexity on {n_val}×{args.seqlen} tokens; population {args.population}, "
-             f"{args.generations} generations, seeds 0–{args.seeds - 1}.\n\n"
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    random_best = {r["seed"]: r["best"] for r in rows if r["variant"] == "random"}
+    summary = []
+    for v in variants:
+        mine = [r for r in rows if r["variant"] == v]
+        reach = [evaluations_to_reach(curves[(v, r["seed"])], random_best[r["seed"]])
+                 for r in mine if r["seed"] in random_best]
+        summary.append({"variant": v, "runs": len(mine), "median best": statistics.median(r["best"] for r in mine),
+                        "min": min(r["best"] for r in mine), "max": max(r["best"] for r in mine),
+                        "mean evaluations": statistics.mean(r["evaluations"] for r in mine),
+                        "evaluations to reach random's final best (per seed)":
+                            ", ".join("never" if math.isinf(e) else str(e) for e in reach),
+                        "median": statistics.median(reach) if reach else None})
+    plot(curves, RESULTS / f"{args.name}.png", args.fitness)
+    what = "validation perplexity" if args.fitness == "ppl" else "validation KL from the dense model"
+    table = (f"{args.model or 'SmolLM2-135M'} on {device}, {args.method}, {args.sparsity:.0%}; "
+             f"calibration C4 {args.nsamples}×{args.calib_seqlen}; fitness = {what} on {n_val}×{args.seqlen} "
+             f"tokens; population {args.population}, budget {args.budget} evaluations per run, seeds "
+             f"0–{args.seeds - 1}. 'Reach': evaluations each variant needed to get to the same seed's random-search "
+             f"final best (random itself: its budget).\n\n"
              + markdown_table(summary, list(summary[0])) + "\n\n"
-             + markdown_table(rows, ["mode", "seed", "evaluations", "best val ppl", "best formula"])
+             + markdown_table(rows, ["variant", "seed", "evaluations", "best", "best formula"])
              + f"\n\n![convergence]({args.name}.png)")
     write(args.name, {"args": vars(args), "summary": summary, "runs": rows,
-                      "curves": {f"{m}/{s}": c for (m, s), c in curves.items()}}, table, "Evolution vs random search",
+                      "curves": {f"{v}/{s}": c for (v, s), c in curves.items()}}, table, "Evolution vs random search",
           quiet=True)
 
 
-def plot(curves, path: Path) -> None:
+def plot(curves, path: Path, fitness: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    colors = {"evolution": "tab:blue", "random": "tab:orange"}
-    for (mode, seed), points in curves.items():
+    fig, ax = plt.subplots(figsize=(6.8, 4.0))
+    colors = dict(zip(dict.fromkeys(v for v, _ in curves), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for (variant, seed), points in curves.items():
         xs, ys = zip(*points)
-        ax.step(xs, ys, where="post", color=colors[mode], alpha=0.8, label=mode if seed == 0 else None)
+        ax.step(xs, ys, where="post", color=colors[variant], alpha=0.8, label=variant if seed == 0 else None)
     ax.set_xlabel("fitness evaluations")
-    ax.set_ylabel("best validation perplexity")
+    ax.set_ylabel("best validation " + ("perplexity" if fitness == "ppl" else "KL"))
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -54,7 +54,7 @@ from bench.common import markdown_table, write  # noqa: E402
 from evaluators.fitness import PruningEvaluator  # noqa: E402
 from evaluators.masking import MASKING  # noqa: E402
 from evaluators.models import model_linears  # noqa: E402
-from evaluators.perplexity import CHUNK, perplexity_from_nlls, window_nlls  # noqa: E402
+from evaluators.perplexity import CHUNK, window_nlls  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GIB = 2**30
@@ -282,7 +282,7 @@ def main() -> None:
             + "; transient = peak during evaluations − weights − state. Set-up peaks on a CPU include the host-side "
               "S_l subsample (see the script's doc), which a GPU keeps in host memory.\n\n"
             + markdown_table(rows, columns)
-            + f"\n\nPerplexity at uniform 50 % (block's levels are exact there: 4096 and 11008 are multiples of 256): "
+            + "\n\nPerplexity at uniform 50 % (block's levels are exact there: 4096 and 11008 are multiples of 256): "
             + ", ".join(f"{m} {v!r}" for m, v in same.items())
             + f".\n\nProjection to the full 32-block LLaMA-2-7B ({args.dtype}): weights {full_weights / GIB:.2f} GiB "
             f"(embedding and head included) + 32 × the measured per-block state + the measured transient of the "

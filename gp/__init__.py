@@ -3,18 +3,21 @@
 - ``problem``: :class:`Problem` (decode, fitness, constraints, display) and the DEAP individual types
 - ``config``: :class:`SearchConfig`, its defaults and checks (:class:`ConfigError`)
 - ``generate``: typed tree generation that always completes
-- ``operators``: crossover, mutations, constraints, ``vary`` (free functions)
-- ``algorithms``: one generation of each strategy (elitist GA, NSGA-II, random search)
-- ``evaluation``: the fitness cache and cached batch evaluation
-- ``checkpoint``: JSON checkpoints, random states
+- ``operators``: crossover, mutations, constraints, ``vary`` (free functions), the toolbox
+- ``algorithms``: one generation of each strategy (elitist GA, multi-step selection, NSGA-II, random
+  search) and constant tuning
+- ``evaluation``: the fitness cache and cached batch evaluation (full or on a few windows)
+- ``checkpoint``: JSON checkpoints, random states, the resume check
 - ``search``: the loop, hall of fame, logbook, resume (:class:`Search`)
+- ``direct``: a direct search over per-layer sparsity levels (EvoPress-style, :class:`~gp.direct.DirectSearch`)
 """
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, resumable
 from .config import ConfigError, SearchConfig
 from .evaluation import FitnessCache
 from .generate import generate, half_and_half, min_height
+from .operators import check_limits
 from .problem import WORST, Problem, rounded_key
-from .search import Search, SearchResult, check_limits, resumable
+from .search import Search, SearchResult
 
 __all__ = ["WORST", "CheckpointError", "ConfigError", "FitnessCache", "Problem", "Search", "SearchConfig",
            "SearchResult", "check_limits", "generate", "resumable", "half_and_half", "min_height", "rounded_key"]

@@ -4,6 +4,8 @@ states as plain numbers."""
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import os
 import random
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 
 FILE = "checkpoint.json"
 LEGACY_FILE = "checkpoint.pkl"  # written by dsa-gp ≤ 0.1 with pickle; never loaded
@@ -81,3 +84,39 @@ def load(run_dir: Path) -> dict[str, Any] | None:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of format {FORMAT}")
     return state
+
+
+def resumable(run_dir: Path, config, identity: dict) -> dict | None:
+    """The checkpoint in ``run_dir`` as JSON data, after checking that a search with ``config`` and
+    ``identity`` can resume it (same settings but ``generations``, same identity); None when there is
+    none. Reads only (call it before any expensive set-up). ``config``: a :class:`~gp.SearchConfig` or
+    :class:`~gp.direct.DirectConfig` (anything with defaults and ``to_dict``)."""
+    state = load(run_dir)
+    if state is None:
+        return None
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("identity", {}), dict):
+        raise CheckpointError(f"{run_dir}/{FILE} is damaged (no settings)")
+    saved = {**type(config)().to_dict(), **state["config"]}  # settings added since: their defaults
+    now = config.to_dict()
+    diff = {k: (saved.get(k), now[k]) for k in now if k != "generations" and saved.get(k) != now[k]}
+    if diff:
+        raise CheckpointError("cannot resume: settings differ from the checkpoint's: " + ", ".join(
+            f"{k} {a!r} (checkpoint) vs {b!r}" for k, (a, b) in diff.items()))
+    theirs = state.get("identity", {})
+    diff = {k: (theirs.get(k), identity.get(k)) for k in {**theirs, **identity} if theirs.get(k) != identity.get(k)}
+    if diff:
+        raise CheckpointError("cannot resume: the checkpoint is of another run: " + ", ".join(
+            f"{k} {a!r} (checkpoint) vs {b!r}" for k, (a, b) in sorted(diff.items())))
+    return state
+
+
+def write_tables(run_dir: Path, rows: list[dict], logbook: list[dict], front: list[dict] | None = None) -> None:
+    """The run folder's readable tables, atomically: hall_of_fame.json (and pareto_front.json), logbook.csv."""
+    write_atomic(Path(run_dir) / "hall_of_fame.json", json.dumps(rows, indent=1, default=float).encode())
+    if front is not None:
+        write_atomic(Path(run_dir) / "pareto_front.json", json.dumps(front, indent=1, default=float).encode())
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(logbook[0].keys()))
+    writer.writeheader()
+    writer.writerows(logbook)
+    write_atomic(Path(run_dir) / "logbook.csv", text.getvalue().encode())

@@ -37,6 +37,7 @@ class SearchConfig:
     stages: tuple = ()            # ((windows, survivors), …) before the last, full stage
     tune_constants: int = 0       # evaluations per generation spent nudging the best tree's constants (PySR-like)
     seeds: tuple = ()             # trees (text) placed in the initial population, e.g. the baselines' formulas
+    max_evaluations: int = 0      # stop after the generation that reaches this many full evaluations (0: no cap)
 
     def __post_init__(self):
         if isinstance(self.objectives, str):  # "fitness,size", as the CLI takes it
@@ -55,7 +56,7 @@ class SearchConfig:
             if not ok:
                 out.append(text)
         ints = ("population", "generations", "tournament", "elitism", "hof_size", "init_min_height",
-                "init_max_height", "max_height", "max_size", "seed", "offspring", "tune_constants")
+                "init_max_height", "max_height", "max_size", "seed", "offspring", "tune_constants", "max_evaluations")
         for name in ints:
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
@@ -80,6 +81,7 @@ class SearchConfig:
         need(self.objectives in OBJECTIVES, f"objectives must be one of "
                                             f"{', '.join(','.join(o) for o in OBJECTIVES)}; got {','.join(self.objectives)}")
         need(self.tune_constants >= 0, f"tune_constants must be ≥ 0, got {self.tune_constants}")
+        need(self.max_evaluations >= 0, f"max_evaluations must be ≥ 0, got {self.max_evaluations}")
         if self.stages:
             survivors = [k for _, k in self.stages] + [self.population - self.elitism]
             windows = [w for w, _ in self.stages]

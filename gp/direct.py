@@ -16,9 +16,7 @@ are comparable across generations and cacheable); the last stage must use them a
 """
 from __future__ import annotations
 
-import csv
 import functools
-import json
 import math
 import random
 import statistics
@@ -234,24 +232,12 @@ class DirectSearch:
             "cache": [[list(k[0]), k[1], v] for k, v in self.cache.items()], "hits": self.hits,
             "evaluations": self.evaluations, "windows_used": self.windows_used, "rng": checkpoint.rng_state(),
             "config": self.config.to_dict(), "identity": self.identity})
-        checkpoint.write_atomic(self.run_dir / "hall_of_fame.json",
-                                json.dumps(self.rows(hof), indent=1, default=float).encode())
-        tmp = self.run_dir / ".logbook.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(logbook[0].keys()))
-            writer.writeheader()
-            writer.writerows(logbook)
-        tmp.replace(self.run_dir / "logbook.csv")
+        checkpoint.write_tables(self.run_dir, self.rows(hof), logbook)
 
     def _load(self):
-        state = checkpoint.load(self.run_dir) if self.run_dir else None
+        state = checkpoint.resumable(self.run_dir, self.config, self.identity) if self.run_dir else None
         if state is None:
             return None
-        saved, now = dict(state.get("config") or {}), self.config.to_dict()
-        saved.pop("generations", None), now.pop("generations")
-        if saved != now or state.get("identity", {}) != self.identity:
-            raise checkpoint.CheckpointError("cannot resume: the checkpoint is of another direct search "
-                                             f"(settings {saved} vs {now})")
         try:
             hof = {tuple(k): float(v) for k, v in state["hof"]}
             self.cache = {(tuple(k), w): float(v) for k, w, v in state["cache"]}

@@ -9,11 +9,13 @@ import random
 from functools import wraps
 from typing import Callable
 
-from deap import algorithms, base, gp
+from deap import algorithms, base, creator, gp, tools
 
 from primitives.pset import CONSTANT_BOUNDS
 
-from .generate import generate
+from .config import ConfigError, SearchConfig
+from .generate import generate, half_and_half, min_height
+from .problem import Problem
 
 
 def cx_one_point(ind1, ind2):
@@ -96,3 +98,43 @@ def vary(parents: list, toolbox: base.Toolbox, cxpb: float, mutpb: float,
         seen.add(k)
         offspring[i] = child
     return offspring
+
+
+GENERATION_TRIES = 1000
+
+
+def toolbox_for(problem: Problem, cfg: SearchConfig, individual: type) -> base.Toolbox:
+    """DEAP toolbox: typed half-and-half trees within the limits, tournament, one-point crossover,
+    mutation, static limits and the problem's structural constraint on both operators."""
+    pset = problem.pset
+    tb = base.Toolbox()
+    low, high = min(cfg.init_min_height, cfg.max_height), min(cfg.init_max_height, cfg.max_height)
+    floor = int(min(min_height(pset, pset.ret), cfg.max_height))
+
+    def fits(ind) -> bool:
+        return problem.valid(ind) and ind.height <= cfg.max_height and len(ind) <= cfg.max_size
+
+    def new_individual():
+        for i in range(GENERATION_TRIES):  # after half the tries, allow the grammar's smallest heights too
+            ind = individual(half_and_half(pset, low if i < GENERATION_TRIES // 2 else floor, high))
+            if fits(ind):
+                return ind
+        raise ConfigError(f"no tree within max_height={cfg.max_height} and max_size={cfg.max_size} passes "
+                          f"this grammar's constraints; raise the limits")
+
+    tb.register("individual", new_individual)
+    tb.register("population", tools.initRepeat, list, tb.individual)
+    tb.register("select", tools.selTournament, tournsize=cfg.tournament)
+    tb.register("mate", cx_one_point)
+    tb.register("mutate", mutate, pset=pset)
+    for op in ("mate", "mutate"):
+        tb.decorate(op, gp.staticLimit(key=lambda t: t.height, max_value=cfg.max_height))
+        tb.decorate(op, gp.staticLimit(key=len, max_value=cfg.max_size))
+        tb.decorate(op, constrain(problem.valid))
+    return tb
+
+
+def check_limits(problem: Problem, config: SearchConfig) -> None:
+    """ConfigError when ``config``'s size and height limits admit no tree of ``problem``'s grammar
+    (cheap: call it before any expensive set-up)."""
+    toolbox_for(problem, config, creator.Individual).individual()

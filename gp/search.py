@@ -7,27 +7,21 @@ candidates trading fitness against tree size is kept too.
 """
 from __future__ import annotations
 
-import csv
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from deap import base, creator, gp, tools
+from deap import creator, gp, tools
 from tqdm.auto import tqdm
 
 from . import checkpoint
 from .algorithms import strategy, tune_constants
-from .config import ConfigError, SearchConfig
+from .config import SearchConfig
 from .evaluation import FitnessCache, evaluate
-from .generate import half_and_half, min_height
-from .operators import constrain, cx_one_point, mutate
+from .operators import toolbox_for
 from .problem import WORST, Problem
-
-GENERATION_TRIES = 1000
-
 
 @dataclass
 class SearchResult:
@@ -38,66 +32,6 @@ class SearchResult:
     run_dir: Path | None = None
     best: Any = field(default=None, repr=False)
     pareto_front: list[dict] | None = None  # multi-objective runs: the non-dominated candidates, by size
-
-
-def toolbox_for(problem: Problem, cfg: SearchConfig, individual: type) -> base.Toolbox:
-    """DEAP toolbox: typed half-and-half trees within the limits, tournament, one-point crossover,
-    mutation, static limits and the problem's structural constraint on both operators."""
-    pset = problem.pset
-    tb = base.Toolbox()
-    low, high = min(cfg.init_min_height, cfg.max_height), min(cfg.init_max_height, cfg.max_height)
-    floor = int(min(min_height(pset, pset.ret), cfg.max_height))
-
-    def fits(ind) -> bool:
-        return problem.valid(ind) and ind.height <= cfg.max_height and len(ind) <= cfg.max_size
-
-    def new_individual():
-        for i in range(GENERATION_TRIES):  # after half the tries, allow the grammar's smallest heights too
-            ind = individual(half_and_half(pset, low if i < GENERATION_TRIES // 2 else floor, high))
-            if fits(ind):
-                return ind
-        raise ConfigError(f"no tree within max_height={cfg.max_height} and max_size={cfg.max_size} passes "
-                          f"this grammar's constraints; raise the limits")
-
-    tb.register("individual", new_individual)
-    tb.register("population", tools.initRepeat, list, tb.individual)
-    tb.register("select", tools.selTournament, tournsize=cfg.tournament)
-    tb.register("mate", cx_one_point)
-    tb.register("mutate", mutate, pset=pset)
-    for op in ("mate", "mutate"):
-        tb.decorate(op, gp.staticLimit(key=lambda t: t.height, max_value=cfg.max_height))
-        tb.decorate(op, gp.staticLimit(key=len, max_value=cfg.max_size))
-        tb.decorate(op, constrain(problem.valid))
-    return tb
-
-
-def resumable(run_dir: Path, config: SearchConfig, identity: dict) -> dict | None:
-    """The checkpoint in ``run_dir`` as JSON data, after checking that a search with ``config`` and
-    ``identity`` can resume it (same settings but ``generations``, same identity); None when there is
-    none. Reads only (call it before any expensive set-up)."""
-    state = checkpoint.load(run_dir)
-    if state is None:
-        return None
-    if not isinstance(state.get("config"), dict) or not isinstance(state.get("identity", {}), dict):
-        raise checkpoint.CheckpointError(f"{run_dir}/{checkpoint.FILE} is damaged (no settings)")
-    saved = {**SearchConfig().to_dict(), **state["config"]}  # settings added since: their defaults
-    now = config.to_dict()
-    diff = {k: (saved.get(k), now[k]) for k in now if k != "generations" and saved.get(k) != now[k]}
-    if diff:
-        raise checkpoint.CheckpointError("cannot resume: settings differ from the checkpoint's: " + ", ".join(
-            f"{k} {a!r} (checkpoint) vs {b!r}" for k, (a, b) in diff.items()))
-    theirs = state.get("identity", {})
-    diff = {k: (theirs.get(k), identity.get(k)) for k in {**theirs, **identity} if theirs.get(k) != identity.get(k)}
-    if diff:
-        raise checkpoint.CheckpointError("cannot resume: the checkpoint is of another run: " + ", ".join(
-            f"{k} {a!r} (checkpoint) vs {b!r}" for k, (a, b) in sorted(diff.items())))
-    return state
-
-
-def check_limits(problem: Problem, config: SearchConfig) -> None:
-    """ConfigError when ``config``'s size and height limits admit no tree of ``problem``'s grammar
-    (cheap: call it before any expensive set-up)."""
-    toolbox_for(problem, config, creator.Individual).individual()
 
 
 class Search:
@@ -178,6 +112,8 @@ class Search:
         gens = tqdm(range(start, cfg.generations + 1), desc="generations", disable=not self.progress,
                     initial=start - 1, total=cfg.generations)
         for gen in gens:
+            if cfg.max_evaluations and self.evaluations >= cfg.max_evaluations:
+                break
             t0 = time.perf_counter()
             pop, counts = step(pop, self.toolbox, cfg, self.evaluate, known)
             if cfg.tune_constants and cfg.mode == "evolution" and not self.multi:
@@ -260,25 +196,14 @@ class Search:
                  "cache": self.cache.to_json(), "evaluations": self.evaluations,
                  "partial_evaluations": self.partial_evaluations, "rng": checkpoint.rng_state(),
                  "config": self.config.to_dict(), "identity": self.identity}
-        if hasattr(self.problem.fitness, "state_dict"):
-            state["fitness_state"] = self.problem.fitness.state_dict()
         checkpoint.save(self.run_dir, state)
-        checkpoint.write_atomic(self.run_dir / "hall_of_fame.json",
-                                json.dumps(self.rows(hof), indent=1, default=float).encode())
-        if front is not None:
-            checkpoint.write_atomic(self.run_dir / "pareto_front.json",
-                                    json.dumps(self.pareto_rows(front), indent=1, default=float).encode())
-        tmp = self.run_dir / ".logbook.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(logbook[0].keys()))
-            writer.writeheader()
-            writer.writerows(logbook)
-        tmp.replace(self.run_dir / "logbook.csv")
+        checkpoint.write_tables(self.run_dir, self.rows(hof), list(logbook),
+                                self.pareto_rows(front) if front is not None else None)
 
     def _load(self):
         """(population, hof, front, logbook, next generation) from the run folder's checkpoint, with the
         cache, evaluation count and random states restored; None when there is no checkpoint."""
-        state = resumable(self.run_dir, self.config, self.identity) if self.run_dir else None
+        state = checkpoint.resumable(self.run_dir, self.config, self.identity) if self.run_dir else None
         if state is None:
             return None
         try:
@@ -297,8 +222,6 @@ class Search:
             self.cache = FitnessCache.from_json(state["cache"])
             self.evaluations = int(state["evaluations"])
             self.partial_evaluations = int(state.get("partial_evaluations", 0))
-            if "fitness_state" in state and hasattr(self.problem.fitness, "load_state_dict"):
-                self.problem.fitness.load_state_dict(state["fitness_state"])
             checkpoint.set_rng_state(state["rng"])
             return pop, hof, front, logbook, int(state["gen"]) + 1
         except (KeyError, TypeError, ValueError, IndexError) as exc:

@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import sympy as sp
 import torch
 
 from .elementwise import ELEMENTWISE, EPS

