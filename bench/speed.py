@@ -7,7 +7,8 @@ pruning) for every candidate. Also the cost of decoding a tree into an allocatio
 
 A variant is ``dtype:batch:masking[:chunk]``: evaluation dtype (``tf32`` = fp32 weights, TF32
 matmuls on CUDA), validation windows per forward (``all`` = one batch), the evaluator's masking mode
-(``inplace`` keeps a dense copy; ``forward`` masks in each linear's forward, no copy) and the LM-head
+(``inplace`` keeps a dense copy; ``forward`` masks in each linear's forward, no copy; ``block``: uint8
+levels, one block's masked weights at a time) and the LM-head
 chunk of the perplexity pass (positions per step; 0 = all logits at once; default 512). The first
 variant is the baseline; the naive row is measured with it. Host memory: the peak resident set
 during each variant's setup and evaluations (Linux: /proc/self/clear_refs resets the peak).
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import add_model_args, load_inputs, markdown_table, weight_snapshot, write  # noqa: E402
 from evaluators.fitness import PruningEvaluator  # noqa: E402
+from evaluators.masking import MASKING  # noqa: E402
 from evaluators.perplexity import CHUNK, window_nlls  # noqa: E402
 from evaluators.pruners import prune  # noqa: E402
 from gp import half_and_half  # noqa: E402
@@ -72,7 +74,7 @@ def parse_variants(text: str) -> list[tuple[str, str, str, int | None]]:
         parts = v.split(":")
         if len(parts) == 3:
             parts.append(str(CHUNK))
-        if len(parts) != 4 or parts[0] not in DTYPES or parts[2] not in ("inplace", "forward") or not parts[3].isdigit():
+        if len(parts) != 4 or parts[0] not in DTYPES or parts[2] not in MASKING or not parts[3].isdigit():
             raise SystemExit(f"bad variant {v!r}: use dtype:batch:masking[:chunk], e.g. bf16:all:forward:512")
         variants.append((*parts[:3], int(parts[3]) or None))
     if any(DTYPES[a[0]].itemsize < DTYPES[b[0]].itemsize for a, b in zip(variants, variants[1:])):

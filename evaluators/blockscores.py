@@ -48,6 +48,7 @@ class BlockScores:
     model: nn.Module | None = field(default=None, repr=False)
     sq_norms: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     sequences: int | None = None  # calibration sequences behind sq_norms (the reference scales ‖X‖² by 1/this)
+    tokens: int | None = None     # calibration tokens behind sq_norms (Wanda's scores divide ‖X‖² by this)
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -57,13 +58,13 @@ class BlockScores:
         return replace(self, model=None, sq_norms=None)
 
     def wanda_metric(self, block: int) -> torch.Tensor:
-        """Wanda's metric ``|W_ij|·‖X_j‖₂`` of every weight of ``block``, each linear flattened row by row
+        """Wanda's metric ``|W_ij|·‖X_j‖₂`` (RMS over calibration tokens, as the scores) of every weight of ``block``, each linear flattened row by row
         and concatenated in registration order (float32, on the weights' device): the vector OWL's and
         DSA's released code read, exact (no subsample). Needs ``model`` and ``sq_norms``."""
         if self.model is None or self.sq_norms is None:
             raise ValueError("Wanda's metric needs the model and its calibration statistics")
         wanda = SCORERS["wanda"]
-        parts = [wanda.score(lin.weight, LinearStats(self.sq_norms[name])).reshape(-1)
+        parts = [wanda.score(lin.weight, LinearStats(self.sq_norms[name], self.tokens or 0)).reshape(-1)
                  for name, lin in model_linears(self.model)[block].items()]
         return torch.cat(parts)
 
@@ -84,4 +85,5 @@ def block_scores(model: nn.Module, method: str, stats: dict[str, LinearStats] | 
         flat = [scorer.score(lin.weight, stats.get(name) if stats else None) for name, lin in block.items()]
         scores.append(layer_scores(flat, max_per_block, seed + l))
     sq_norms = {name: st.sq_norm for name, st in stats.items()} if stats else None
-    return BlockScores(scores, param_counts(model), method, model, sq_norms, sequences if stats else None)
+    tokens = next(iter(stats.values())).nsamples if stats else None
+    return BlockScores(scores, param_counts(model), method, model, sq_norms, sequences if stats else None, tokens)

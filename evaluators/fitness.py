@@ -90,7 +90,8 @@ class PruningEvaluator:
             scores.append(layer_scores(flat, max_scores_per_block, seed + l))
         self.blocks = BlockScores(scores, param_counts(model), method, model,
                                   {name: st.sq_norm for name, st in stats.items()} if stats else None,
-                                  int(calib_ids.shape[0]) if stats else None)
+                                  int(calib_ids.shape[0]) if stats else None,
+                                  next(iter(stats.values())).nsamples if stats else None)
         del stats
         self._reference: dict[str, list] = {}  # KL: the dense model's top-k log-probabilities, per split
         self._dense_ppl: float | None = None

@@ -1,7 +1,10 @@
 """Element-wise importance scores of a linear's weights (low score = pruned first).
 
 - ``magnitude``: ``|W|``.
-- ``wanda``: ``|W_ij|·‖X_j‖₂`` (Sun et al. 2024), ``‖X_j‖₂² = sq_norm[j]``.
+- ``wanda``: ``|W_ij|·‖X_j‖₂`` (Sun et al. 2024), with ``‖X_j‖₂² = sq_norm[j] / tokens``: the root
+  mean square over the calibration tokens, as SparseGPT's ``H = 2/n·XXᵀ`` is a mean. The masks are
+  Wanda's (one factor for the whole model changes no rank), and the scores ``S`` an allocation function
+  reads do not depend on how many calibration tokens there are (16×512 on a CPU, 128×2048 on a GPU).
 - ``sparsegpt``: ``W_ij² / U_jj²`` with ``U`` the upper Cholesky factor of the damped inverse
   hessian — SparseGPT's mask criterion (Frantar & Alistarh 2023), here on the dense weights.
 """
@@ -42,7 +45,7 @@ def _magnitude(weight: torch.Tensor, stats: LinearStats | None) -> torch.Tensor:
 
 
 def _wanda(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:
-    norm = torch.sqrt(stats.sq_norm.to(weight.device)).float()
+    norm = torch.sqrt(stats.sq_norm.to(weight.device) / max(stats.nsamples, 1)).float()
     return weight.detach().float().abs() * norm[None, :]
 
 

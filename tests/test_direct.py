@@ -3,6 +3,7 @@ selection reads few windows first, the search improves, is reproducible, resumes
 and starts from a warm allocation when given one."""
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -110,3 +111,22 @@ def test_warm_start_begins_at_the_given_allocation():
 def test_config_checks(settings, needle):
     with pytest.raises(ConfigError, match=needle):
         DirectConfig(**settings)
+
+
+def test_cli_direct_search_resumes_to_the_uninterrupted_run(tmp_path, capsys):
+    from dsa.cli import main
+    base = ["search", "--task", "synthetic", "--space", "direct", "--seed", "3", "--offspring", "6", "--no-progress"]
+    assert main([*base, "--generations", "6", "--run-dir", str(tmp_path / "straight")]) == 0
+    assert main([*base, "--generations", "3", "--run-dir", str(tmp_path / "resumed")]) == 0
+    assert main(["search", "--resume", str(tmp_path / "resumed"), "--generations", "6", "--no-progress"]) == 0
+    rows = [json.loads((tmp_path / run / "hall_of_fame.json").read_text()) for run in ("straight", "resumed")]
+    assert rows[0] == rows[1] and rows[0][0]["formula"].startswith("direct")
+    shown = capsys.readouterr().out
+    assert "per-layer sparsity" in shown
+    # a direct run's best is an allocation for its model and sparsity: prune/eval take it as is
+    from dsa.allocations import allocate
+    from dsa.synthetic import synthetic_task
+    allocator, _ = synthetic_task(0.7)
+    assert allocate(str(tmp_path / "straight"), allocator)[0] == rows[0][0]["output"]
+    with pytest.raises(Exception, match="sparsity"):
+        allocate(str(tmp_path / "straight"), synthetic_task(0.5)[0])

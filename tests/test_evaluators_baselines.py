@@ -32,8 +32,8 @@ def _weighted_mean(s, counts):
 
 
 def _metric(blocks, l):
-    """Wanda's metric of block l, computed here from the weights and Σ_tokens x² (an independent check)."""
-    parts = [(lin.weight.abs() * blocks.sq_norms[name].sqrt().float()[None, :]).reshape(-1)
+    """Wanda's metric of block l, computed here from the weights and Σ_tokens x² / tokens (an independent check)."""
+    parts = [(lin.weight.abs() * (blocks.sq_norms[name] / blocks.tokens).sqrt().float()[None, :]).reshape(-1)
              for name, lin in model_linears(blocks.model)[l].items()]
     return torch.cat(parts)
 
@@ -209,7 +209,7 @@ def test_dsa_paper_importance():
 @pytest.mark.filterwarnings(CONSTANT)
 def test_dsa_end_to_end(blocks):
     assert blocks.sequences == 4  # the evaluator records how many calibration windows sq_norms sums over
-    blocks.sequences = None  # first: our unscaled ‖X‖²
+    blocks.sequences = None  # first: our scale, ‖X‖² as a mean over tokens
     metrics = [_metric(blocks, l) for l in range(4)]
     variances = [float(torch.var(m.log())) for m in metrics]
     assert all(v > math.tan(1) for v in variances)  # random weights: every block NaN in the released graph
@@ -220,7 +220,8 @@ def test_dsa_end_to_end(blocks):
     s = dsa_paper(blocks, 0.7)
     assert s == pytest.approx(dsa_sparsities(paper, 0.7, 0.08), abs=1e-12)
     assert s.index(max(s)) == paper.index(max(paper))  # higher importance → sparser
-    scaled = [dsa_paper_importance(m / 2) for m in metrics]  # the reference's Σ/N_sequences with N = 4
+    assert blocks.tokens == 4 * 64  # tiny_calib: 4 windows of 64 tokens
+    scaled = [dsa_paper_importance(m * 8) for m in metrics]  # the reference's Σ/N_sequences: √(256/4) = 8 × ours
     assert dsa_paper(blocks, 0.7, sequences=4) == pytest.approx(dsa_sparsities(scaled, 0.7, 0.08), abs=1e-6)
     blocks.sequences = 4  # read from BlockScores where it carries the number of calibration sequences
     assert dsa_paper(blocks, 0.7) == dsa_paper(blocks, 0.7, sequences=4)

@@ -318,3 +318,14 @@ def test_level_quantisation_rule_on_a_wide_matrix():
         levels, ranks = row_levels(scores), row_ranks(scores)
         for s in sparsities:
             assert torch.equal(level_mask(levels, level_threshold(s, cols)), ranks < prune_count(s, cols)), (cols, s)
+
+
+def test_wanda_scores_do_not_depend_on_the_number_of_calibration_tokens(tiny_llama, tiny_calib, tiny_val):
+    """S is what an allocation function reads: the same text twice (twice the tokens) gives the same
+    scores, so a formula found with 128×2048 calibration tokens on a GPU means the same with 16×512."""
+    once = PruningEvaluator(tiny_llama, None, method="wanda", calib_ids=tiny_calib, val_windows=tiny_val)
+    twice = PruningEvaluator(tiny_llama, None, method="wanda", calib_ids=torch.cat([tiny_calib, tiny_calib]),
+                             val_windows=tiny_val)
+    assert twice.blocks.tokens == 2 * once.blocks.tokens
+    for a, b in zip(once.blocks.scores, twice.blocks.scores):
+        assert torch.allclose(a, b, rtol=1e-5)

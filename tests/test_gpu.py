@@ -21,13 +21,14 @@ def _gpu_model():
     return make_tiny_llama().cuda()
 
 
-@pytest.mark.parametrize("masking", ["inplace", "forward"])
+@pytest.mark.parametrize("masking", ["inplace", "forward", "block"])
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_evaluator_on_gpu_matches_cpu(tiny_calib, tiny_val, method, masking):
     cpu = PruningEvaluator(make_tiny_llama(), None, method=method, calib_ids=tiny_calib, val_windows=tiny_val)
     model = _gpu_model()
     dense = {n: lin.weight.clone() for b in model_linears(model) for n, lin in b.items()}
-    gpu = PruningEvaluator(model, None, method=method, calib_ids=tiny_calib, val_windows=tiny_val, masking=masking)
+    gpu = PruningEvaluator(model, None, method=method, calib_ids=tiny_calib, val_windows=tiny_val, masking=masking,
+                           batch_size=len(tiny_val) if masking == "block" else 1)
     assert gpu.dense_perplexity() == pytest.approx(cpu.dense_perplexity(), rel=1e-4)
     for a in ALLOCATIONS:
         assert gpu(a) == pytest.approx(cpu(a), rel=1e-3)
@@ -54,6 +55,13 @@ def test_cli_eval_on_gpu(tiny_dir, tmp_path):  # noqa: F811
         runs[device] = json.loads((tmp_path / f"{device}.json").read_text())
     assert runs["cuda"]["requested"] == pytest.approx(runs["cpu"]["requested"], abs=1e-6)
     assert math.isclose(runs["cuda"]["perplexity"], runs["cpu"]["perplexity"], rel_tol=1e-3)
+
+
+def test_kl_fitness_on_gpu(tiny_val):
+    cpu = PruningEvaluator(make_tiny_llama(), None, method="magnitude", val_windows=tiny_val, fitness="kl")
+    gpu = PruningEvaluator(_gpu_model(), None, method="magnitude", val_windows=tiny_val, fitness="kl")
+    for a in ALLOCATIONS:
+        assert gpu(a) == pytest.approx(cpu(a), rel=1e-3)
 
 
 def test_alphapruning_esd_on_gpu():

@@ -64,18 +64,18 @@ def wanda_metric(blocks: BlockScores, block: int, sequences: int | None = None) 
     """Block ``block``'s concatenated Wanda metric ``|W|·‖X_j‖₂`` (float32, CPU, exact: no subsample),
     the vector OWL's, DSA's and DLP's released code read whatever the pruner.
 
-    Our ``‖X_j‖²`` is ``Σ_tokens x_j²``; the reference's ``scaler_row`` is that sum divided by the number
-    of calibration *sequences*. That is one constant factor for the whole model, which the OWL ratio
-    (``v > M·mean v``), DLP's ``score/Σ score`` and DSA-code's ``var(log v)`` do not depend on (the last
-    up to exact zeros, which the reference maps to ``log 1`` whatever the scale). DSA-paper's
-    ``log(v + 1e-6)`` does depend on it: pass ``sequences`` (the number of calibration sequences) to
-    compute the reference's scale; by default it is read from ``blocks.sequences`` where present."""
+    Our scores' ``‖X_j‖²`` is ``Σ_tokens x_j² / tokens``; the reference's ``scaler_row`` is the sum divided
+    by the number of calibration *sequences*. That is one constant factor for the whole model, which the
+    OWL ratio (``v > M·mean v``), DLP's ``score/Σ score`` and DSA-code's ``var(log v)`` do not depend on
+    (the last up to exact zeros, which the reference maps to ``log 1`` whatever the scale). DSA-paper's
+    ``log(v + 1e-6)`` does depend on it: with ``sequences`` (the number of calibration sequences; by
+    default ``blocks.sequences``) and ``blocks.tokens``, the metric is returned at the reference's scale."""
     if blocks.model is None or blocks.sq_norms is None:
         raise UserError("this allocation reads Wanda's metric |W|·‖X‖ whatever the pruner: it needs the model "
                         "and its calibration statistics (--calib; magnitude pruning collects none)")
     v = blocks.wanda_metric(block).float().cpu()
-    sequences = sequences if sequences is not None else getattr(blocks, "sequences", None)
-    return v / math.sqrt(sequences) if sequences else v
+    sequences = sequences if sequences is not None else blocks.sequences
+    return v * math.sqrt(blocks.tokens / sequences) if sequences and blocks.tokens else v
 
 
 def block_statistic(blocks: BlockScores, stat, sequences: int | None = None) -> list[float]:
