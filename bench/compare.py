@@ -44,7 +44,11 @@ def main() -> None:
     ap.add_argument("--sparsities", default="0.7")
     ap.add_argument("--baselines", default=BASELINES)
     ap.add_argument("--formulas", default="", help="found functions: run folders or formulas, comma-separated")
-    ap.add_argument("--population", type=int, default=10, help="GP search (0: no searches)")
+    ap.add_argument("--searches", default="gp,direct,warm",
+                    help="gp: a GP search; direct: a direct search (the GP run's evaluations, else --budget); warm: "
+                         "a direct search from the GP's best (needs gp); comma-separated, or none")
+    ap.add_argument("--budget", type=int, default=40, help="direct search evaluations when no GP search runs")
+    ap.add_argument("--population", type=int, default=10, help="GP search")
     ap.add_argument("--generations", type=int, default=4)
     ap.add_argument("--offspring", type=int, default=8, help="direct search children per generation")
     ap.add_argument("--stages", default="1:3,all:1", help="direct search selection steps (windows:survivors)")
@@ -91,7 +95,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 alloc, formula = allocate(spec, allocator)
                 measure(f"found: {Path(spec).name if Path(spec).is_dir() else spec}", alloc, t0, formula=formula)
-            if args.population:
+            if args.searches != "none":
                 searches(args, evaluator, allocator, val, measure, target)
             evaluator.close()
             del evaluator
@@ -99,17 +103,23 @@ def main() -> None:
 
 def searches(args, evaluator, allocator, val, measure, target: float) -> None:
     """GP search, then direct searches with its number of evaluations: from uniform, and from its best."""
-    t0 = time.perf_counter()
-    result = Search(allocation_problem(allocator, evaluator),
-                    SearchConfig(population=args.population, generations=args.generations, seed=args.seed)).run()
-    budget = result.evaluations
-    best = result.hall_of_fame[0]
-    measure("GP search", best["output"], t0, formula=best["tree"], evaluations=budget,
-            windows_used=budget * int(val.shape[0]))
+    wanted = set(args.searches.split(","))
+    budget, starts = args.budget, []
+    if "gp" in wanted:
+        t0 = time.perf_counter()
+        result = Search(allocation_problem(allocator, evaluator),
+                        SearchConfig(population=args.population, generations=args.generations, seed=args.seed)).run()
+        budget = result.evaluations
+        best = result.hall_of_fame[0]
+        measure("GP search", best["output"], t0, formula=best["tree"], evaluations=budget,
+                windows_used=budget * int(val.shape[0]))
+        if "warm" in wanted:
+            starts.append(("direct search from GP best", torch.tensor(best["output"], dtype=torch.float64)))
+    if "direct" in wanted:
+        starts.insert(0, ("direct search", allocator.ctx.uniform))
     stages = tuple((None if w == "all" else int(w), int(k)) for w, k in (s.split(":") for s in args.stages.split(",")))
     step = min(target, 1 - target) / 16
-    for name, base in (("direct search", allocator.ctx.uniform),
-                       ("direct search from GP best", torch.tensor(best["output"], dtype=torch.float64))):
+    for name, base in starts:
         t0 = time.perf_counter()
         space = LevelSpace(base, allocator.ctx.weights, step, 16, allocator.ctx.lo, allocator.ctx.hi)
         config = DirectConfig(generations=10_000, offspring=args.offspring, stages=stages, max_level=16,

@@ -95,7 +95,8 @@ def resume_run(run_dir: Path, generations: int | None, progress: bool = True, wo
 def build_task(run: SearchRun, ev):
     """(allocator, fitness, info, baseline candidates) for the run's task; the llm task's evaluator lives
     where ``ev`` (an :class:`~dsa.distributed.LocalEvaluation` or Ray workers) keeps it. Multi-task: the
-    first task's allocator and the multi-task fitness (uniform is its 0)."""
+    list of :class:`~dsa.multitask.Task` (each with its allocator) and the multi-task fitness (uniform
+    scores 0 there)."""
     if run.tasks:
         from .multitask import build_tasks
         tasks, infos = build_tasks(list(run.tasks))
@@ -145,7 +146,7 @@ def run_search(run: SearchRun) -> Path:
 
 
 def _search(run: SearchRun, ev) -> Path:
-    allocator, fitness, info, candidates = build_task(run, ev)
+    allocator, fitness, info, candidates = build_task(run, ev)  # multi-task: the task list as "allocator"
     map_fn = ev.map
     run.run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run.run_dir / "config.json"
