@@ -39,7 +39,8 @@ BASELINES = "uniform,global,owl,owl-tuned,alphapruning,atp-tuned,dlp,dsa-code,ds
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(ap, "compare", split="test", windows=16)
-    ap.add_argument("--val-windows", type=int, default=4, help="validation windows: fitness and tuning")
+    ap.add_argument("--val-windows", type=int, default=4, help="validation windows: fitness and tuning (and as many "
+                                                                   "more: the searches' selection split)")
     ap.add_argument("--methods", default="wanda")
     ap.add_argument("--sparsities", default="0.7")
     ap.add_argument("--baselines", default=BASELINES)
@@ -56,7 +57,8 @@ def main() -> None:
     args = ap.parse_args()
 
     model, tok, test, calib = load_inputs(args, split="test")
-    val = token_windows(tok, load_split(args.data, "validation", args.data_dir), args.seqlen, args.val_windows)
+    both = token_windows(tok, load_split(args.data, "validation", args.data_dir), args.seqlen, 2 * args.val_windows)
+    val, selection = both[:args.val_windows], both[args.val_windows:]  # the search's windows, and the next ones
     restore = weight_snapshot(model)
     rows: list[dict] = []
 
@@ -71,7 +73,8 @@ def main() -> None:
     for method in args.methods.split(","):
         for target in map(float, args.sparsities.split(",")):
             evaluator = PruningEvaluator(model, tok, method=method, calib_ids=calib, val_windows=val,
-                                         max_scores_per_block=args.max_scores_per_layer, seed=args.seed)
+                                         selection_windows=selection, max_scores_per_block=args.max_scores_per_layer,
+                                         seed=args.seed)
             blocks = evaluator.blocks
             allocator = LayerAllocator(blocks.scores, target=target, weights=blocks.counts)
 
@@ -110,9 +113,9 @@ def searches(args, evaluator, allocator, val, measure, target: float) -> None:
         result = Search(allocation_problem(allocator, evaluator),
                         SearchConfig(population=args.population, generations=args.generations, seed=args.seed)).run()
         budget = result.evaluations
-        best = result.hall_of_fame[0]
+        best = chosen(result.hall_of_fame, evaluator)
         measure("GP search", best["output"], t0, formula=best["tree"], evaluations=budget,
-                windows_used=budget * int(val.shape[0]))
+                windows_used=budget * int(val.shape[0]), **{"selection ppl": best["selection"]})
         if "warm" in wanted:
             starts.append(("direct search from GP best", torch.tensor(best["output"], dtype=torch.float64)))
     if "direct" in wanted:
@@ -125,8 +128,18 @@ def searches(args, evaluator, allocator, val, measure, target: float) -> None:
         config = DirectConfig(generations=10_000, offspring=args.offspring, stages=stages, max_level=16,
                               seed=args.seed, max_evaluations=budget)
         direct = DirectSearch(space, evaluator, int(val.shape[0]), config).run()
-        measure(name, direct.hall_of_fame[0]["output"], t0, evaluations=direct.evaluations,
+        best = chosen(direct.hall_of_fame, evaluator)
+        measure(name, best["output"], t0, evaluations=direct.evaluations, **{"selection ppl": best["selection"]},
                 windows_used=direct.logbook[-1]["windows_used"])
+
+
+def chosen(rows: list[dict], evaluator) -> dict:
+    """A search's best, as ``dsa search`` chooses it: the hall-of-fame entry best on the selection split
+    (validation windows the search never read)."""
+    valid = [r for r in rows if r["output"] is not None and r["fitness"] != float("inf")]
+    for row in valid:
+        row["selection"] = evaluator(row["output"], split="selection")
+    return min(valid, key=lambda r: r["selection"])
 
 
 def report(args, rows: list[dict], n_test: int, n_val: int) -> None:
@@ -136,9 +149,10 @@ def report(args, rows: list[dict], n_test: int, n_val: int) -> None:
              f"windows × {args.seqlen} tokens; validation (fitness, tuning): {n_val} windows × {args.seqlen}; "
              f"calibration C4 {args.nsamples}×{args.calib_seqlen}; exact (sequential) pruning. Searches: GP "
              f"population {args.population}, {args.generations} generations; direct searches stop at the GP run's "
-             f"number of evaluations (children on fewer windows: `windows_used` counts the windows read).\n\n"
+             f"number of evaluations (children on fewer windows: `windows_used` counts the windows read); each search's "
+             f"best is its hall-of-fame entry best on the selection split (the next {n_val} validation windows).\n\n"
              + markdown_table(rows, ["method", "sparsity", "allocation", "val ppl", "test ppl", "params",
-                                     "evaluations", "windows_used", "formula", "seconds"]))
+                                     "selection ppl", "evaluations", "windows_used", "formula", "seconds"]))
     write(args.name, {"args": vars(args), "rows": rows}, table, "Fair comparison: baselines, found functions, "
           "searches", quiet=True)
 
