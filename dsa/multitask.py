@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from evaluators.models import load_model
@@ -50,7 +51,9 @@ class MultiTaskFitness:
 
 
 def task_name(spec: EvaluatorSpec) -> str:
-    return f"{spec.model.model or 'SmolLM2-135M'}|{spec.prune.method}|{spec.prune.sparsity:g}"
+    """``model|method|sparsity``, the model by its file or folder name."""
+    model = Path(spec.model.model).name if spec.model.model else "SmolLM2-135M"
+    return f"{model}|{spec.prune.method}|{spec.prune.sparsity:g}"
 
 
 def multitask_problem(tasks: list[Task]) -> Problem:
