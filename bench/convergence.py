@@ -71,6 +71,13 @@ def evaluations_to_reach(curve: list[tuple[int, float]], value: float) -> float:
     return next((n for n, best in curve if best <= value), math.inf)
 
 
+def seeds_done(rows: list[dict], requested: int) -> str:
+    """Which seeds every variant finished, e.g. '0–1 (of 3 requested: the run was stopped)'."""
+    done = sorted({r["seed"] for r in rows})
+    text = f"0–{done[-1]}" if len(done) > 1 else f"{done[0]}"
+    return text if len(done) == requested else f"{text} (of {requested} requested: the run was stopped)"
+
+
 def report(args, rows: list[dict], curves: dict, device: str, n_val: int) -> None:
     """Write the table and plot so far (a run stopped early leaves its finished seeds behind)."""
     variants = list(dict.fromkeys(r["variant"] for r in rows))
@@ -91,7 +98,7 @@ def report(args, rows: list[dict], curves: dict, device: str, n_val: int) -> Non
     table = (f"{args.model or 'SmolLM2-135M'} on {device}, {args.method}, {args.sparsity:.0%}; "
              f"calibration C4 {args.nsamples}×{args.calib_seqlen}; fitness = {what} on {n_val}×{args.seqlen} "
              f"tokens; population {args.population}, budget {args.budget} evaluations per run, seeds "
-             f"0–{args.seeds - 1}. 'Reach': evaluations each variant needed to get to the same seed's random-search "
+             f"{seeds_done(rows, args.seeds)}. 'Reach': evaluations each variant needed to get to the same seed's random-search "
              f"final best (random itself: its budget).\n\n"
              + markdown_table(summary, list(summary[0])) + "\n\n"
              + markdown_table(rows, ["variant", "seed", "evaluations", "best", "best formula"])
