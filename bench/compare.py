@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import add_model_args, load_inputs, markdown_table, weight_snapshot, write  # noqa: E402
 from dsa.allocations import allocate, baseline_candidates  # noqa: E402
-from dsa.problem import allocation_problem  # noqa: E402
+from dsa.problem import allocation_problem, baseline_seeds  # noqa: E402
 from evaluators.data import load_split, token_windows  # noqa: E402
 from evaluators.fitness import PruningEvaluator  # noqa: E402
 from evaluators.perplexity import perplexity  # noqa: E402
@@ -51,6 +51,9 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=40, help="direct search evaluations when no GP search runs")
     ap.add_argument("--population", type=int, default=10, help="GP search")
     ap.add_argument("--generations", type=int, default=4)
+    ap.add_argument("--tune-constants", type=int, default=0, help="GP search: per generation, N evaluations "
+                                                                   "nudging the best formula's constants")
+    ap.add_argument("--seed-baselines", action="store_true", help="GP search: start from the baselines' formulas")
     ap.add_argument("--offspring", type=int, default=8, help="direct search children per generation")
     ap.add_argument("--stages", default="1:3,all:1", help="direct search selection steps (windows:survivors)")
     ap.add_argument("--max-scores-per-layer", type=int, default=2**18)
@@ -110,11 +113,14 @@ def searches(args, evaluator, allocator, val, measure, target: float) -> None:
     budget, starts = args.budget, []
     if "gp" in wanted:
         t0 = time.perf_counter()
-        result = Search(allocation_problem(allocator, evaluator),
-                        SearchConfig(population=args.population, generations=args.generations, seed=args.seed)).run()
+        config = SearchConfig(population=args.population, generations=args.generations, seed=args.seed,
+                              tune_constants=args.tune_constants,
+                              seeds=baseline_seeds(target) if args.seed_baselines else ())
+        result = Search(allocation_problem(allocator, evaluator), config).run()
         budget = result.evaluations
         best = chosen(result.hall_of_fame, evaluator)
-        measure("GP search", best["output"], t0, formula=best["tree"], evaluations=budget,
+        extras = [f"tune {args.tune_constants}"] * bool(args.tune_constants) + ["seeds"] * args.seed_baselines
+        measure("GP search" + (f" ({', '.join(extras)})" if extras else ""), best["output"], t0, formula=best["tree"], evaluations=budget,
                 windows_used=budget * int(val.shape[0]), **{"selection ppl": best["selection"]})
         if "warm" in wanted:
             starts.append(("direct search from GP best", torch.tensor(best["output"], dtype=torch.float64)))

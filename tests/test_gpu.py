@@ -67,3 +67,25 @@ def test_kl_fitness_on_gpu(tiny_val):
 def test_alphapruning_esd_on_gpu():
     from evaluators.baselines import block_alphas
     assert block_alphas(_gpu_model()) == pytest.approx(block_alphas(make_tiny_llama()), rel=1e-3)
+
+
+def test_ray_actors_share_one_gpu(tiny_dir, monkeypatch):  # noqa: F811
+    """Two Ray actors on one card (fractional ``num_gpus``) give the in-process evaluator's fitness."""
+    from dsa.cli import search_specs
+    from dsa.distributed import LOOPBACK_ENV, RayEvaluation
+    from dsa.flags import build_parser
+    from dsa.llm import build_evaluator
+    monkeypatch.setenv(LOOPBACK_ENV, "0")
+    ray = pytest.importorskip("ray")
+    spec = search_specs(build_parser().parse_args(["search", *map(str, data_args(tiny_dir)), "--device", "cuda"]))[0]
+    local, _ = build_evaluator(spec)
+    allocations = [torch.tensor(a, dtype=torch.float64) for a in ALLOCATIONS]
+    want = [local(a) for a in allocations]
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
+    try:
+        with RayEvaluation(spec, workers=2) as pool:
+            assert pool.use_gpu and len(set(pool.pids)) == 2
+            got = pool.map(None, [a.tolist() for a in allocations])
+    finally:
+        ray.shutdown()
+    assert got == pytest.approx(want, rel=1e-5)

@@ -1,0 +1,50 @@
+"""Per-layer sparsities of chosen rows of a ``bench/compare.py`` result, beside their test perplexity:
+what the winners do differently (PNG next to the result file).
+
+    python bench/plot_compare.py compare_cpu_smollm2_wanda70 [--rows uniform,atp-tuned,dlp,"GP search"]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROWS = "uniform,owl-tuned,atp-tuned,dlp,GP search,direct search from GP best"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("name", help="a compare result under bench/results (without .json)")
+    ap.add_argument("--rows", default=ROWS, help="allocations to draw, comma-separated")
+    args = ap.parse_args()
+    source = RESULTS / f"{args.name}.json"
+    if not source.is_file():
+        raise SystemExit(f"plot_compare: no result {source}")
+    rows = {r["allocation"]: r for r in json.loads(source.read_text())["rows"] if r.get("sparsities")}
+    wanted = [name for name in args.rows.split(",") if name in rows]
+    if not wanted:
+        raise SystemExit(f"plot_compare: none of {args.rows!r} in {source.name} (it has: {', '.join(rows)})")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7.2, 3.8))
+    for name in wanted:
+        row = rows[name]
+        ax.plot(range(len(row["sparsities"])), row["sparsities"], marker=".", linewidth=1.2,
+                label=f"{name}: test {row['test ppl']:.0f}, val {row['val ppl']:.0f}")
+    ax.set_xlabel("decoder block")
+    ax.set_ylabel("sparsity")
+    first = rows[wanted[0]]
+    ax.set_title(f"{first['method']} {first['sparsity']:.0%}: per-block sparsity (test / val perplexity)", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = RESULTS / f"{args.name}.png"
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
