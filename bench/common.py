@@ -81,6 +81,19 @@ def machine() -> dict:
     return info
 
 
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation of two equally long lists (Pearson's on their ranks; ties broken by order)."""
+    def ranks(x: list[float]) -> list[float]:
+        r = [0.0] * len(x)
+        for i, j in enumerate(sorted(range(len(x)), key=x.__getitem__)):
+            r[j] = float(i)
+        return r
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    return cov / (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:

@@ -13,23 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import add_model_args, load_inputs, markdown_table, write  # noqa: E402
+from bench.common import add_model_args, load_inputs, markdown_table, spearman, write  # noqa: E402
 from bench.speed import DTYPES, sample_allocations  # noqa: E402
 from evaluators.fitness import PruningEvaluator  # noqa: E402
-
-
-def ranks(values: list[float]) -> list[int]:
-    order = sorted(range(len(values)), key=values.__getitem__)
-    out = [0] * len(values)
-    for r, i in enumerate(order):
-        out[i] = r
-    return out
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    ra, rb = ranks(a), ranks(b)
-    n = len(a)
-    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ra, rb)) / (n * (n * n - 1))
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deap import gp as dgp  # noqa: E402
 
-from bench.common import add_model_args, load_inputs, markdown_table, weight_snapshot, write  # noqa: E402
+from bench.common import add_model_args, load_inputs, markdown_table, spearman, weight_snapshot, write  # noqa: E402
 from dsa.allocations import allocate, baseline_candidates  # noqa: E402
 from dsa.problem import has_reduction  # noqa: E402
 from evaluators.data import load_split, token_windows  # noqa: E402
@@ -29,19 +29,6 @@ from evaluators.perplexity import perplexity  # noqa: E402
 from evaluators.pruners import prune  # noqa: E402
 from gp import half_and_half  # noqa: E402
 from primitives import LayerAllocator  # noqa: E402
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    def ranks(x):
-        order = sorted(range(len(x)), key=x.__getitem__)
-        r = [0.0] * len(x)
-        for i, j in enumerate(order):
-            r[j] = float(i)
-        return r
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    return cov / (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
 
 
 def agreement(rows: list[dict]) -> dict:

@@ -1,5 +1,7 @@
 """Per-layer sparsities of chosen rows of a ``bench/compare.py`` result, beside their test perplexity:
-what the winners do differently (PNG next to the result file).
+what the winners do differently (PNG next to the result file); and how well the search's fitness
+(validation perplexity, through the evaluator's masks) ranks all the result's allocations as their exact
+test perplexity does (Spearman ρ, printed).
 
     python bench/plot_compare.py compare_cpu_smollm2_wanda70 [--rows uniform,atp-tuned,dlp,"GP search"]
 """
@@ -7,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import spearman  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = "uniform,owl-tuned,atp-tuned,dlp,GP search,direct search from GP best"
@@ -22,6 +29,9 @@ def main() -> None:
     if not source.is_file():
         raise SystemExit(f"plot_compare: no result {source}")
     rows = {r["allocation"]: r for r in json.loads(source.read_text())["rows"] if r.get("sparsities")}
+    scored = [r for r in rows.values() if r.get("val ppl") is not None]
+    rho = spearman([r["val ppl"] for r in scored], [r["test ppl"] for r in scored])
+    print(f"Spearman ρ(val ppl, test ppl) over the {len(scored)} allocations of {source.name}: {rho:.3f}")
     wanted = [name for name in args.rows.split(",") if name in rows]
     if not wanted:
         raise SystemExit(f"plot_compare: none of {args.rows!r} in {source.name} (it has: {', '.join(rows)})")

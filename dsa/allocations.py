@@ -11,7 +11,8 @@ from .errors import UserError
 from .runs import read_run
 
 WANDA_METRIC = ("owl", "owl-tuned", "dsa-code", "dsa-paper", "dlp")  # read Wanda's metric whatever the pruner
-SEARCH_BASELINES = ("uniform", "owl", "dsa-code", "dlp")  # scored at the start of every search (cheap)
+# scored at the start of every search; atp-tuned (its β grid, ~10 evaluations) is the strongest simple yardstick
+SEARCH_BASELINES = ("uniform", "owl", "atp-tuned", "dsa-code", "dlp")
 # settings a run folder passes on to dsa prune/eval (those not given there): the run's allocation, exactly
 RUN_SETTINGS = {"model": ("model", "model"), "dtype": ("model", "dtype"), "method": ("prune", "method"),
                 "sparsity": ("prune", "sparsity"), "max_scores_per_layer": ("prune", "max_scores_per_layer"),

@@ -225,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "formula or a baseline name — a hybrid of both searches")
     g.add_argument("--baselines", type=baseline_list, default=",".join(SEARCH_BASELINES),
                    help=f"allocations scored on the same validation windows at the start, for comparison "
-                        f"(default {','.join(SEARCH_BASELINES)}; add owl-tuned,atp-tuned for the tuned yardsticks: "
-                        f"their grids cost ~30 more evaluations)")
+                        f"(default {','.join(SEARCH_BASELINES)}; add owl-tuned for OWL's tuned grid: "
+                        f"20 more evaluations)")
     g.add_argument("--no-progress", action="store_true")
 
     sh = sub.add_parser("show", help="print a run's hall of fame")

@@ -47,7 +47,7 @@ def test_search_prune_eval(tiny_dir, tmp_path):
               "--seed", 5, "--max-scores-per-layer", 5000, "--run-dir", run, "--no-progress")
     assert out.returncode == 0, out.stderr
     config = json.loads((run / "config.json").read_text())
-    assert set(config["baselines"]) == {"uniform", "owl", "dsa-code", "dlp"}
+    assert set(config["baselines"]) == {"uniform", "owl", "atp-tuned", "dsa-code", "dlp"}
     rows = json.loads((run / "hall_of_fame.json").read_text())
     # the hall of fame re-scored on the selection split (2 more validation windows, disjoint from the
     # search's); the best is chosen there, and what loses there to a baseline is flagged
