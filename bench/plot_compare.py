@@ -23,7 +23,7 @@ ROWS = "uniform,owl-tuned,atp-tuned,dlp,GP search,direct search from GP best"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name", help="a compare result under bench/results (without .json)")
-    ap.add_argument("--rows", default=ROWS, help="allocations to draw, comma-separated")
+    ap.add_argument("--rows", default=ROWS, help="allocations to draw, comma-separated (a name also picks its variants: 'GP search')")
     args = ap.parse_args()
     source = RESULTS / f"{args.name}.json"
     if not source.is_file():
@@ -32,7 +32,9 @@ def main() -> None:
     scored = [r for r in rows.values() if r.get("val ppl") is not None]
     rho = spearman([r["val ppl"] for r in scored], [r["test ppl"] for r in scored])
     print(f"Spearman ρ(val ppl, test ppl) over the {len(scored)} allocations of {source.name}: {rho:.3f}")
-    wanted = [name for name in args.rows.split(",") if name in rows]
+    # a requested name picks the rows it names, or that start with it ("GP search" → "GP search (tune 4, seeds)")
+    wanted = list(dict.fromkeys(row for name in args.rows.split(",") for row in rows
+                                if row == name or row.startswith(name + " (")))
     if not wanted:
         raise SystemExit(f"plot_compare: none of {args.rows!r} in {source.name} (it has: {', '.join(rows)})")
 
