@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import add_model_args, load_inputs, markdown_table, weight_snapshot, write  # noqa: E402
 from dsa.allocations import allocate, baseline_candidates  # noqa: E402
 from dsa.problem import allocation_problem, baseline_seeds  # noqa: E402
+from dsa.search import choose_on_selection  # noqa: E402
 from evaluators.data import load_split, token_windows  # noqa: E402
 from evaluators.fitness import PruningEvaluator  # noqa: E402
 from evaluators.perplexity import perplexity  # noqa: E402
@@ -120,7 +121,8 @@ def searches(args, evaluator, allocator, val, measure, target: float) -> None:
         budget = result.evaluations
         best = chosen(result.hall_of_fame, evaluator)
         extras = [f"tune {args.tune_constants}"] * bool(args.tune_constants) + ["seeds"] * args.seed_baselines
-        measure("GP search" + (f" ({', '.join(extras)})" if extras else ""), best["output"], t0, formula=best["tree"], evaluations=budget,
+        name = "GP search" + (f" ({', '.join(extras)})" if extras else "")
+        measure(name, best["output"], t0, formula=best["tree"], evaluations=budget,
                 windows_used=budget * int(val.shape[0]), **{"selection ppl": best["selection"]})
         if "warm" in wanted:
             starts.append(("direct search from GP best", torch.tensor(best["output"], dtype=torch.float64)))
@@ -141,11 +143,8 @@ def searches(args, evaluator, allocator, val, measure, target: float) -> None:
 
 def chosen(rows: list[dict], evaluator) -> dict:
     """A search's best, as ``dsa search`` chooses it: the hall-of-fame entry best on the selection split
-    (validation windows the search never read)."""
-    valid = [r for r in rows if r["output"] is not None and r["fitness"] != float("inf")]
-    for row in valid:
-        row["selection"] = evaluator(row["output"], split="selection")
-    return min(valid, key=lambda r: r["selection"])
+    (validation windows the search never read; no baselines there)."""
+    return choose_on_selection(rows, {}, evaluator)[0]
 
 
 def report(args, rows: list[dict], n_test: int, n_val: int) -> None:

@@ -212,10 +212,19 @@ def direct_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> Dir
 
 
 def rescore_on_selection(run_dir: Path, rows: list[dict], baselines: dict, fitness, map_fn) -> dict:
+    """:func:`choose_on_selection`, with the hall of fame rewritten; returns what config.json records: the
+    baselines' selection values and the rank of the row chosen as best (and its flag)."""
+    best, base = choose_on_selection(rows, baselines, fitness, map_fn)
+    checkpoints.write_atomic(run_dir / "hall_of_fame.json", json.dumps(rows, indent=1, default=float).encode())
+    return {"baselines": base, "best_rank": best["rank"] if best else None,
+            "best_flag": best.get("flag") if best else None}
+
+
+def choose_on_selection(rows: list[dict], baselines: dict, fitness, map_fn=map) -> tuple[dict | None, dict]:
     """Score the hall of fame and the baselines on the selection split (validation windows the search
-    never read), write each row's ``selection`` value and, where it loses there, a ``flag``; returns what
-    config.json records: the baselines' selection values and the row chosen as best (lowest selection
-    value among the rows that beat every baseline there, else the lowest overall, flagged)."""
+    never read), write each row's ``selection`` value and, where it loses there, a ``flag``; returns the
+    row chosen as best (lowest selection value among the rows that beat every baseline there, else the
+    lowest overall, flagged; None without a valid row) and the baselines' selection values."""
     scored = [r for r in rows if r["output"] is not None and r["fitness"] != gp.WORST]
     names = [n for n in baselines if baselines[n].get("allocation") is not None]
     multi = isinstance(fitness, MultiTaskFitness)  # its outputs: one allocation per task; uniform scores 0
@@ -234,10 +243,7 @@ def rescore_on_selection(run_dir: Path, rows: list[dict], baselines: dict, fitne
         elif strongest is not None and value >= others[strongest]:
             row["flag"] = f"loses to {strongest} on the selection split"
     clean = [r for r in scored if "flag" not in r]
-    best = min(clean or scored, key=lambda r: r["selection"]) if scored else None
-    checkpoints.write_atomic(run_dir / "hall_of_fame.json", json.dumps(rows, indent=1, default=float).encode())
-    return {"baselines": base, "best_rank": best["rank"] if best else None,
-            "best_flag": best.get("flag") if best else None}
+    return (min(clean or scored, key=lambda r: r["selection"]) if scored else None), base
 
 
 def score_baselines(candidates: dict[str, list[tuple[dict, list[float]]]], fitness, map_fn=map) -> dict[str, dict]:
