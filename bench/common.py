@@ -9,76 +9,41 @@ import platform
 import time
 from pathlib import Path
 
+from dsa.runs import machine  # noqa: E402,F401 (the scripts import these from here)
+from evaluators.models import weight_snapshot  # noqa: E402,F401
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def add_model_args(ap: argparse.ArgumentParser, name: str, split: str = "validation", windows: int = 2) -> None:
     """The CLI's model and data flags (one home: :func:`dsa.flags.add_model_args`: --model --dtype --device
-    --data --calib --data-dir --seqlen --batch-size --seed), plus --name, the number of WikiText-2
+    --data --calib --data-dir --seqlen --batch-size --data-seed), plus --name, the number of WikiText-2
     windows of ``split`` (--val-windows or --test-windows) and the calibration size."""
     from dsa.flags import add_model_args as model_args, positive_int
     model_args(ap, pruning=False)
     ap.add_argument("--name", default=name)
     ap.add_argument("--val-windows" if split == "validation" else "--test-windows", type=int, default=windows,
                     help="token windows of WikiText-2 " + split + (" (0 = all)" if split == "test" else ""))
-    ap.add_argument("--nsamples", type=positive_int, help="calibration samples (default: 128 on CUDA, 16 on CPU)")
+    ap.add_argument("--nsamples", type=positive_int, help="calibration samples (default: 128 on CUDA, 64 on CPU)")
     ap.add_argument("--calib-seqlen", type=positive_int, help="calibration length (default: 2048 on CUDA, 512 on CPU)")
 
 
 def load_inputs(args: argparse.Namespace, split: str = "validation"):
     """(model, tokenizer, WikiText-2 ``split`` windows, C4 calibration batch) from :func:`add_model_args`'s
     flags; the sizes left unset are filled in for the device (and written back to ``args`` for the tables)."""
-    from dsa.settings import DataSpec, ModelSpec
+    from dsa.cli import data_spec, model_spec
     from evaluators.data import calibration_batch, load_split, token_windows
     from evaluators.models import load_model
 
-    model_spec = ModelSpec(args.model, args.dtype, args.device)
-    data = DataSpec(args.data, args.calib, args.data_dir, args.seqlen, args.nsamples, args.calib_seqlen,
-                    args.batch_size, args.seed).sized(model_spec.is_cuda())
+    mspec, data = model_spec(args), data_spec(args)  # the CLI's own builders: one home of the settings
+    data = data.sized(mspec.is_cuda())
     args.seqlen, args.nsamples, args.calib_seqlen = data.seqlen, data.nsamples, data.calib_seqlen
-    model, tok = load_model(model_spec.model, model_spec.dtype, model_spec.device)
+    model, tok = load_model(mspec.model, mspec.dtype, mspec.device)
     n = args.val_windows if split == "validation" else (args.test_windows or None)
     windows = token_windows(tok, load_split(data.data, split, data.data_dir), data.seqlen, n)
     calib = calibration_batch(tok, load_split(data.calib, "train", data.data_dir), data.nsamples, data.calib_seqlen,
                               seed=data.seed)
     return model, tok, windows, calib
-
-
-def weight_snapshot(model, device=None):
-    """Copy every decoder linear's weight (to ``device``, default: where it is); returns ``restore()``."""
-    import torch
-
-    from evaluators.models import model_linears
-
-    saved = [{n: lin.weight.detach().to(device or lin.weight.device, copy=True) for n, lin in block.items()}
-             for block in model_linears(model)]
-
-    @torch.no_grad()
-    def restore() -> None:
-        for block, weights in zip(model_linears(model), saved):
-            for n, lin in block.items():
-                lin.weight.copy_(weights[n])
-    return restore
-
-
-def machine() -> dict:
-    import torch
-
-    info = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    try:
-        import deap
-        import sympy
-        info.update(deap=deap.__version__, sympy=sympy.__version__)
-    except ImportError:
-        pass
-    return info
 
 
 def spearman(a: list[float], b: list[float]) -> float:

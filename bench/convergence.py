@@ -8,11 +8,15 @@ and how many evaluations each evolution variant needs to reach random search's f
 Variants: ``random`` (a fresh random population per generation), ``evolution`` (the default engine),
 ``+tune`` (each generation, 4 evaluations nudging the best formula's constants), ``+seeds`` (the
 baselines' formulas in the first population). Every run stops at the generation that reaches
-``--budget`` evaluations. The model, calibration statistics and score ranks are built once.
+``--budget`` evaluations. The model, calibration statistics and score ranks are built once
+(:func:`dsa.llm.build_evaluator`); each run is a ``dsa search`` run on them (:func:`dsa.search.run_search`,
+its folder under ``bench/results/NAME/``), so a killed benchmark resumes its runs from their checkpoints
+and skips the finished ones.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -20,11 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, add_model_args, load_inputs, markdown_table, write  # noqa: E402
-from dsa.problem import allocation_problem, baseline_seeds  # noqa: E402
-from evaluators.fitness import PruningEvaluator  # noqa: E402
-from gp import Search, SearchConfig  # noqa: E402
-from primitives import LayerAllocator  # noqa: E402
+from bench.common import RESULTS, add_model_args, markdown_table, write  # noqa: E402
+from dsa.cli import data_spec, model_spec  # noqa: E402
+from dsa.distributed import LocalEvaluation  # noqa: E402
+from dsa.llm import build_evaluator  # noqa: E402
+from dsa.problem import baseline_seeds  # noqa: E402
+from dsa.search import SearchRun, run_search  # noqa: E402
+from dsa.settings import EvaluatorSpec, PruneSpec  # noqa: E402
+from gp import SearchConfig  # noqa: E402
+from gp import checkpoint as checkpoints  # noqa: E402
 
 VARIANTS = "random,evolution,evolution+tune,evolution+seeds,evolution+tune+seeds"
 
@@ -47,23 +55,32 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.7)
     ap.add_argument("--fitness", choices=("ppl", "kl"), default="ppl")
     ap.add_argument("--variants", default=VARIANTS)
+    ap.add_argument("--resume", action="store_true", help="keep the finished runs of bench/results/NAME.json")
     args = ap.parse_args()
 
-    model, tok, val, calib = load_inputs(args)
-    fitness = PruningEvaluator(model, tok, method=args.method, calib_ids=calib, val_windows=val, fitness=args.fitness,
-                               batch_size=args.batch_size, max_scores_per_block=2**18)
-    allocator = LayerAllocator(fitness.blocks.scores, target=args.sparsity, weights=fitness.blocks.counts)
-    problem = allocation_problem(allocator, fitness)
-
-    curves, rows = {}, []
+    mspec = model_spec(args)
+    spec = EvaluatorSpec(mspec, data_spec(args).sized(mspec.is_cuda()), PruneSpec(args.method, args.sparsity),
+                         args.val_windows, selection_windows=0, fitness=args.fitness)
+    args.seqlen, args.nsamples, args.calib_seqlen = spec.data.seqlen, spec.data.nsamples, spec.data.calib_seqlen
+    ev = LocalEvaluation(built=build_evaluator(spec))
+    folder = RESULTS / args.name
+    saved = RESULTS / f"{args.name}.json"
+    old = json.loads(saved.read_text()) if args.resume and saved.exists() else {}
+    rows, curves = old.get("runs", []), {tuple(k.rsplit("/", 1)): v for k, v in old.get("curves", {}).items()}
+    curves = {(v, int(s)): [tuple(p) for p in c] for (v, s), c in curves.items()}
     for seed in range(args.seeds):  # seed-major: a run stopped early still compares every variant
         for variant in args.variants.split(","):
-            result = Search(problem, config(variant, args, seed)).run()
+            if (variant, seed) in curves:
+                continue
+            run_dir = folder / f"{variant}-seed{seed}"
+            run = SearchRun("llm", spec, config(variant, args, seed), run_dir, resume=checkpoints.exists(run_dir),
+                            progress=False, baselines=("uniform",))
+            _, result = run_search(run, ev)
             curves[(variant, seed)] = [(r["total_evals"], r["best"]) for r in result.logbook]
             rows.append({"variant": variant, "seed": seed, "evaluations": result.evaluations,
                          "best": result.logbook[-1]["best"], "best formula": result.hall_of_fame[0]["formula"]})
             print(rows[-1], flush=True)
-            report(args, rows, curves, f"{next(model.parameters()).device}", int(val.shape[0]))
+            report(args, rows, curves, spec.model.device, spec.val_windows)
 
 
 def evaluations_to_reach(curve: list[tuple[int, float]], value: float) -> float:

@@ -58,14 +58,14 @@ def main() -> None:
     model, tok, test, calib = load_inputs(args, split="test")
     val = token_windows(tok, load_split(args.data, "validation", args.data_dir), args.seqlen, args.val_windows)
     ev = PruningEvaluator(model, tok, method=args.method, calib_ids=calib, val_windows=val, selection_windows=test,
-                          max_scores_per_block=2**18, seed=args.seed)
+                          max_scores_per_block=2**18, seed=args.data_seed)
     allocator = LayerAllocator(ev.blocks.scores, target=args.sparsity, weights=ev.blocks.counts)
     candidates: list[tuple[str, list[float]]] = []
     for name, cands in baseline_candidates(tuple(args.baselines.split(",")), ev.blocks, args.sparsity).items():
         candidates += [(f"{name} {p}" if len(cands) > 1 else name, a) for p, a in cands]
     for spec in filter(None, args.formulas.split(",")):
         candidates.append((f"found: {Path(spec).name}", allocate(spec, allocator)[0]))
-    random.seed(args.seed)
+    random.seed(args.data_seed)
     while sum(n.startswith("random") for n, _ in candidates) < args.random:
         tree = dgp.PrimitiveTree(half_and_half(allocator.pset, 2, 5))
         result = allocator(tree) if has_reduction(tree) else None

@@ -9,17 +9,13 @@ from primitives import FormulaError, LayerAllocator, build_pset, parse_tree
 
 from .errors import UserError
 from .runs import read_run
+from .settings import carried_settings
 
 WANDA_METRIC = ("owl", "owl-tuned", "dsa-code", "dsa-paper", "dlp")  # read Wanda's metric whatever the pruner
 # scored at the start of every search; atp-tuned (its β grid, ~10 evaluations) is the strongest simple yardstick
 SEARCH_BASELINES = ("uniform", "owl", "atp-tuned", "dsa-code", "dlp")
-# settings a run folder passes on to dsa prune/eval (those not given there): the run's allocation, exactly
-RUN_SETTINGS = {"model": ("model", "model"), "dtype": ("model", "dtype"), "method": ("prune", "method"),
-                "sparsity": ("prune", "sparsity"), "max_scores_per_layer": ("prune", "max_scores_per_layer"),
-                "seed": ("data", "seed"), "calib": ("data", "calib"), "data_dir": ("data", "data_dir"),
-                "nsamples": ("data", "nsamples"), "calib_seqlen": ("data", "calib_seqlen")}
-
-
+# dsa compare measures every baseline that runs without a parameter chosen by hand (atp needs its β)
+COMPARE_BASELINES = tuple(name for name in BASELINES if name != "atp")
 def names() -> list[str]:
     return list(BASELINES)
 
@@ -100,7 +96,7 @@ def run_settings(spec: str) -> dict:
     if not isinstance(evaluator, dict):
         return {}  # a synthetic run, or one written before run folders recorded their settings
     out = {}
-    for arg, (group, key) in RUN_SETTINGS.items():
+    for arg, (group, key) in carried_settings().items():
         if isinstance(evaluator.get(group), dict) and key in evaluator[group]:
             out[arg] = evaluator[group][key]
     return out

@@ -1,4 +1,4 @@
-"""The ``dsa`` command: search, show, prune, eval, export.
+"""The ``dsa`` command: search, compare, show, prune, eval, export.
 
 Every flag is checked before any work starts: ranges and fixed sets as it is parsed (:mod:`dsa.flags`),
 files and output paths by :mod:`dsa.settings`, search settings by their typed configs. Bad input prints
@@ -28,7 +28,7 @@ def model_spec(args) -> ModelSpec:
 
 def data_spec(args) -> DataSpec:
     return DataSpec(args.data, args.calib, args.data_dir, args.seqlen, getattr(args, "nsamples", None),
-                    getattr(args, "calib_seqlen", None), args.batch_size, args.seed)
+                    getattr(args, "calib_seqlen", None), args.batch_size, args.data_seed)
 
 
 def prune_spec(args) -> PruneSpec:
@@ -91,7 +91,7 @@ def search_specs(args, given: set[str] = frozenset()) -> list[EvaluatorSpec]:
             for target in args.sparsity:
                 one = argparse.Namespace(**{**vars(args), "model": model, "method": method, "sparsity": target})
                 specs.append(evaluator_spec(one, given) if args.task == "llm" else EvaluatorSpec(
-                    prune=prune_spec(one), data=DataSpec(seed=args.seed), selection_windows=0))
+                    prune=prune_spec(one), data=DataSpec(seed=args.data_seed), selection_windows=0))
     return specs
 
 
@@ -130,6 +130,25 @@ def search_command(args, given: set[str]) -> None:
     run_search(run)
 
 
+def compare_command(args, given: set[str]) -> None:
+    """``dsa compare``: the search's settings through the same builders as ``dsa search``."""
+    from .experiment import Comparison, run_comparison
+    args.seed = args.seeds[0]  # each search's seed is set per seed; the builders check the first
+    spec = evaluator_spec(args, given)
+    gp_config = search_config(args, given, args.generations)
+    direct = direct_config(argparse.Namespace(**{**vars(args), "offspring": args.direct_offspring,
+                                                 "stages": args.direct_stages, "generations": 10_000}))
+    formulas = tuple(f.strip() for f in args.formulas.split(",") if f.strip())
+    if formulas:
+        from .allocations import check_allocation
+        for f in formulas:
+            check_allocation(f)
+    out = check_output_dir(args.out, "--out")
+    run_comparison(Comparison(spec, out, gp_config, direct, args.level_step, tuple(args.baselines.split(",")),
+                              formulas, args.searches, args.seeds, args.budget, args.test_windows,
+                              not args.no_progress), resume=args.resume)
+
+
 def prune_or_eval(args, given: set[str]):
     """The specs of ``dsa prune/eval``: with ``--allocation RUN``, the run's model, method, sparsity,
     seed and calibration settings unless given here (so that the formula gives the run's allocation)."""
@@ -161,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             export_command(args.source, args.to, check_output_file(args.out, "--out") if args.out else None)
         elif args.command == "search":
             search_command(args, given_flags(argv))
+        elif args.command == "compare":
+            compare_command(args, given_flags(argv))
         elif args.command == "prune":
             from .llm import prune_command
             save = check_output_dir(args.save, "--save")

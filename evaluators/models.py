@@ -192,3 +192,16 @@ def model_linears(model: nn.Module) -> list[dict[str, nn.Linear]]:
     """
     return [{f"{prefix}.{name}": lin for name, lin in block_linears(block).items()}
             for prefix, block in zip(block_names(model), decoder_blocks(model))]
+
+
+def weight_snapshot(model, device=None):
+    """Copy every decoder linear's weight (to ``device``, default: where it is); returns ``restore()``."""
+    saved = [{n: lin.weight.detach().to(device or lin.weight.device, copy=True) for n, lin in block.items()}
+             for block in model_linears(model)]
+
+    @torch.no_grad()
+    def restore() -> None:
+        for block, weights in zip(model_linears(model), saved):
+            for n, lin in block.items():
+                lin.weight.copy_(weights[n])
+    return restore

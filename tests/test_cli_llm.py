@@ -44,7 +44,7 @@ def data_args(root):
 def test_search_prune_eval(tiny_dir, tmp_path):
     run = tmp_path / "run"
     out = dsa("search", *data_args(tiny_dir), "--population", 4, "--generations", 1, "--val-windows", 2,
-              "--seed", 5, "--max-scores-per-layer", 5000, "--run-dir", run, "--no-progress")
+              "--data-seed", 5, "--max-scores-per-layer", 5000, "--run-dir", run, "--no-progress")
     assert out.returncode == 0, out.stderr
     config = json.loads((run / "config.json").read_text())
     assert set(config["baselines"]) == {"uniform", "owl", "atp-tuned", "dsa-code", "dlp"}
@@ -79,6 +79,8 @@ def test_search_prune_eval(tiny_dir, tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(report.read_text())
     assert result["split"] == "test" and result["windows"] > 0 and result["perplexity"] > 1
+    lo, hi = result["perplexity_95ci"]  # bootstrap over the test windows
+    assert lo <= result["perplexity"] <= hi
 
 
 @pytest.mark.parametrize("extra, needle", [

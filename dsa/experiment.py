@@ -1,0 +1,302 @@
+"""``dsa compare``: the fair comparison at one (model, pruner, sparsity), on the code paths the tool
+itself runs, and test numbers with 95 % intervals.
+
+One model load, one evaluator (:func:`dsa.llm.build_evaluator`, the search's), then rows:
+
+- ``dense``, and every baseline as its authors run it, a tuned one tuned on the search's validation
+  windows (:func:`dsa.search.score_baselines`, what ``dsa search`` scores at its start);
+- found functions (run folders or formulas, :func:`dsa.allocations.allocate`);
+- per search seed: ``dsa search`` itself (:func:`dsa.search.run_search` on the loaded evaluator, its
+  own run folder under ``OUT/runs``; its best is the hall-of-fame entry it chose on the selection
+  split), the direct search with the same number of evaluations, and the direct search started from
+  the GP's choice (``--init``: the hybrid).
+
+Every allocation is pruned exactly (block by block, :func:`evaluators.pruners.prune`, the calibration
+batch of the search) and its per-window test NLLs are kept in ``compare.json``; the table reports each
+test perplexity with its bootstrap interval and, paired on the same windows, its log-perplexity
+difference from uniform and from the strongest baseline *on validation* (chosen without the test
+split), with the verdict (:mod:`evaluators.intervals`). The table and JSON are rewritten after every
+row; ``--resume`` keeps finished rows and resumes a killed search from its checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from evaluators.data import load_split, token_windows
+from evaluators.intervals import paired_interval, perplexity_interval, verdict
+from evaluators.models import weight_snapshot
+from evaluators.perplexity import perplexity_from_nlls, window_nlls
+from evaluators.pruners import prune
+from gp import SearchConfig
+from gp import checkpoint as checkpoints
+from gp.direct import DirectConfig
+
+from .allocations import SEARCH_BASELINES, allocate, baseline_candidates, best_row
+from .distributed import LocalEvaluation
+from .errors import UserError
+from .llm import allocator_for, build_evaluator, load_inputs
+from .plots import plot_allocations
+from .runs import machine, write_json
+from .search import SearchRun, run_search, score_baselines
+from .settings import TEST_WINDOWS, EvaluatorSpec
+
+FILE = "compare.json"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Everything a comparison runs, declared once (the CLI builds it from its flags)."""
+
+    spec: EvaluatorSpec                  # model, data (incl. the data seed), pruner, target, fitness windows
+    out: Path
+    gp: SearchConfig = field(default_factory=SearchConfig)      # its seed is replaced by each of ``seeds``
+    direct: DirectConfig = field(default_factory=DirectConfig)
+    level_step: float | None = None
+    baselines: tuple[str, ...] = ("uniform",)
+    formulas: tuple[str, ...] = ()
+    searches: tuple[str, ...] = ("gp",)
+    seeds: tuple[int, ...] = (0,)
+    budget: int = 40                     # direct search evaluations when no GP search runs
+    test_windows: int | None = None      # None: the protocol's (128 on CPU, all on CUDA); 0: all
+    progress: bool = True
+
+    def settings(self) -> dict:
+        """What compare.json records: :meth:`identity`, and which rows were asked for."""
+        return {**self.identity(), "baselines": list(self.baselines), "formulas": list(self.formulas),
+                "searches": list(self.searches), "seeds": list(self.seeds)}
+
+    def identity(self) -> dict:
+        """What ``--resume`` must find unchanged: what every row's numbers depend on. The rows asked for
+        (baselines, formulas, searches, seeds) may grow or shrink: finished rows are kept, new ones added."""
+        spec = self.spec.to_dict()
+        spec["data"].pop("batch_size")
+        spec["model"].pop("device")
+        return {"evaluator": spec, "gp": self.gp.to_dict(), "direct": self.direct.to_dict(),
+                "level_step": self.level_step, "budget": self.budget, "test_windows": self.test_windows}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))
+
+
+def run_comparison(c: Comparison, resume: bool = False) -> Path:
+    """Run (or, with ``resume``, continue) the comparison; returns its folder. Resuming a folder with no
+    comparison yet starts one (so a script can always pass ``--resume``)."""
+    path = c.out / FILE
+    rows: list[dict] = []
+    if path.exists():
+        if not resume:
+            raise UserError(f"{c.out} already holds a comparison; continue it with --resume")
+        try:
+            saved = json.loads(path.read_text())
+            rows = list(saved["rows"])
+            old = saved["settings"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"cannot resume {c.out}: {FILE} is damaged ({type(exc).__name__})") from None
+        mine = c.identity()
+        changed = sorted(k for k in mine if not _same({k: old.get(k)}, {k: mine[k]}))
+        if changed:
+            raise UserError(f"cannot resume {c.out}: its settings differ ({', '.join(changed)})")
+    c.out.mkdir(parents=True, exist_ok=True)
+    return Runner(c, rows).run()
+
+
+class Runner:
+    def __init__(self, c: Comparison, rows: list[dict]):
+        self.c, self.rows = c, rows
+        self.done = {r["name"] for r in rows}
+
+    def run(self) -> Path:
+        c = self.c
+        inputs = load_inputs(c.spec)
+        self.model, self.calib = inputs.model, inputs.calib
+        cuda = c.spec.model.is_cuda()
+        n_test = TEST_WINDOWS["cuda" if cuda else "cpu"] if c.test_windows is None else (c.test_windows or None)
+        texts = load_split(c.spec.data.data, "test", c.spec.data.data_dir)
+        self.test = token_windows(inputs.tokenizer, texts, c.spec.data.seqlen, n_test)
+        self.restore = weight_snapshot(self.model)
+        self.evaluator, info = build_evaluator(c.spec, inputs=inputs)
+        self.info = {**info, "test_windows": int(self.test.shape[0]), "test_source": getattr(texts, "source", None),
+                     "machine": machine()}
+        self.ev = LocalEvaluation(built=(self.evaluator, info))
+        blocks, target = self.evaluator.blocks, c.spec.prune.sparsity
+        try:
+            if "dense" not in self.done:
+                t0 = time.perf_counter()
+                self.add({"name": "dense", "kind": "dense", "val ppl": self.evaluator.dense_perplexity(),
+                          "test nlls": self.nlls(), "seconds": round(time.perf_counter() - t0, 1)})
+            todo = [n for n in c.baselines if n not in self.done]
+            if todo:
+                tuned = score_baselines(baseline_candidates(tuple(todo), blocks, target), self.evaluator)
+                for name in todo:
+                    b = tuned[name]
+                    self.measure(name, "baseline", b["allocation"], params=b["params"], **{"val ppl": b["fitness"]})
+            allocator = allocator_for(blocks, target)
+            for spec in c.formulas:
+                name = f"found: {Path(spec).name if Path(spec).is_dir() else spec}"
+                if name not in self.done:
+                    alloc, formula = allocate(spec, allocator, blocks, self.evaluator)
+                    self.measure(name, "found", alloc, formula=formula)
+            for seed in c.seeds:
+                self.searches(seed)
+        finally:
+            self.evaluator.close()
+        return c.out
+
+    # --- rows -------------------------------------------------------------------------------------
+
+    def nlls(self) -> list[float]:
+        return window_nlls(self.model, self.test, self.c.spec.data.batch_size, self.c.progress).tolist()
+
+    def measure(self, name: str, kind: str, alloc, **extra) -> None:
+        """Validation (and selection) fitness by the search's evaluator, then exact pruning and the test
+        split's per-window NLLs; the dense weights are back afterwards."""
+        t0 = time.perf_counter()
+        alloc = [float(s) for s in alloc]
+        row = {"name": name, "kind": kind, "val ppl": extra.pop("val ppl", None) or self.evaluator(alloc)}
+        if "selection" in self.evaluator.splits:
+            row["selection ppl"] = self.evaluator(alloc, split="selection")
+        self.restore()
+        try:
+            prune(self.model, self.c.spec.prune.method, alloc, self.calib, progress=self.c.progress,
+                  batch_size=self.c.spec.data.batch_size)
+            row["test nlls"] = self.nlls()
+        finally:
+            self.restore()
+        self.add({**row, **extra, "sparsities": alloc, "seconds": round(time.perf_counter() - t0, 1)})
+
+    def add(self, row: dict) -> None:
+        row["test ppl"] = perplexity_from_nlls(torch.tensor(row["test nlls"], dtype=torch.float64))
+        self.rows.append(row)
+        self.done.add(row["name"])
+        print({k: v for k, v in row.items() if k not in ("test nlls", "sparsities")}, flush=True)
+        write_json(self.c.out / FILE, {"version": VERSION, "settings": self.c.settings(), "info": self.info,
+                                       "rows": self.rows})
+        (self.c.out / "compare.md").write_text(report(self.c, self.info, self.rows))
+        drawn = {r["name"]: r["sparsities"] for r in self.rows if "sparsities" in r
+                 and (r["kind"] != "baseline" or r["name"] in ("uniform", "owl-tuned", "atp-tuned", "alphapruning"))}
+        plot_allocations(drawn, self.c.out / "allocations.png", self.c.spec.prune.sparsity, "allocations compared")
+
+    # --- searches ---------------------------------------------------------------------------------
+
+    def searches(self, seed: int) -> None:
+        c = self.c
+        budget, gp_dir = c.budget, c.out / "runs" / f"gp-seed{seed}"
+        if "gp" in c.searches:
+            run = SearchRun("llm", c.spec, replace(c.gp, seed=seed), gp_dir, progress=c.progress,
+                            baselines=SEARCH_BASELINES)
+            evaluations = self.search(f"GP search (seed {seed})", "gp", seed, run)
+            budget = evaluations or budget
+        starts = [("direct search", "direct", None)] * ("direct" in c.searches) + \
+                 [("direct search from GP", "warm", str(gp_dir))] * ("warm" in c.searches)
+        for label, kind, init in starts:
+            config = replace(c.direct, seed=seed, max_evaluations=budget)
+            run = SearchRun("llm", c.spec, config, c.out / "runs" / f"{kind}-seed{seed}", progress=c.progress,
+                            baselines=("uniform",), space="direct", init=init, level_step=c.level_step)
+            self.search(f"{label} (seed {seed})", kind, seed, run)
+
+    def search(self, name: str, kind: str, seed: int, run: SearchRun) -> int | None:
+        """Run ``dsa search``'s code on the loaded evaluator (resuming a killed run), then measure the
+        allocation it chose; returns its number of evaluations."""
+        if name in self.done:
+            return next(r.get("evaluations") for r in self.rows if r["name"] == name)
+        t0 = time.perf_counter()
+        resume = checkpoints.exists(run.run_dir)
+        _, result = run_search(replace(run, resume=resume), self.ev)
+        row, _ = best_row(run.run_dir)
+        self.measure(name, kind, row["output"], seed=seed, formula=row.get("tree"), evaluations=result.evaluations,
+                     run=str(run.run_dir.relative_to(self.c.out)), **{"val ppl": row["fitness"]},
+                     search_seconds=round(time.perf_counter() - t0, 1))
+        return result.evaluations
+
+
+# --- the report -------------------------------------------------------------------------------------
+
+def _fmt(x, digits: int = 4) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return "inf" if math.isinf(x) else f"{x:.{digits}g}"
+    return str(x)
+
+
+def strongest_baseline(rows: list[dict]) -> dict | None:
+    """The baseline with the lowest *validation* perplexity other than uniform (chosen without test)."""
+    base = [r for r in rows if r["kind"] == "baseline" and r["name"] != "uniform"]
+    return min(base, key=lambda r: r["val ppl"]) if base else None
+
+
+def comparisons(rows: list[dict]) -> dict[str, dict]:
+    """Per row: its test perplexity interval, and its paired log-ppl difference from uniform and from the
+    strongest baseline on validation (intervals and verdicts)."""
+    uniform = next((r for r in rows if r["name"] == "uniform"), None)
+    strongest = strongest_baseline(rows)
+    out = {}
+    for r in rows:
+        item = {"test": perplexity_interval(r["test nlls"])}
+        for label, ref in (("uniform", uniform), ("strongest", strongest)):
+            if ref is not None and ref is not r and r["kind"] != "dense":
+                iv = paired_interval(r["test nlls"], ref["test nlls"])
+                item[label] = (iv, verdict(iv))
+        out[r["name"]] = item
+    return out
+
+
+def report(c: Comparison, info: dict, rows: list[dict]) -> str:
+    spec = c.spec
+    strongest = strongest_baseline(rows)
+    stats = comparisons(rows)
+    m = info.get("machine", {})
+    head = (f"Machine: {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}, CUDA: {m.get('cuda')}; "
+            f"{m.get('date')}\n\nModel {info.get('model')}, {spec.prune.method} at {spec.prune.sparsity:.0%} "
+            f"({'GPU' if spec.model.is_cuda() else 'CPU'} protocol). Test: raw WikiText-2, {info.get('test_windows')} "
+            f"windows × {spec.data.seqlen} tokens; validation (fitness, tuning): {spec.val_windows} windows, selection "
+            f"split: the next {spec.selection_windows}; calibration {spec.data.calib} {spec.data.nsamples} × "
+            f"{spec.data.calib_seqlen} (data seed {spec.data.seed}); exact sequential pruning. Test ppl with its 95 % "
+            f"bootstrap interval over windows; Δ = log(ppl / ppl of the reference) on the same windows with its paired "
+            f"95 % interval: *beats* / *loses* where the interval excludes 0. Strongest baseline on validation: "
+            f"{strongest['name'] if strongest else '—'}. Searches: GP population {c.gp.population}, {c.gp.generations} "
+            f"generations; direct searches with the GP run's evaluations; search seeds {', '.join(map(str, c.seeds))}.\n")
+    cols = ["allocation", "val ppl", "selection ppl", "test ppl [95 % CI]", "Δ vs uniform [95 % CI]",
+            "Δ vs strongest [95 % CI]", "evaluations", "formula / params"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        s = stats[r["name"]]
+        cells = [r["name"], _fmt(r.get("val ppl")), _fmt(r.get("selection ppl")), s["test"].text()]
+        for label in ("uniform", "strongest"):
+            if label in s:
+                iv, word = s[label]
+                cells.append(f"{iv.value:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}] {'**' + word + '**' if word != 'tie' else 'tie'}")
+            else:
+                cells.append("")
+        cells += [_fmt(r.get("evaluations")), str(r.get("formula") or r.get("params") or "").replace("|", "\\|")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n" + "\n".join(lines) + "\n" + seeds_summary(rows, stats) + "\n"
+
+
+def seeds_summary(rows: list[dict], stats: dict) -> str:
+    """Per search kind over its seeds: test perplexity mean and spread, and how many seeds beat uniform and
+    the strongest baseline (every seed is in the table above)."""
+    kinds = {}
+    for r in rows:
+        if r.get("seed") is not None:
+            kinds.setdefault(r["kind"], []).append(r)
+    if not kinds:
+        return ""
+    lines = ["", "| search | seeds | test ppl mean ± sd | beats uniform | beats strongest |", "|---|---|---|---|---|"]
+    for kind, group in kinds.items():
+        ppl = [r["test ppl"] for r in group]
+        sd = statistics.stdev(ppl) if len(ppl) > 1 else 0.0
+        count = {label: sum(stats[r["name"]].get(label, (None, ""))[1] == "beats" for r in group)
+                 for label in ("uniform", "strongest")}
+        lines.append(f"| {kind} | {len(group)} | {statistics.mean(ppl):.4g} ± {sd:.2g} | "
+                     f"{count['uniform']}/{len(group)} | {count['strongest']}/{len(group)} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,114 @@
+"""``dsa compare`` runs ``dsa search``'s code; the two seeds; intervals (tiny random LLaMA, CPU, seconds)."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dsa.cli import main
+from evaluators.intervals import paired_interval, perplexity_interval, verdict
+from test_cli_llm import data_args, tiny_dir  # noqa: F401 (the fixture)
+
+GP = ["--population", "4", "--generations", "1", "--val-windows", "2", "--max-scores-per-layer", "5000",
+      "--no-progress"]
+
+
+def search(root, run, *extra):
+    return main(["search", *map(str, data_args(root)), *GP, "--run-dir", str(run), *extra])
+
+
+def compare(root, out, *extra):
+    return main(["compare", *map(str, data_args(root)), *GP, "--out", str(out), "--test-windows", "3",
+                 "--baselines", "uniform,owl,atp-tuned", *extra])
+
+
+def test_compare_gp_row_is_a_dsa_search_run(tiny_dir, tmp_path, capsys):  # noqa: F811
+    assert search(tiny_dir, tmp_path / "run", "--seed", "3", "--data-seed", "5") == 0
+    assert compare(tiny_dir, tmp_path / "cmp", "--seeds", "3", "--data-seed", "5") == 0
+    mine = json.loads((tmp_path / "run" / "hall_of_fame.json").read_text())
+    theirs = json.loads((tmp_path / "cmp" / "runs" / "gp-seed3" / "hall_of_fame.json").read_text())
+    assert mine == theirs  # the same search: same trees, fitness, selection values and flags
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    best = next(r for r in mine if r["rank"] == config["selection"]["best_rank"])
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    row = next(r for r in result["rows"] if r["kind"] == "gp")
+    assert row["name"] == "GP search (seed 3)" and row["formula"] == best["tree"]
+    assert row["sparsities"] == best["output"] and row["val ppl"] == best["fitness"]
+    names = [r["name"] for r in result["rows"]]
+    assert names == ["dense", "uniform", "owl", "atp-tuned", "GP search (seed 3)"]
+    assert all(len(r["test nlls"]) == 3 for r in result["rows"])
+    # the baselines were tuned as the search tunes them (same validation values as its config.json)
+    for name in ("uniform", "owl", "atp-tuned"):
+        assert next(r for r in result["rows"] if r["name"] == name)["val ppl"] == config["baselines"][name]
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "Δ vs uniform [95 % CI]" in table and "data seed 5" in table
+
+
+def test_compare_resume_and_changed_settings(tiny_dir, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "cmp"
+    assert compare(tiny_dir, out, "--seeds", "0,1", "--searches", "gp,warm") == 0
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [r["name"] for r in rows][-4:] == ["GP search (seed 0)", "direct search from GP (seed 0)",
+                                              "GP search (seed 1)", "direct search from GP (seed 1)"]
+    warm = next(r for r in rows if r["name"] == "direct search from GP (seed 0)")
+    gp_row = next(r for r in rows if r["name"] == "GP search (seed 0)")
+    assert warm["evaluations"] >= gp_row["evaluations"]  # the GP run's budget (stops after the generation)
+    capsys.readouterr()
+    assert compare(tiny_dir, out, "--seeds", "0,1", "--searches", "gp,warm") == 2  # no silent overwrite
+    assert "--resume" in capsys.readouterr().err
+    assert compare(tiny_dir, out, "--seeds", "0,1", "--searches", "gp,warm", "--resume") == 0
+    assert json.loads((out / "compare.json").read_text())["rows"] == rows  # nothing re-run
+    # the rows asked for may grow: finished rows are kept, the new one is added
+    assert main(["compare", *map(str, data_args(tiny_dir)), *GP, "--out", str(out), "--test-windows", "3",
+                 "--baselines", "uniform,owl,atp-tuned,dlp", "--seeds", "0", "--resume"]) == 0
+    grown = json.loads((out / "compare.json").read_text())["rows"]
+    assert grown[:-1] == rows and grown[-1]["name"] == "dlp"
+    assert compare(tiny_dir, out, "--seeds", "0,1", "--searches", "gp,warm", "--resume", "--data-seed", "2") == 2
+    assert "settings differ (evaluator)" in capsys.readouterr().err
+
+
+def test_seed_and_data_seed_are_separate(tiny_dir, tmp_path, capsys):  # noqa: F811
+    def baselines(run):
+        return json.loads((run / "config.json").read_text())["baselines"]
+    assert search(tiny_dir, tmp_path / "a", "--seed", "0") == 0
+    assert search(tiny_dir, tmp_path / "b", "--seed", "1") == 0
+    assert search(tiny_dir, tmp_path / "c", "--seed", "0", "--data-seed", "1") == 0
+    assert baselines(tmp_path / "a") == baselines(tmp_path / "b")  # the search seed leaves the data alone
+    assert baselines(tmp_path / "a") != baselines(tmp_path / "c")  # another calibration sample
+    capsys.readouterr()
+    assert main(["search", "--resume", str(tmp_path / "a"), "--data-seed", "1"]) == 2
+    assert "cannot change --data-seed on resume" in capsys.readouterr().err
+
+
+def test_compare_flags_fail_before_work(tmp_path, capsys):
+    for bad, text in ((["--seeds", "0,0"], "distinct seeds"), (["--searches", "warm"], "add gp"),
+                      (["--searches", "nope"], "expected gp, direct, warm")):
+        assert main(["compare", "--out", str(tmp_path / "x"), *bad]) == 2
+        assert text in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_perplexity_interval_holds_the_estimate_and_narrows():
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(3.0, 0.3, 16), rng.normal(3.0, 0.3, 256)
+    a, b = perplexity_interval(few), perplexity_interval(many)
+    assert a.lo < a.value < a.hi and b.lo < b.value < b.hi
+    assert math.isclose(b.value, math.exp(many.mean()))
+    assert (b.hi - b.lo) < 0.5 * (a.hi - a.lo)  # width ∝ 1/√n: 16× the windows, a quarter of the width
+    assert perplexity_interval([1.0, math.inf]).value == math.inf
+
+
+def test_paired_interval_resolves_what_unpaired_cannot():
+    rng = np.random.default_rng(1)
+    difficulty = rng.normal(3.0, 0.5, 64)      # windows differ far more than the two methods do
+    a = difficulty + 0.02 + rng.normal(0, 0.01, 64)
+    b = difficulty
+    ia, ib = perplexity_interval(a), perplexity_interval(b)
+    assert ia.lo < ib.hi  # the unpaired intervals overlap
+    paired = paired_interval(a, b)
+    assert verdict(paired) == "loses" and paired.lo > 0 and math.isclose(paired.value, float((a - b).mean()))
+    assert verdict(paired_interval(b, a)) == "beats"
+    same = paired_interval(b + rng.normal(0, 0.01, 64), b)
+    assert verdict(same) == "tie" and same.lo < 0 < same.hi
+    with pytest.raises(ValueError):
+        paired_interval(a, b[:10])
