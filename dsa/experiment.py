@@ -183,7 +183,8 @@ class Runner:
         (self.c.out / "compare.md").write_text(report(self.c, self.info, self.rows))
         drawn = {r["name"]: r["sparsities"] for r in self.rows if "sparsities" in r
                  and (r["kind"] != "baseline" or r["name"] in ("uniform", "owl-tuned", "atp-tuned", "alphapruning"))}
-        plot_allocations(drawn, self.c.out / "allocations.png", self.c.spec.prune.sparsity, "allocations compared")
+        if drawn:
+            plot_allocations(drawn, self.c.out / "allocations.png", self.c.spec.prune.sparsity, "allocations compared")
 
     # --- searches ---------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from evaluators.blockscores import BlockScores, block_scores
 from evaluators.calibration import collect_stats
 from evaluators.data import calibration_batch, load_split, token_windows
 from evaluators.fitness import PruningEvaluator
-from evaluators.models import block_names, load_model
+from evaluators.models import block_names, default_model, load_model
 from evaluators.saving import save_pruned
 from evaluators.intervals import perplexity_interval
 from evaluators.perplexity import window_nlls
@@ -97,15 +97,22 @@ def build_evaluator(spec: EvaluatorSpec, loaded: tuple | None = None,
     return evaluator, info
 
 
+def level_key(model: ModelSpec, data: DataSpec) -> dict:
+    """What names a level database besides its content digests (calibration tokens, weights, grid, pruner
+    settings: :func:`evaluators.leveldb.open_levels` adds those); ``dsa search``, ``dsa compare`` and the
+    benchmarks share a database through it."""
+    return {"model": model.model or default_model(), "dtype": model.dtype, "calib": data.calib,
+            "data_dir": data.data_dir, "nsamples": data.nsamples, "calib_seqlen": data.calib_seqlen,
+            "data_seed": data.seed}
+
+
 def level_database(spec: EvaluatorSpec, x: Inputs) -> dict:
     """For a pruner that updates the weights it keeps (SparseGPT), the evaluator's exact fitness: the
     per-layer level database (:mod:`evaluators.leveldb`), opened or built once; {} for mask pruners."""
     if not getattr(get_pruner(spec.prune.method), "updates_weights", False):
         return {}
     from evaluators.leveldb import open_levels
-    key = {"model": model_name(spec.model), "dtype": spec.model.dtype, "method": spec.prune.method,
-           "calib": spec.data.calib, "calib_source": x.calib_source, "nsamples": spec.data.nsamples,
-           "calib_seqlen": spec.data.calib_seqlen, "data_seed": spec.data.seed}
+    key = level_key(spec.model, spec.data)
     levels = open_levels(x.model, x.calib, spec.prune.method, key, progress=True, batch_size=spec.data.batch_size)
     print(levels.describe())
     return {"levels": levels}

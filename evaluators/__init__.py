@@ -11,6 +11,8 @@
 - ``pruners``: exact pruning ``prune`` with plug-ins ``PRUNERS``, ``measured_sparsity``
 - ``perplexity``: ``perplexity``, ``window_nlls``
 - ``fitness``: ``PruningEvaluator`` (the GP's fitness, apply/restore on precomputed ranks)
+- ``leveldb``: ``open_levels``, EvoPress's per-layer level database (exact SparseGPT weights per sparsity
+  level, on disk) and ``LevelWeights``, the evaluator's exact fitness for pruners that update weights
 - ``baselines``: ``BASELINES``, the reference allocators (uniform, global, AlphaPruning, OWL, DSA's
   released code and paper formula, ATP, DLP) and ``tune``
 - ``errors``: ``UserError``

@@ -16,6 +16,11 @@ the first ``windows`` windows of a split only (multi-step selection: many candid
 
 Scores come from the dense model in one pass (no re-calibration through pruned blocks as in the
 exact :func:`evaluators.pruners.prune`); for magnitude the masks are identical to the exact pruner's.
+
+For a pruner that updates the weights it keeps (SparseGPT, ``Pruner.updates_weights``), masks are not
+its result: with ``levels`` (a :class:`evaluators.leveldb.LevelDatabase`) a candidate's weights are
+instead assembled from the database's stored pruned weights (:class:`evaluators.leveldb.LevelWeights`,
+EvoPress's protocol); scores are still computed, for the allocation functions, but no ranks.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import torch
 from .blockscores import BlockScores, layer_scores, param_counts
 from .calibration import collect_stats
 from .errors import UserError
+from .leveldb import LevelDatabase, LevelWeights
 from .masking import Masks
 from .models import model_linears
 from .perplexity import CHUNK, dense_reference, perplexity_from_nlls, window_kls, window_nlls
@@ -50,7 +56,7 @@ class PruningEvaluator:
                  val_windows: torch.Tensor, selection_windows: torch.Tensor | None = None, fitness: str = "ppl",
                  batch_size: int = 1, max_scores_per_block: int | None = None, seed: int = 0,
                  progress: bool = False, masking: str = "inplace", head_chunk: int | None = CHUNK,
-                 kl_top_k: int = KL_TOP_K):
+                 kl_top_k: int = KL_TOP_K, levels: LevelDatabase | None = None):
         """``max_scores_per_block``: keep only a seeded random subset of each block's scores in
         :attr:`blocks` (saves memory on large models; default: keep all, float32 on CPU).
         ``masking``: ``"inplace"`` (dense copy), ``"forward"`` (no copy, masks rebuilt in every forward
@@ -58,7 +64,9 @@ class PruningEvaluator:
         with ``batch_size`` ≥ the number of validation windows); see :mod:`evaluators.masking`. With
         ``"forward"`` or ``"block"``, call :meth:`close` before using the model for anything else.
         ``fitness``: ``"ppl"`` or ``"kl"`` (module doc). ``head_chunk``: LM-head positions per step
-        (None: all logits at once; see :mod:`evaluators.perplexity`)."""
+        (None: all logits at once; see :mod:`evaluators.perplexity`). ``levels``: a level database
+        (:func:`evaluators.leveldb.open_levels`, built for this model): candidates are assembled from its
+        stored pruned weights instead of masks (``masking`` must then stay ``"inplace"``)."""
         if fitness not in FITNESS:
             raise UserError(f"fitness must be one of {', '.join(FITNESS)}, got {fitness!r}")
         scorer = get_scorer(method)
@@ -75,7 +83,9 @@ class PruningEvaluator:
         self.batch_size, self.seed, self.progress, self.head_chunk = batch_size, seed, progress, head_chunk
         self.kl_top_k = kl_top_k
         self.linears = model_linears(model)
-        self.masks = Masks(model, self.linears, masking)
+        if levels is not None and masking != "inplace":
+            raise UserError(f"a level database replaces masking: masking={masking!r} does not apply")
+        self.masks = Masks(model, self.linears, masking) if levels is None else LevelWeights(self.linears, levels)
         # with calibration data, statistics are collected whatever the method: Wanda's metric (OWL, DLP,
         # DSA's released code) reads them for magnitude pruning too
         stats = collect_stats(model, calib_ids, scorer.needs_hessian, batch_size) if calib_ids is not None else None
@@ -84,7 +94,8 @@ class PruningEvaluator:
             flat = []
             for name, lin in block.items():
                 score = scorer.score(lin.weight, stats[name] if stats else None)
-                self.masks.add(l, name, lin, score)
+                if levels is None:
+                    self.masks.add(l, name, lin, score)
                 flat.append(score.cpu())
                 del score
             scores.append(layer_scores(flat, max_scores_per_block, seed + l))
@@ -108,11 +119,13 @@ class PruningEvaluator:
 
     @property
     def state_bytes(self) -> int:
-        """Bytes the evaluator keeps besides the model: dense copies ("inplace") + ranks or levels."""
+        """Bytes the evaluator keeps besides the model: dense copies ("inplace", level database) + ranks or
+        levels."""
         return self.masks.state_bytes
 
     def apply(self, sparsities: Sequence[float]) -> None:
-        """Prune block ``l`` at ``sparsities[l]`` (see :meth:`evaluators.masking.Masks.apply`)."""
+        """Prune block ``l`` at ``sparsities[l]`` (see :meth:`evaluators.masking.Masks.apply`, or
+        :meth:`evaluators.leveldb.LevelWeights.apply` with a level database)."""
         self.masks.apply(check_sparsities(sparsities, self.n_blocks))
 
     def restore(self) -> None:

@@ -39,6 +39,9 @@ class Pruner:
     name: str = ""
     needs_calibration: bool = False
     needs_hessian: bool = False
+    # whether it changes the weights it keeps (SparseGPT's OBS update): then masks from dense scores are not
+    # its result, and an exact fitness needs the level database (:mod:`evaluators.leveldb`)
+    updates_weights: bool = False
 
     def prune_linear(self, linear: nn.Linear, sparsity: float, stats: LinearStats | None) -> None:
         raise NotImplementedError
@@ -67,6 +70,7 @@ class SparseGPTPruner(Pruner):
 
     needs_calibration = True
     needs_hessian = True
+    updates_weights = True
     MASKS = ("block", "row")
 
     def __init__(self, blocksize: int = 128, percdamp: float = PERCDAMP, mask: str = "block"):

@@ -1,0 +1,165 @@
+"""Does the level database (EvoPress's per-layer SparseGPT levels, :mod:`evaluators.leveldb`) rank
+allocations as exact SparseGPT does? Spearman's ρ against exact sequential SparseGPT's test perplexity of
+(A) the mask fitness (masks from dense-model SparseGPT scores, no OBS update) and (B) the level-database
+fitness, both on the same validation windows, over random valid allocations (random trees of the grammar)
+and the baselines (every point of a tuned baseline's grid). Also: the database's build time and size, and
+its size projected to LLaMA-2-7B.
+
+    python bench/level_agreement.py --val-windows 2 --test-windows 16 --nsamples 16 --random 30 \\
+        --name level_agreement_cpu_smollm2_sparsegpt70 [--resume]
+
+Rows are written as they finish (``bench/results/NAME.json``); ``--resume`` reads them back and skips the
+allocations already done (same settings required). The database is opened or built under
+``--leveldb-root`` (default ``$DSA_CACHE_DIR/leveldb`` or ``~/.cache/dsa-gp/leveldb``) and reused by a
+later run with the same model, calibration and grid.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from deap import gp as dgp  # noqa: E402
+
+from bench.common import (RESULTS, add_model_args, load_inputs, markdown_table, spearman,  # noqa: E402
+                          weight_snapshot, write)
+from dsa.allocations import baseline_candidates  # noqa: E402
+from dsa.cli import data_spec, model_spec  # noqa: E402
+from dsa.llm import level_key  # noqa: E402
+from dsa.problem import has_reduction  # noqa: E402
+from evaluators.data import load_split, token_windows  # noqa: E402
+from evaluators.fitness import PruningEvaluator  # noqa: E402
+from evaluators.leveldb import level_grid, open_levels  # noqa: E402
+from evaluators.models import model_linears  # noqa: E402
+from evaluators.perplexity import perplexity  # noqa: E402
+from evaluators.pruners import prune  # noqa: E402
+from gp import half_and_half  # noqa: E402
+from primitives import LayerAllocator  # noqa: E402
+
+# LLaMA-2-7B's decoder linears: 32 blocks of q, k, v, o (4096×4096) and gate, up, down (11008×4096)
+LLAMA2_7B_LINEAR_PARAMS = 32 * (4 * 4096 * 4096 + 3 * 11008 * 4096)
+# what --resume requires to be unchanged
+SAME_FOR_RESUME = ("model", "dtype", "method", "sparsity", "val_windows", "test_windows", "nsamples", "calib_seqlen",
+                   "seqlen", "data", "calib", "data_seed", "grid_step", "baselines")
+
+
+def agreement(rows: list[dict]) -> dict:
+    """Spearman's ρ of each fitness with exact SparseGPT's test perplexity, over all allocations and over the
+    better half by test perplexity (the region a search ends in)."""
+    best = sorted(rows, key=lambda r: r["exact test ppl"])[:max(3, len(rows) // 2)]
+    out = {"allocations": len(rows)}
+    for label, group in (("", rows), (" (better half)", best)):
+        exact = [r["exact test ppl"] for r in group]
+        out[f"ρ A masks vs exact{label}"] = spearman([r["A masks val ppl"] for r in group], exact)
+        out[f"ρ B levels vs exact{label}"] = spearman([r["B levels val ppl"] for r in group], exact)
+    return out
+
+
+def projection(levels: int) -> dict:
+    """The database's size for LLaMA-2-7B with the same number of stored levels."""
+    return {f"LLaMA-2-7B database {name} (GB)": round(LLAMA2_7B_LINEAR_PARAMS * levels * size / 1e9, 1)
+            for name, size in (("bf16", 2), ("fp32", 4))}
+
+
+def candidates(args, blocks, target: float) -> list[tuple[str, list[float]]]:
+    """The baselines (each point of a tuned one's grid), then ``--random`` random valid allocations, seeded."""
+    out: list[tuple[str, list[float]]] = []
+    for name, cands in baseline_candidates(tuple(filter(None, args.baselines.split(","))), blocks, target).items():
+        out += [(f"{name} {p}" if len(cands) > 1 else name, a) for p, a in cands]
+    allocator = LayerAllocator(blocks.scores, target=target, weights=blocks.counts)
+    random.seed(args.data_seed)
+    names = {n for n, _ in out}
+    while sum(n.startswith("random") for n, _ in out) < args.random:
+        tree = dgp.PrimitiveTree(half_and_half(allocator.pset, 2, 5))
+        result = allocator(tree) if has_reduction(tree) else None
+        if result is not None and result.valid and not result.uniform and f"random: {tree}" not in names:
+            out.append((f"random: {tree}", result.tolist()))
+            names.add(out[-1][0])
+    return out
+
+
+def previous_rows(args) -> list[dict]:
+    """The rows of a partial run of the same settings (``--resume``), else []."""
+    path = RESULTS / f"{args.name}.json"
+    if not args.resume or not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    changed = [k for k in SAME_FOR_RESUME if old["args"].get(k) != getattr(args, k)]
+    if changed:
+        sys.exit(f"--resume: {path} was run with other settings ({', '.join(changed)}); use another --name")
+    return old["rows"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_args(ap, "level_agreement", split="test", windows=16)
+    ap.add_argument("--val-windows", type=int, default=2)
+    ap.add_argument("--method", choices=("sparsegpt", "sparsegpt-row"), default="sparsegpt")
+    ap.add_argument("--sparsity", type=float, default=0.7)
+    ap.add_argument("--random", type=int, default=30, help="random valid allocations (random trees)")
+    ap.add_argument("--baselines", default="uniform,owl,dlp,dsa-code,atp-tuned")
+    ap.add_argument("--grid-step", type=float, default=0.05, help="level grid: 0, step, … below 0.99, then 0.99")
+    ap.add_argument("--leveldb-root",
+                    help="database folder (default $DSA_CACHE_DIR/leveldb or ~/.cache/dsa-gp/leveldb)")
+    ap.add_argument("--resume", action="store_true", help="skip the allocations already in bench/results/NAME.json")
+    args = ap.parse_args()
+
+    model, tok, test, calib = load_inputs(args, split="test")
+    val = token_windows(tok, load_split(args.data, "validation", args.data_dir), args.seqlen, args.val_windows)
+    rows = previous_rows(args)
+
+    grid = level_grid(args.grid_step)
+    key = level_key(model_spec(args), data_spec(args))  # the same database as dsa search's
+    t0 = time.perf_counter()
+    db = open_levels(model, calib, args.method, key, grid=grid, root=args.leveldb_root, progress=True,
+                     batch_size=args.batch_size)
+    opened = time.perf_counter() - t0
+    print(db.describe(), flush=True)
+    params = sum(lin.weight.numel() for block in model_linears(model) for lin in block.values())
+    database = {"levels stored": len(grid) - 1, "path": str(db.path), "size (GB)": round(db.size_bytes / 1e9, 2),
+                "build seconds": db.meta["build_seconds"], "reused": db.reused, "open seconds": round(opened, 1),
+                "linear params": params, **projection(len(grid) - 1)}
+
+    common = dict(calib_ids=calib, val_windows=val, max_scores_per_block=2**18, seed=args.data_seed,
+                  batch_size=args.batch_size)
+    masks = PruningEvaluator(model, tok, method="sparsegpt", **common)  # fitness A: masks, no weight update
+    levels = PruningEvaluator(model, tok, method="sparsegpt", levels=db, **common)  # fitness B
+    restore = weight_snapshot(model)
+    done = {r["allocation"] for r in rows}
+    todo = [(n, a) for n, a in candidates(args, masks.blocks, args.sparsity) if n not in done]
+    print(f"{len(rows)} allocations done before, {len(todo)} to go", flush=True)
+
+    def save(final: bool) -> None:
+        summary = {**agreement(rows), **database} if len(rows) >= 3 else dict(database)
+        table = (f"Model {args.model or 'SmolLM2-135M'} ({'GPU' if args.device.startswith('cuda') else 'CPU'} "
+                 f"protocol), {args.method} {args.sparsity:.0%}; fitness A (masks from dense SparseGPT scores) and B "
+                 f"(level database, {len(grid) - 1} levels, step {args.grid_step}) on validation "
+                 f"{val.shape[0]}×{args.seqlen} tokens; exact: sequential {args.method} pruning, test "
+                 f"{test.shape[0]}×{args.seqlen}; calibration {args.nsamples}×{args.calib_seqlen}.\n\n"
+                 + markdown_table([summary], list(summary)) + "\n\n"
+                 + markdown_table(rows, ["allocation", "A masks val ppl", "B levels val ppl", "exact test ppl",
+                                         "seconds"]))
+        write(args.name, {"args": vars(args), "summary": summary, "database": database, "rows": rows}, table,
+              "Rank agreement with exact SparseGPT: mask fitness vs level-database fitness", quiet=not final)
+
+    for name, alloc in todo:
+        t0 = time.perf_counter()
+        row = {"allocation": name, "A masks val ppl": masks(alloc), "B levels val ppl": levels(alloc)}
+        restore()
+        prune(model, args.method, alloc, calib, batch_size=args.batch_size)
+        row["exact test ppl"] = perplexity(model, test, args.batch_size)
+        restore()
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+        print(row, flush=True)
+        save(final=False)
+    save(final=True)
+
+
+if __name__ == "__main__":
+    main()
