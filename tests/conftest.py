@@ -33,3 +33,17 @@ def tiny_calib() -> torch.Tensor:
 @pytest.fixture
 def tiny_val() -> torch.Tensor:
     return torch.randint(0, TINY_VOCAB, (4, 64), generator=torch.Generator().manual_seed(2))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _level_database_cache(tmp_path_factory):
+    """SparseGPT's level databases (evaluators.leveldb) go to a temporary folder, never to ~/.cache
+    (subprocesses inherit the variable)."""
+    import os
+    old = os.environ.get("DSA_CACHE_DIR")
+    os.environ["DSA_CACHE_DIR"] = str(tmp_path_factory.mktemp("dsa-cache"))
+    yield
+    if old is None:
+        os.environ.pop("DSA_CACHE_DIR", None)
+    else:
+        os.environ["DSA_CACHE_DIR"] = old
