@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calibration import LinearStats, StatsCollector, capture_block_inputs, run_block
+from .calibration import LinearStats, StatsCollector, capture_per_block_inputs, run_block
 from .errors import UserError
 from .masks import lowest_mask, prune_count, threshold_mask
 from .models import decoder_blocks, model_linears
@@ -154,16 +154,19 @@ def prune(model: nn.Module, method: str, sparsities: Sequence[float], calib_ids:
         return
     if calib_ids is None:
         raise UserError(f"{method} pruning needs calibration data (--calib)")
-    captured = capture_block_inputs(model, calib_ids, batch_size)
-    for block, block_lin, s in zip(blocks, linears, sparsities):
+    # per batch: hidden states entering block 0, and each block's own keyword arguments (Gemma-2/3's
+    # sliding-window and full-attention layers get different masks / RoPE)
+    captured = capture_per_block_inputs(model, calib_ids, batch_size)
+    for index, (block, block_lin, s) in enumerate(zip(blocks, linears, sparsities)):
         with StatsCollector(block_lin, pruner.needs_hessian) as collector:
-            for hidden, kwargs in captured:
-                run_block(block, hidden, kwargs)
+            for hidden, block_kwargs in captured:
+                run_block(block, hidden, block_kwargs[index])
         stats = collector.stats()
         for name, lin in block_lin.items():
             pruner.prune_linear(lin, s, stats[name])
         del stats
-        captured = [(run_block(block, hidden, kwargs), kwargs) for hidden, kwargs in captured]
+        captured = [(run_block(block, hidden, block_kwargs[index]), block_kwargs)
+                    for hidden, block_kwargs in captured]
         bar.update()
     bar.close()
 
