@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import time
 from pathlib import Path
 
 from dsa.runs import machine  # noqa: E402,F401 (the scripts import these from here)
@@ -57,6 +54,18 @@ def spearman(a: list[float], b: list[float]) -> float:
     ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
     cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
     return cov / (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+
+
+def agreement(rows: list[dict], truth: str, fitnesses: dict[str, str]) -> dict:
+    """Spearman's ρ of each fitness column (label → column) with the ``truth`` column, over all rows and over
+    the better half by ``truth`` (the region a search ends in, where the ranking matters)."""
+    best = sorted(rows, key=lambda r: r[truth])[:max(3, len(rows) // 2)]
+    out = {"allocations": len(rows)}
+    for suffix, group in (("", rows), (" (better half)", best)):
+        reference = [r[truth] for r in group]
+        for label, column in fitnesses.items():
+            out[f"{label}{suffix}"] = spearman([r[column] for r in group], reference)
+    return out
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

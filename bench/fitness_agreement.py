@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deap import gp as dgp  # noqa: E402
 
-from bench.common import add_model_args, load_inputs, markdown_table, spearman, weight_snapshot, write  # noqa: E402
+from bench.common import add_model_args, agreement, load_inputs, markdown_table, weight_snapshot, write  # noqa: E402
 from dsa.allocations import allocate, baseline_candidates  # noqa: E402
 from dsa.problem import has_reduction  # noqa: E402
 from evaluators.data import load_split, token_windows  # noqa: E402
@@ -29,18 +29,6 @@ from evaluators.perplexity import perplexity  # noqa: E402
 from evaluators.pruners import prune  # noqa: E402
 from gp import half_and_half  # noqa: E402
 from primitives import LayerAllocator  # noqa: E402
-
-
-def agreement(rows: list[dict]) -> dict:
-    """Spearman's ρ of each fitness with test perplexity, over all allocations and over the better half
-    by test perplexity (the region a search ends in, where the ranking matters)."""
-    best = sorted(rows, key=lambda r: r["test ppl"])[:max(3, len(rows) // 2)]
-    out = {"allocations": len(rows)}
-    for label, group in (("", rows), (" (better half)", best)):
-        tests = [r["test ppl"] for r in group]
-        out[f"Spearman val ppl vs test ppl{label}"] = spearman([r["val ppl"] for r in group], tests)
-        out[f"Spearman val KL vs test ppl{label}"] = spearman([r["val KL"] for r in group], tests)
-    return out
 
 
 def main() -> None:
@@ -90,7 +78,8 @@ def main() -> None:
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         print(row, flush=True)
-    summary = agreement(rows)
+    summary = agreement(rows, "test ppl", {"Spearman val ppl vs test ppl": "val ppl",
+                                             "Spearman val KL vs test ppl": "val KL"})
     print(summary)
     table = (f"Model {args.model or 'SmolLM2-135M'} ({'GPU' if args.device.startswith('cuda') else 'CPU'} protocol), "
              f"{args.method} {args.sparsity:.0%}; validation {val.shape[0]}×{args.seqlen} tokens (both fitnesses), "

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deap import gp as dgp  # noqa: E402
 
-from bench.common import (RESULTS, add_model_args, load_inputs, markdown_table, spearman,  # noqa: E402
+from bench.common import (RESULTS, add_model_args, agreement, load_inputs, markdown_table,  # noqa: E402
                           weight_snapshot, write)
 from dsa.allocations import baseline_candidates  # noqa: E402
 from dsa.cli import data_spec, model_spec  # noqa: E402
@@ -46,18 +46,6 @@ LLAMA2_7B_LINEAR_PARAMS = 32 * (4 * 4096 * 4096 + 3 * 11008 * 4096)
 # what --resume requires to be unchanged
 SAME_FOR_RESUME = ("model", "dtype", "method", "sparsity", "val_windows", "test_windows", "nsamples", "calib_seqlen",
                    "seqlen", "data", "calib", "data_seed", "grid_step", "baselines")
-
-
-def agreement(rows: list[dict]) -> dict:
-    """Spearman's ρ of each fitness with exact SparseGPT's test perplexity, over all allocations and over the
-    better half by test perplexity (the region a search ends in)."""
-    best = sorted(rows, key=lambda r: r["exact test ppl"])[:max(3, len(rows) // 2)]
-    out = {"allocations": len(rows)}
-    for label, group in (("", rows), (" (better half)", best)):
-        exact = [r["exact test ppl"] for r in group]
-        out[f"ρ A masks vs exact{label}"] = spearman([r["A masks val ppl"] for r in group], exact)
-        out[f"ρ B levels vs exact{label}"] = spearman([r["B levels val ppl"] for r in group], exact)
-    return out
 
 
 def projection(levels: int) -> dict:
@@ -135,7 +123,9 @@ def main() -> None:
     print(f"{len(rows)} allocations done before, {len(todo)} to go", flush=True)
 
     def save(final: bool) -> None:
-        summary = {**agreement(rows), **database} if len(rows) >= 3 else dict(database)
+        summary = {**agreement(rows, "exact test ppl", {"ρ A masks vs exact": "A masks val ppl",
+                                                              "ρ B levels vs exact": "B levels val ppl"}),
+                   **database} if len(rows) >= 3 else dict(database)
         table = (f"Model {args.model or 'SmolLM2-135M'} ({'GPU' if args.device.startswith('cuda') else 'CPU'} "
                  f"protocol), {args.method} {args.sparsity:.0%}; fitness A (masks from dense SparseGPT scores) and B "
                  f"(level database, {len(grid) - 1} levels, step {args.grid_step}) on validation "

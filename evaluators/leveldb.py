@@ -224,7 +224,7 @@ def _build(path: Path, key: dict, model: nn.Module, linears: list[dict[str, nn.L
             for i, level in enumerate(grid[1:], 1):
                 tensors[f"{name}@{i}"] = _pruned(pruner, lin, level, stats.get(name))
             stats.pop(name, None)  # free its hessian
-        _write_atomic(_block_file(path, l), lambda tmp: save_file(tensors, str(tmp), metadata={"key": key_text}))
+        _write_atomic(_block_file(path, l), lambda tmp, t=tensors: save_file(t, str(tmp), metadata={"key": key_text}))
         del tensors
         bar.update()
     bar.close()
