@@ -1,7 +1,12 @@
 """What users pass as ``--allocation``: a baseline (``owl``, ``atp-tuned`` …, optionally with parameters,
-``owl:m=7,lam=0.1``), a run folder (its best formula) or a formula in tree syntax."""
+``owl:m=7,lam=0.1``), a run folder (its best formula) or a formula in tree syntax.
+
+Whatever its source (a baseline, a formula, a shared run folder's numbers), an allocation is checked
+before it is used (:func:`check_sparsities`): one sparsity per block, each finite and within the
+allocator's bounds, with parameter-weighted mean the target."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from evaluators.baselines import BASELINES
@@ -9,13 +14,16 @@ from primitives import FormulaError, LayerAllocator, build_pset, parse_tree
 
 from .errors import UserError
 from .runs import read_run
-from .settings import carried_settings
+from .settings import MAX_SPARSITY, EvaluatorSpec, carried_settings
 
 WANDA_METRIC = ("owl", "owl-tuned", "dsa-code", "dsa-paper", "dlp")  # read Wanda's metric whatever the pruner
 # scored at the start of every search; atp-tuned (its β grid, ~10 evaluations) is the strongest simple yardstick
 SEARCH_BASELINES = ("uniform", "owl", "atp-tuned", "dsa-code", "dlp")
 # dsa compare measures every baseline that runs without a parameter chosen by hand (atp needs its β)
 COMPARE_BASELINES = tuple(name for name in BASELINES if name != "atp")
+TARGET_TOL = 1e-6  # an allocation's weighted mean this close to the target is the target
+
+
 def names() -> list[str]:
     return list(BASELINES)
 
@@ -32,6 +40,10 @@ def split_spec(spec: str) -> tuple[str, dict]:
             eq = ""
         if not eq:
             raise UserError(f"--allocation {spec!r}: parameters are key=number pairs, e.g. owl:m=7,lam=0.1")
+    for key, value in params.items():  # spreads, β, α, ε are ≥ 0; OWL's M·mean threshold needs M > 0
+        if not math.isfinite(value) or value < 0 or (key == "m" and value == 0):
+            raise UserError(f"--allocation {spec!r}: {key} must be a finite number "
+                            f"{'> 0' if key == 'm' else '≥ 0'}, got {value:g}")
     return name, params
 
 
@@ -55,6 +67,16 @@ def needs_wanda_metric(spec: str) -> bool:
     return split_spec(spec)[0] in WANDA_METRIC
 
 
+def run_folder(spec: str) -> Path | None:
+    """``spec`` as a folder when it names an existing one, else None (then it is a name or a formula: a
+    formula longer than a file name may be, or one holding odd characters, is never a folder)."""
+    try:
+        path = Path(spec)
+        return path if path.is_dir() else None
+    except (OSError, ValueError):  # too long a name, a NUL byte
+        return None
+
+
 def best_row(run_dir: Path) -> tuple[dict, dict]:
     """A run folder's best valid hall-of-fame row (the one chosen on the selection split, where the run
     re-scored its hall of fame there), and its config."""
@@ -62,7 +84,8 @@ def best_row(run_dir: Path) -> tuple[dict, dict]:
     valid = [r for r in run["hall_of_fame"] if r["fitness"] != float("inf")]
     if not valid:
         raise UserError(f"{run_dir} has no valid candidate in its hall of fame")
-    chosen = (run["config"].get("selection") or {}).get("best_rank")
+    selection = run["config"].get("selection")
+    chosen = selection.get("best_rank") if isinstance(selection, dict) else None
     return next((r for r in valid if r["rank"] == chosen), valid[0]), run["config"]
 
 
@@ -73,32 +96,70 @@ def best_formula(run_dir: Path) -> str:
     return row["tree"]
 
 
-def direct_allocation(run_dir: Path, allocator: LayerAllocator) -> list[float] | None:
-    """A direct search's best allocation (None for a formula run): per-layer sparsities for its model and
-    target only."""
+def _direct_row(run_dir: Path) -> tuple[list, float] | None:
+    """A direct search's best allocation as stored and its target (None for a formula run), checked as
+    far as it can be without the model: numbers within [0, MAX_SPARSITY], a target in (0, MAX_SPARSITY]."""
     row, config = best_row(run_dir)
     if config.get("space") != "direct":
         return None
-    values = [float(v) for v in row["output"]]
-    if len(values) != allocator.n_layers or abs(config.get("sparsity", -1) - allocator.ctx.target) > 1e-12:
+    values, target = row["output"], config.get("sparsity")
+    if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 < target <= MAX_SPARSITY:
+        raise UserError(f"{run_dir}/config.json is damaged: its sparsity is not in (0, {MAX_SPARSITY}]: {target!r:.40}")
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and 0 <= v <= MAX_SPARSITY for v in values):
+        raise UserError(f"{run_dir}/hall_of_fame.json is damaged: its best allocation is not a list of sparsities "
+                        f"in [0, {MAX_SPARSITY}]")
+    return values, target
+
+
+def direct_allocation(run_dir: Path, allocator: LayerAllocator) -> list[float] | None:
+    """A direct search's best allocation (None for a formula run): per-layer sparsities for its model and
+    target only, checked (:func:`check_sparsities`)."""
+    stored = _direct_row(run_dir)
+    if stored is None:
+        return None
+    values, target = stored
+    if len(values) != allocator.n_layers or abs(target - allocator.ctx.target) > 1e-12:
         raise UserError(f"{run_dir} holds a direct search's allocation for {len(values)} layers at sparsity "
-                        f"{config.get('sparsity')}: it applies to that model and sparsity only")
-    return values
+                        f"{target}: it applies to that model and sparsity only")
+    return check_sparsities(values, allocator, f"{run_dir}'s allocation")
+
+
+def check_sparsities(values, allocator: LayerAllocator, what: str) -> list[float]:
+    """``values`` as floats, when they are an allocation for ``allocator``: one per block, finite, within
+    its bounds, with parameter-weighted mean its target (within :data:`TARGET_TOL`); else UserError."""
+    ctx = allocator.ctx
+    values = list(values)
+    if len(values) != allocator.n_layers:
+        raise UserError(f"{what} has {len(values)} sparsities for {allocator.n_layers} blocks")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and ctx.lo <= v <= ctx.hi for v in values):
+        raise UserError(f"{what} holds sparsities that are not numbers in [{ctx.lo:g}, {ctx.hi:g}]")
+    weights = ctx.weights.tolist()
+    mean = sum(float(v) * w for v, w in zip(values, weights)) / sum(weights)
+    if not abs(mean - ctx.target) <= TARGET_TOL:
+        raise UserError(f"{what} has mean sparsity {mean:.6g}, not the target {ctx.target:g}")
+    return [float(v) for v in values]
 
 
 def run_settings(spec: str) -> dict:
     """For a run folder: the settings it was searched with that ``dsa prune/eval`` take unless given
-    (argument names → values); {} for anything else."""
-    path = Path(spec)
-    if not path.is_dir():
+    (argument names → values), checked; {} for anything else."""
+    path = run_folder(spec)
+    if path is None:
         return {}
     evaluator = read_run(path)["config"].get("evaluator")
     if not isinstance(evaluator, dict):
         return {}  # a synthetic run, or one written before run folders recorded their settings
+    try:
+        checked = EvaluatorSpec.from_dict(evaluator)
+        problems = checked.problems()
+    except (TypeError, ValueError) as exc:
+        problems = [f"{type(exc).__name__}: {exc}"]
+    if problems:
+        raise UserError(f"{path}/config.json is damaged: {problems[0]}")
     out = {}
     for arg, (group, key) in carried_settings().items():
         if isinstance(evaluator.get(group), dict) and key in evaluator[group]:
-            out[arg] = evaluator[group][key]
+            out[arg] = getattr(getattr(checked, group), key)
     return out
 
 
@@ -106,12 +167,11 @@ def check_allocation(spec: str) -> None:
     """Fail early (before any model is loaded) on an allocation that cannot be used."""
     if _baseline(spec) is not None:
         return
-    path = Path(spec)
-    if path.is_dir():
-        row, config = best_row(path)
-        if config.get("space") == "direct":
+    path = run_folder(spec)
+    if path is not None:
+        if _direct_row(path) is not None:
             return
-        text = row["tree"]
+        text = best_formula(path)
     else:
         text = spec
     _parse(text, spec, build_pset())
@@ -121,7 +181,7 @@ def _parse(text: str, spec: str, pset):
     try:
         return parse_tree(text, pset)
     except FormulaError as exc:
-        raise UserError(f"--allocation {spec!r} is neither a known name ({', '.join(names())}), "
+        raise UserError(f"--allocation {spec!r:.100} is neither a known name ({', '.join(names())}), "
                         f"a run folder, nor a valid formula: {exc}") from None
 
 
@@ -136,15 +196,15 @@ def allocate(spec: str, allocator: LayerAllocator, blocks=None, fitness=None) ->
         base, params = found
         if blocks is None:
             raise UserError(f"{spec} needs the model (use it with dsa prune/eval)")
-        return base(blocks, allocator.ctx.target, fitness=fitness, **params), None
-    path = Path(spec)
-    if path.is_dir() and (values := direct_allocation(path, allocator)) is not None:
+        return check_sparsities(base(blocks, allocator.ctx.target, fitness=fitness, **params), allocator, spec), None
+    path = run_folder(spec)
+    if path is not None and (values := direct_allocation(path, allocator)) is not None:
         return values, None
-    text = best_formula(path) if path.is_dir() else spec
+    text = best_formula(path) if path is not None else spec
     result = allocator(_parse(text, spec, allocator.pset))
     if not result.valid:
-        raise UserError(f"formula {text!r} gives non-finite layer importances on this model ({result.error})")
-    return result.tolist(), text
+        raise UserError(f"formula {text!r:.200} gives non-finite layer importances on this model ({result.error})")
+    return check_sparsities(result.tolist(), allocator, f"formula {text!r:.200}"), text
 
 
 def baseline_candidates(names: tuple[str, ...], blocks, target: float) -> dict[str, list[tuple[dict, list[float]]]]:

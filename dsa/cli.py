@@ -13,11 +13,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from gp import ConfigError, SearchConfig
+from gp import CheckpointError, ConfigError, SearchConfig
 from gp.direct import DirectConfig
 
 from .errors import UserError
-from .flags import DEFAULTS, DIRECT, DIRECT_ONLY, GP_ONLY, build_parser, given_flags
+from .flags import DEFAULTS, DIRECT, DIRECT_ONLY, GP_ONLY, LLM_ONLY, build_parser, given_flags
 from .problem import baseline_seeds
 from .settings import DataSpec, EvaluatorSpec, ModelSpec, PruneSpec, check_output_dir, check_output_file
 
@@ -83,6 +83,17 @@ def direct_config(args) -> DirectConfig:
 RESUMABLE = {"command", "resume", "generations", "no_progress", "workers", "ray_address"}
 
 
+def flag_names(dests) -> str:
+    return ", ".join("--" + d.replace("_", "-") for d in sorted(dests))
+
+
+def check_stage_windows(stages, val_windows: int, flag: str = "--stages") -> None:
+    """A selection step cannot read more validation windows than the fitness has (--val-windows)."""
+    most = max((w for w, _ in stages or () if w is not None), default=0)
+    if most > val_windows:
+        raise UserError(f"{flag} reads {most} validation windows in a step, but --val-windows is {val_windows}")
+
+
 def search_specs(args, given: set[str] = frozenset()) -> list[EvaluatorSpec]:
     """One spec per (model, method, sparsity) of ``dsa search``'s (comma-separated) flags, checked."""
     specs = []
@@ -108,6 +119,12 @@ def search_command(args, given: set[str]) -> None:
         run = resume_run(Path(args.resume), args.generations, progress=not args.no_progress,
                          workers=args.workers, ray_address=args.ray_address)
     else:
+        unused = set(LLM_ONLY) & given if args.task == "synthetic" else set()
+        if unused:
+            raise UserError(f"{flag_names(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --task "
+                            f"synthetic (it has no model, data, pruner or validation windows)")
+        if args.task == "llm":
+            check_stage_windows(args.stages, args.val_windows)
         specs = search_specs(args, given)
         spec, tasks = specs[0], tuple(specs) if len(specs) > 1 else ()
         args.method, args.sparsity = spec.prune.method, spec.prune.sparsity
@@ -133,8 +150,13 @@ def search_command(args, given: set[str]) -> None:
 def compare_command(args, given: set[str]) -> None:
     """``dsa compare``: the search's settings through the same builders as ``dsa search``."""
     from .experiment import Comparison, run_comparison
+    from .search import check_level_step
     args.seed = args.seeds[0]  # each search's seed is set per seed; the builders check the first
     spec = evaluator_spec(args, given)
+    check_stage_windows(args.stages, args.val_windows)
+    check_stage_windows(args.direct_stages, args.val_windows, "--direct-stages")
+    if set(args.searches) & {"direct", "warm"}:
+        check_level_step(args.sparsity, args.level_step)
     gp_config = search_config(args, given, args.generations)
     direct = direct_config(argparse.Namespace(**{**vars(args), "offspring": args.direct_offspring,
                                                  "stages": args.direct_stages, "generations": 10_000}))
@@ -184,18 +206,18 @@ def main(argv: list[str] | None = None) -> int:
             compare_command(args, given_flags(argv))
         elif args.command == "prune":
             from .llm import prune_command
-            save = check_output_dir(args.save, "--save")
-            if save.exists() and any(save.iterdir()):
-                raise UserError(f"--save {save} exists and is not empty; choose another folder")
+            save = check_new_dir(args.save, "--save")
             model, data, prune = prune_or_eval(args, given_flags(argv))
             prune_command(model, data, prune, args.allocation, save, args.val_windows, not args.no_progress)
         elif args.command == "eval":
             eval_main(args, given_flags(argv))
-    except UserError as exc:
+    except (UserError, CheckpointError) as exc:
         print(f"dsa: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dsa: interrupted (a search resumes with --resume RUN_DIR)", file=sys.stderr)
+        resumes = {"search": " (a search resumes with --resume RUN_DIR)",
+                   "compare": " (the comparison continues with --resume)"}
+        print(f"dsa: interrupted{resumes.get(args.command, '')}", file=sys.stderr)
         return 130
     except RuntimeError as exc:
         from .distributed import WorkerError
@@ -204,6 +226,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dsa: error: {exc} (the search resumes with --resume RUN_DIR)", file=sys.stderr)
         return 1
     return 0
+
+
+def check_new_dir(path: str, flag: str) -> Path:
+    """A folder this command writes whole (``dsa prune --save``): it does not exist yet, or it is an
+    empty folder other than the current one (which the write would replace); checked before any work."""
+    folder = check_output_dir(path, flag)
+    if folder.exists():
+        if folder.resolve() == Path.cwd().resolve():
+            raise UserError(f"{flag} {path} is the current folder, which the saved model would replace; "
+                            f"give a new folder")
+        if any(folder.iterdir()):
+            raise UserError(f"{flag} {folder} exists and is not empty; choose another folder")
+    return folder
 
 
 def eval_main(args, given: set[str]) -> None:

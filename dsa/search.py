@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 
 import gp
-from gp import CheckpointError, ConfigError, Search, SearchConfig
+from gp import CheckpointError, ConfigError, Search, SearchConfig, schema
 from gp import checkpoint as checkpoints
 from gp.direct import DirectConfig, DirectSearch, LevelSpace
 from primitives import build_pset
@@ -23,11 +24,13 @@ from .distributed import evaluation
 from .errors import UserError
 from .plots import plot_allocations, plot_fitness
 from .problem import allocation_problem, has_reduction
-from .runs import new_run_dir, write_json
-from .settings import EvaluatorSpec
+from .runs import finite_number, new_run_dir, read_json_file, write_json
+from .settings import MAX_SPARSITY, SPACES, EvaluatorSpec, usable_path
 from .show import show
 
 CONFIG_VERSION = 2
+TASKS = ("llm", "synthetic")
+MIN_LEVEL_STEP = 1e-4  # allocations are cached and compared to 4 decimals: a smaller level moves nothing
 
 
 @dataclass
@@ -52,7 +55,7 @@ class SearchRun:
         """What a checkpoint must share with this run to be resumed by it."""
         space = {"space": self.space, "init": self.init, "level_step": self.level_step}
         if self.task == "synthetic":
-            return {"task": "synthetic", "sparsity": self.spec.prune.sparsity, **space}
+            return {"task": "synthetic", "sparsity": self.spec.prune.sparsity, "seed": self.spec.data.seed, **space}
         if self.tasks:
             return {"task": self.task, "tasks": [t.identity() for t in self.tasks], **space}
         return {"task": self.task, **self.spec.identity(), **space}
@@ -63,33 +66,67 @@ class SearchRun:
                 "tasks": [t.to_dict() for t in self.tasks]}
 
 
+def read_config(run_dir: Path) -> dict:
+    """``run_dir/config.json`` as resuming reads it, its shape checked (UserError when it is missing,
+    of another version or damaged)."""
+    path = usable_path(run_dir, "--resume") / "config.json"
+    if not path.is_file():
+        raise UserError(f"cannot resume {run_dir}: no config.json there")
+    saved = read_json_file(path, "the run's config")
+    if not isinstance(saved, dict) or saved.get("version") != CONFIG_VERSION:
+        raise UserError(f"cannot resume {run_dir}: its config.json was written by another version of dsa-gp")
+    if saved.get("task") not in TASKS:
+        raise UserError(f"cannot resume {run_dir}: unknown task {saved.get('task')!r:.40} in config.json")
+    bad = [name for name, ok in _config_checks(saved).items() if not ok]
+    if bad:
+        raise UserError(f"cannot resume {run_dir}: config.json is damaged (bad {', '.join(bad)})")
+    return saved
+
+
+def _config_checks(saved: dict) -> dict[str, bool]:
+    """Per field that resuming reads, whether it has its type (and range)."""
+    step, tasks = saved.get("level_step"), saved.get("tasks", [])
+    baselines, settings = saved.get("baselines"), saved.get("baseline_settings", {})
+    return {
+        "search": isinstance(saved.get("search"), dict),
+        "space": saved.get("space", "formula") in SPACES,
+        "evaluator": isinstance(saved.get("evaluator"), dict),
+        "init": saved.get("init") is None or isinstance(saved["init"], str),
+        "level_step": step is None or (finite_number(step) and 0 < step <= MAX_SPARSITY),
+        "tasks": isinstance(tasks, list) and all(isinstance(t, dict) for t in tasks)
+        and (saved["task"] == "llm" or not tasks),  # only the llm task has several
+        "baselines": isinstance(baselines, dict) and all(finite_number(v) or v == math.inf for v in baselines.values()),
+        "baseline_settings": isinstance(settings, dict) and all(map(_baseline_setting, settings.values())),
+    }
+
+
+def _baseline_setting(setting) -> bool:
+    """A baseline's entry in config.json: its parameters, and its allocation (None or numbers)."""
+    if not isinstance(setting, dict):
+        return False
+    allocation = setting.get("allocation")
+    return allocation is None or (isinstance(allocation, list) and all(map(finite_number, allocation)))
+
+
 def resume_run(run_dir: Path, generations: int | None, progress: bool = True, workers: int | None = None,
                ray_address: str | None = None) -> SearchRun:
     """The :class:`SearchRun` saved in ``run_dir/config.json``, to be continued (``generations`` may grow)."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise UserError(f"cannot resume {run_dir}: no config.json there")
+    saved = read_config(run_dir)
     try:
-        saved = json.loads(path.read_text())
-        if saved.get("version") != CONFIG_VERSION:
-            raise UserError(f"cannot resume {run_dir}: its config.json was written by another version of dsa-gp")
         search = dict(saved["search"])
         if generations is not None:
             search["generations"] = generations
         space = saved.get("space", "formula")
         config = DirectConfig(**search) if space == "direct" else SearchConfig.from_dict(search)
-        run = SearchRun(saved["task"], EvaluatorSpec.from_dict(saved["evaluator"]), config, run_dir, resume=True,
-                        progress=progress, workers=workers, ray_address=ray_address,
-                        baselines=tuple(saved.get("baselines", {})) or SEARCH_BASELINES, space=space,
-                        init=saved.get("init"), level_step=saved.get("level_step"),
-                        tasks=tuple(EvaluatorSpec.from_dict(t) for t in saved.get("tasks", [])))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, UserError):
-            raise
-        raise UserError(f"cannot resume {run_dir}: config.json is damaged ({type(exc).__name__}: {exc})") from None
-    if run.task not in ("llm", "synthetic"):
-        raise UserError(f"cannot resume {run_dir}: unknown task {run.task!r} in config.json")
-    return run
+        specs = [EvaluatorSpec.from_dict(spec) for spec in (saved["evaluator"], *saved.get("tasks", []))]
+        problems = [p for spec in specs for p in spec.problems()]
+    except (TypeError, ValueError) as exc:
+        problems = [f"{type(exc).__name__}: {exc}"]
+    if problems:
+        raise UserError(f"cannot resume {run_dir}: config.json is damaged ({problems[0]})")
+    return SearchRun(saved["task"], specs[0], config, run_dir, resume=True, progress=progress, workers=workers,
+                     ray_address=ray_address, baselines=tuple(saved["baselines"]) or SEARCH_BASELINES, space=space,
+                     init=saved.get("init"), level_step=saved.get("level_step"), tasks=tuple(specs[1:]))
 
 
 def build_task(run: SearchRun, ev):
@@ -105,21 +142,33 @@ def build_task(run: SearchRun, ev):
         return tasks, MultiTaskFitness(tasks), info, {}
     if run.task == "synthetic":
         from .synthetic import synthetic_task
-        allocator, fitness = synthetic_task(run.spec.prune.sparsity, seed=run.spec.data.seed)
+        allocator, distance = synthetic_task(run.spec.prune.sparsity, seed=run.spec.data.seed)
         uniform = [({}, allocator.ctx.uniform.tolist())]
-        return allocator, fitness, {"fitness": "distance to optimum (pp)"}, {"uniform": uniform}
+        return allocator, functools.partial(_on_any_windows, distance), {"fitness": "distance to optimum (pp)"}, \
+            {"uniform": uniform}
     return ev.task(run.spec, run.baselines)
+
+
+def _on_any_windows(fitness, sparsities, windows=None):
+    """The synthetic task has no validation windows: every selection stage scores the same distance."""
+    return fitness(sparsities)
 
 
 @contextlib.contextmanager
 def started(run_dir: Path):
-    """Remove the run folder again (if this run created it) when the run fails before its first checkpoint."""
-    created = not run_dir.exists()
+    """Remove the run folder again, and the folders above it that it created (``results/``), when this
+    run created it and fails before its first checkpoint."""
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # run_dir first, then upwards
     try:
         yield
     except BaseException:
         if created and not checkpoints.exists(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
+            for folder in created[1:]:
+                try:
+                    folder.rmdir()  # only when empty: another run may have started in it meanwhile
+                except OSError:
+                    break
         raise
 
 
@@ -129,16 +178,32 @@ def level_step(target: float, step: float | None = None) -> float:
     return step or min(target, 1 - target) / 16
 
 
+def check_level_step(target: float, step: float | None = None) -> None:
+    """UserError when the direct search could not move with this level step (``--level-step``): a level
+    must change a sparsity visibly (≥ MIN_LEVEL_STEP) and fit at least once each way in [0, MAX_SPARSITY]."""
+    value, room = level_step(target, step), min(target, MAX_SPARSITY - target)
+    if not MIN_LEVEL_STEP <= value <= room:
+        raise UserError(f"--level-step {value:g}: the direct search cannot move at sparsity {target:g} (a level "
+                        f"must be in [{MIN_LEVEL_STEP:g}, {room:.4g}])")
+
+
+def grammar_problem() -> gp.Problem:
+    """The allocation grammar without a task: what the limits and a checkpoint's trees are checked
+    against before anything is loaded."""
+    return gp.Problem(pset=build_pset(), decode=None, fitness=None, valid=has_reduction)
+
+
 def run_search(run: SearchRun, ev=None):
     """Run (or resume) ``run``; returns (run folder, :class:`gp.search.SearchResult`). ``ev``: an
     :class:`~dsa.distributed.Evaluation` already holding the model (``dsa compare`` runs several searches
     on one loaded model); None: this run's own, built from its spec."""
     if run.space == "formula":
-        problem_check = gp.Problem(pset=build_pset(), decode=None, fitness=None, valid=has_reduction)
         try:
-            gp.check_limits(problem_check, run.config)
+            gp.check_limits(grammar_problem(), run.config)
         except ConfigError as exc:
             raise UserError(str(exc)) from None
+    else:
+        check_level_step(run.spec.prune.sparsity, run.level_step)
     if run.init is not None:
         from .allocations import check_allocation
         check_allocation(run.init)
@@ -146,22 +211,39 @@ def run_search(run: SearchRun, ev=None):
     if not run.resume and (checkpoints.exists(run_dir) or (run_dir / checkpoints.LEGACY_FILE).exists()):
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
     if run.resume:  # a checkpoint that cannot be resumed fails now, before any loading
-        try:
-            gp.resumable(run_dir, run.config, run.identity())
-        except CheckpointError as exc:
-            raise UserError(str(exc)) from None
+        check_resumable(run, run_dir)
     with started(run_dir), (contextlib.nullcontext(ev) if ev is not None
                             else evaluation(run.task, run.spec, run.workers, run.ray_address)) as ev:
         return _search(replace(run, run_dir=run_dir), ev)
 
 
+def check_resumable(run: SearchRun, run_dir: Path) -> None:
+    """The run folder's checkpoint, checked in full as far as it can be before the task is built (the
+    llm task's model loaded): settings, identity, every field (:mod:`gp.schema`), trees within the
+    run's limits, a direct search's levels within ±max_level."""
+    try:
+        if run.space == "direct":
+            state = gp.resumable(run_dir, run.config, run.identity())
+            if state is not None:
+                schema.check_direct(run_dir / checkpoints.FILE, state, run.config)
+        else:
+            Search(grammar_problem(), run.config, run_dir, identity=run.identity()).checkpoint_state()
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+
+
 def _search(run: SearchRun, ev):
     allocator, fitness, info, candidates = build_task(run, ev)  # multi-task: the task list as "allocator"
     map_fn = ev.map
-    run.run_dir.mkdir(parents=True, exist_ok=True)
+    search = build_search(run, allocator, fitness, info, map_fn)
+    if run.resume:  # checked again against the task (a direct search's levels within its space), unwritten
+        try:
+            search.checkpoint_state()
+        except CheckpointError as exc:
+            raise UserError(str(exc)) from None
     config_path = run.run_dir / "config.json"
     if run.resume:  # the baselines were scored when the run started; only the generations may have grown
-        config = json.loads(config_path.read_text())
+        config = read_config(run.run_dir)
         config.update(run.settings())
         baselines = {name: {"fitness": value, **config.get("baseline_settings", {}).get(name, {})}
                      for name, value in config["baselines"].items()}
@@ -177,17 +259,11 @@ def _search(run: SearchRun, ev):
             "baseline_settings": {name: {"params": b["params"], "allocation": b["allocation"]}
                                   for name, b in baselines.items()},
         }
+    run.run_dir.mkdir(parents=True, exist_ok=True)
     write_json(config_path, config)
-    if run.space == "direct":
-        search = direct_search(run, allocator, fitness, info, map_fn)
-    elif run.tasks:
-        from .multitask import multitask_problem
-        search = Search(multitask_problem(allocator), run.config, run.run_dir, map_fn=map_fn,
-                        progress=run.progress, identity=run.identity())
-    else:
-        search = Search(allocation_problem(allocator, fitness), run.config, run.run_dir, map_fn=map_fn,
-                        progress=run.progress, identity=run.identity())
     result = search.run(resume=run.resume)
+    # the tables as the result has them: a resumed run with no generation left rewrites them too
+    checkpoints.write_tables(run.run_dir, result.hall_of_fame, list(result.logbook), result.pareto_front)
     if run.task == "llm" and run.spec.selection_windows:
         config["selection"] = rescore_on_selection(run.run_dir, result.hall_of_fame, baselines, fitness, map_fn)
         write_json(config_path, config)
@@ -204,6 +280,18 @@ def _search(run: SearchRun, ev):
     return run.run_dir, result
 
 
+def build_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> Search | DirectSearch:
+    """The run's search, built (nothing written yet): per-layer levels, a multi-task or a plain GP search."""
+    if run.space == "direct":
+        return direct_search(run, allocator, fitness, info, map_fn)
+    if run.tasks:
+        from .multitask import multitask_problem
+        return Search(multitask_problem(allocator), run.config, run.run_dir, map_fn=map_fn,
+                      progress=run.progress, identity=run.identity())
+    return Search(allocation_problem(allocator, fitness), run.config, run.run_dir, map_fn=map_fn,
+                  progress=run.progress, identity=run.identity())
+
+
 def direct_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> DirectSearch:
     """The EvoPress-style search over per-layer levels, around the uniform allocation or ``run.init``'s."""
     target = run.spec.prune.sparsity
@@ -214,8 +302,6 @@ def direct_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> Dir
     step = level_step(target, run.level_step)
     space = LevelSpace(base, allocator.ctx.weights, step, run.config.max_level, allocator.ctx.lo, allocator.ctx.hi)
     windows = info.get("val_windows", 1)
-    if run.task == "synthetic":  # no validation windows there: every stage scores the same distance
-        fitness = functools.partial(lambda f, sparsities, windows=None: f(sparsities), fitness)
     return DirectSearch(space, fitness, windows, run.config, run.run_dir, map_fn=map_fn, progress=run.progress,
                         identity=run.identity(),
                         describe=f"direct (EvoPress levels{', from ' + run.init if run.init else ''})")

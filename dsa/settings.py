@@ -10,17 +10,23 @@ The CLI (:mod:`dsa.cli`) builds these from its flags; nothing below the CLI sees
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from evaluators.masking import MASKING
 from evaluators.pruners import PRUNERS
 from evaluators.scores import SCORERS
+from gp.config import MAX_SEED
 
 from .errors import UserError
 
 METHODS = tuple(m for m in PRUNERS if m in SCORERS)  # a method both scores and prunes
+DTYPES = ("fp32", "fp16", "bf16")
+FITNESSES = ("ppl", "kl")  # validation perplexity, or KL divergence from the dense model
+SPACES = ("formula", "direct")  # what a search evolves: allocation functions, or per-layer sparsities
 MAX_SPARSITY = 0.99  # post-processes keep every layer below this
 DEFAULT_MAX_SCORES = 2**18
 # The two protocols (declared here only): the papers' on a GPU, and one that a 2-core CPU runs in hours
@@ -46,8 +52,26 @@ def carried(flag: str | None = None) -> dict:
     return {**CARRIED, **({"flag": flag} if flag else {})}
 
 
+# a field's annotation → the JSON values it takes (what from_dict may be handed by a damaged config.json)
+FIELD_TYPES = {"str": (str,), "str | None": (str, type(None)), "int": (int,), "int | None": (int, type(None)),
+               "float": (int, float)}
+
+
 class Spec:
-    """Shared conversions: to and from plain JSON data (nested specs included)."""
+    """Shared conversions: to and from plain JSON data (nested specs included), and the type check of
+    what came from JSON."""
+
+    def type_problems(self) -> list[str]:
+        """A message per field whose value is not of the field's type (nested specs included)."""
+        out = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kinds = FIELD_TYPES.get(f.type)
+            if kinds is None:  # a nested spec
+                out += value.type_problems() if isinstance(value, Spec) else [f"{f.name} must be an object"]
+            elif isinstance(value, bool) or not isinstance(value, kinds):
+                out.append(f"{f.name} must be of type {f.type}, got {value!r:.40}")
+        return out
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,7 +96,7 @@ class ModelSpec(Spec):
     def check(self) -> None:
         if self.model is None:
             return
-        path = Path(self.model).expanduser()
+        path = usable_path(self.model, "--model")
         if self.model.endswith(".gguf") and not path.is_file():
             raise UserError(f"model file not found: {self.model} (--model)")
         if not path.exists() and (self.model.startswith(("/", ".", "~")) or self.model.count("/") > 1):
@@ -102,12 +126,12 @@ class DataSpec(Spec):
         return replace(self, **{k: v for k, v in sizes.items() if getattr(self, k) is None})
 
     def check(self) -> None:
-        if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
+        if self.data_dir is not None and not usable_path(self.data_dir, "--data-dir").is_dir():
             raise UserError(f"--data-dir folder not found: {self.data_dir}")
         for flag, value in (("--data", self.data), ("--calib", self.calib)):
             if value.lower().replace("-", "").replace("_", "") in (*NAMED_DATA, "wikitext"):
                 continue
-            path = Path(value).expanduser()
+            path = usable_path(value, flag)
             if not path.is_file():
                 raise UserError(f"data file not found: {value} ({flag}: wikitext2, c4 or a local "
                                 f"{'/'.join(DATA_SUFFIXES[:4])} file)")
@@ -147,6 +171,28 @@ class EvaluatorSpec(Spec):
         self.model.check()
         self.data.check()
         self.prune.check()
+
+    def problems(self) -> list[str]:
+        """A message per value of the wrong type or out of its range (files and names: :meth:`check`);
+        what a damaged or hand-written config.json may hold, which the flags would have refused."""
+        out = self.type_problems()
+        if out:
+            return out
+        data, prune = self.data, self.prune
+        checks = [
+            (self.model.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.model.dtype!r:.40}"),
+            (0 <= data.seed <= MAX_SEED, f"the data seed must be in [0, {MAX_SEED}], got {data.seed}"),
+            (all(v is None or v >= 1 for v in (data.seqlen, data.nsamples, data.calib_seqlen)) and data.batch_size >= 1,
+             "window lengths, sample counts and the batch size must be ≥ 1"),
+            (self.val_windows >= 1 and self.selection_windows >= 0, "val_windows must be ≥ 1, selection_windows ≥ 0"),
+            (self.fitness in FITNESSES, f"fitness must be one of {', '.join(FITNESSES)}, got {self.fitness!r:.40}"),
+            (self.masking in MASKING, f"masking must be one of {', '.join(MASKING)}, got {self.masking!r:.40}"),
+            (prune.method in METHODS, f"unknown pruning method {prune.method!r:.40}"),
+            (math.isfinite(prune.sparsity) and 0 < prune.sparsity <= MAX_SPARSITY,
+             f"sparsity must be in (0, {MAX_SPARSITY}], got {prune.sparsity}"),
+            (prune.max_scores_per_layer is None or prune.max_scores_per_layer >= 1, "max_scores_per_layer must be ≥ 1"),
+        ]
+        return [text for ok, text in checks if not ok]
 
     def identity(self) -> dict:
         """What a resumed run must share with its checkpoint: every field but the RUNTIME ones (where or
@@ -201,9 +247,22 @@ def _can_create_in(folder: Path) -> bool:
         return False
 
 
+def usable_path(path: str | Path, what: str) -> Path:
+    """``path`` (``~`` expanded) when the system takes it as a name at all; UserError for one it refuses
+    outright (longer than a file name may be) instead of an OSError wherever it is first looked at."""
+    path = Path(path).expanduser()
+    try:
+        path.exists()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        name = str(path) if len(str(path)) <= 60 else str(path)[:60] + "…"
+        raise UserError(f"{what} {name}: {reason}") from None
+    return path
+
+
 def check_output_dir(path: str | Path, flag: str) -> Path:
     """A folder this command will create or fill: it is a folder (or does not exist yet) and can be written."""
-    path = Path(path).expanduser()
+    path = usable_path(path, flag)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} exists and is not a folder")
     base = _existing_ancestor(path.absolute())
@@ -216,7 +275,7 @@ def check_output_dir(path: str | Path, flag: str) -> Path:
 
 def check_output_file(path: str | Path, flag: str) -> Path:
     """A file this command will write: its folder exists and can be written, and it is not a folder."""
-    path = Path(path).expanduser()
+    path = usable_path(path, flag)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder, not a file")
     if path.exists() and not os.access(path, os.W_OK):

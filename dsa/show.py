@@ -22,13 +22,15 @@ def hall_of_fame_table(rows: list[dict], top: int | None = None, notation: str =
              f"{'-' * 4}  {'-' * 10}{sel_rule}  {'-' * 4}  {'-' * width}"]
     pad = " " * (24 + len(sel_head))
     for row in rows:
-        text = textwrap.wrap(str(row.get(notation, row["tree"])), width) or [""]
+        text = textwrap.wrap(str(row.get(notation) or row["tree"]), width) or [""]
         sel = row.get("selection")
         sel_cell = (f"  {sel:>10.4f}" if isinstance(sel, (int, float)) else f"  {'':>10}") if selection else ""
         lines.append(f"{row['rank']:>4}  {row['fitness']:>10.4f}{sel_cell}  {row['size']:>4}  {text[0]}")
         lines += [f"{pad}{t}" for t in text[1:]]
         if row.get("flag"):
             lines.append(f"{pad}!! {row['flag']}")
+        if row.get("note") and notation != "tree":
+            lines.append(f"{pad}({row['note']})")
         output = row.get("output")
         for label, values in (output.items() if isinstance(output, dict) else [("", output)] if output else []):
             alloc = format_allocation(values)  # a multi-task row: one allocation per task

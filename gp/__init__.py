@@ -7,7 +7,8 @@
 - ``algorithms``: one generation of each strategy (elitist GA, multi-step selection, NSGA-II, random
   search) and constant tuning
 - ``evaluation``: the fitness cache and cached batch evaluation (full or on a few windows)
-- ``checkpoint``: JSON checkpoints, random states, the resume check
+- ``checkpoint``: JSON checkpoints, random states, the resume check, bounded reads of regular files
+- ``schema``: what a checkpoint may hold, checked in full before a search is restored from it
 - ``search``: the loop, hall of fame, logbook, resume (:class:`Search`)
 - ``direct``: a direct search over per-layer sparsity levels (EvoPress-style, :class:`~gp.direct.DirectSearch`)
 """

@@ -1,14 +1,18 @@
 """Checkpoints as JSON, written atomically: a run killed at any moment leaves the previous checkpoint
 intact, and loading one cannot execute code (no pickle). Individuals are stored as their text, random
-states as plain numbers."""
+states as plain numbers. Run folders are shared between users, so whatever is read from one is read
+as untrusted input: regular files only, of bounded size (:func:`read_json`), and a checkpoint's
+contents are checked in full (:mod:`gp.schema`) before a search is restored from it."""
 from __future__ import annotations
 
 import base64
 import csv
+import errno
 import io
 import json
 import os
 import random
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ import torch
 FILE = "checkpoint.json"
 LEGACY_FILE = "checkpoint.pkl"  # written by dsa-gp ≤ 0.1 with pickle; never loaded
 FORMAT = 1
+MAX_FILE_BYTES = 64 * 2**20  # a run folder's file larger than this is refused, not read
 
 
 class CheckpointError(ValueError):
@@ -65,21 +70,54 @@ def save(run_dir: Path, state: dict[str, Any]) -> None:
 
 
 def exists(run_dir: Path) -> bool:
-    return (Path(run_dir) / FILE).exists()
+    return os.path.lexists(Path(run_dir) / FILE)  # a dangling link counts: it is not a missing checkpoint
+
+
+def read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of ``path`` when it is a regular file (or a link to one) of at most ``limit`` bytes.
+    Anything else raises OSError without being read: a FIFO would block until a writer comes, a device
+    such as ``/dev/zero`` would never end. The FIFO is opened non-blocking, and the check is made on
+    the opened file, so that a file swapped in between cannot slip through."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path, limit: int = MAX_FILE_BYTES) -> Any:
+    """JSON data of a regular file (:func:`read_regular`): OSError when it cannot be read, ValueError
+    when it is not JSON (text nested too deeply for the parser included)."""
+    data = read_regular(path, limit)
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def load(run_dir: Path) -> dict[str, Any] | None:
     """The checkpoint of ``run_dir`` as JSON data (None when there is none); CheckpointError when it is
     unreadable or of an unknown format."""
     path = Path(run_dir) / FILE
-    if not path.exists():
-        if (Path(run_dir) / LEGACY_FILE).exists():
+    if not os.path.lexists(path):
+        if os.path.lexists(Path(run_dir) / LEGACY_FILE):
             raise CheckpointError(f"{run_dir} holds only a {LEGACY_FILE} (pickle, written by an older dsa-gp), "
                                   f"which is never loaded because unpickling can run code; start a new run")
         return None
     try:
-        state = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        state = read_json(path)
+    except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of format {FORMAT}")

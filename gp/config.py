@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from primitives.parse import MAX_HEIGHT, MAX_SIZE
+
 OBJECTIVES = (("fitness",), ("fitness", "size"))  # single-objective, or NSGA-II on fitness and tree size
 MODES = ("evolution", "random")
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch and random accept it too
@@ -60,6 +62,8 @@ class SearchConfig:
         for name in ints:
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
+        need(isinstance(self.cache, bool), f"cache must be true or false, got {self.cache!r}")
+        need(all(isinstance(t, str) for t in self.seeds), "seeds must be trees as text")
         if out:
             return out
         need(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
@@ -75,8 +79,9 @@ class SearchConfig:
         need(self.hof_size >= 1, f"hof_size must be ≥ 1, got {self.hof_size}")
         need(1 <= self.init_min_height <= self.init_max_height,
              f"need 1 ≤ init_min_height ≤ init_max_height, got {self.init_min_height} and {self.init_max_height}")
-        need(self.max_height >= 1, f"max_height must be ≥ 1, got {self.max_height}")
-        need(self.max_size >= 1, f"max_size must be ≥ 1, got {self.max_size}")
+        # a tree must parse back from its text (checkpoints, hall of fame): within the parser's limits
+        need(1 <= self.max_height <= MAX_HEIGHT, f"max_height must be in [1, {MAX_HEIGHT}], got {self.max_height}")
+        need(1 <= self.max_size <= MAX_SIZE, f"max_size must be in [1, {MAX_SIZE}], got {self.max_size}")
         need(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed}")
         need(self.objectives in OBJECTIVES, f"objectives must be one of "
                                             f"{', '.join(','.join(o) for o in OBJECTIVES)}; got {','.join(self.objectives)}")

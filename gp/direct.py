@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, schema
 from .config import MAX_SEED, ConfigError
 from .problem import WORST, rounded_key
 from .search import SearchResult
@@ -50,7 +50,15 @@ class DirectConfig:
             raise ConfigError(problem)
 
     def problems(self) -> list[str]:
-        out = []
+        ints = ("generations", "offspring", "max_level", "hof_size", "seed")
+        out = [f"{name} must be an integer, got {getattr(self, name)!r}" for name in ints
+               if not _integer(getattr(self, name))]
+        if not (self.max_evaluations is None or _integer(self.max_evaluations)):
+            out.append(f"max_evaluations must be an integer or None, got {self.max_evaluations!r}")
+        if not isinstance(self.cache, bool):
+            out.append(f"cache must be true or false, got {self.cache!r}")
+        if out:
+            return out
         if self.generations < 0:
             out.append(f"generations must be ≥ 0, got {self.generations}")
         if self.offspring < 1:
@@ -77,6 +85,10 @@ class DirectConfig:
         data = asdict(self)
         data["stages"] = [list(s) for s in self.stages]
         return data
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class LevelSpace:
@@ -234,8 +246,17 @@ class DirectSearch:
             "config": self.config.to_dict(), "identity": self.identity})
         checkpoint.write_tables(self.run_dir, self.rows(hof), logbook)
 
-    def _load(self):
+    def checkpoint_state(self) -> dict | None:
+        """The run folder's checkpoint as JSON data, checked in full against this search (settings and
+        identity: :func:`gp.checkpoint.resumable`; levels within this space: :func:`gp.schema.check_direct`);
+        None when there is none. Reads only: call it before writing anything."""
         state = checkpoint.resumable(self.run_dir, self.config, self.identity) if self.run_dir else None
+        if state is not None:
+            schema.check_direct(self.run_dir / checkpoint.FILE, state, self.config, self.space)
+        return state
+
+    def _load(self):
+        state = self.checkpoint_state()
         if state is None:
             return None
         try:

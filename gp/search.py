@@ -16,7 +16,9 @@ import numpy as np
 from deap import creator, gp, tools
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from primitives.parse import parse_tree
+
+from . import checkpoint, schema
 from .algorithms import strategy, tune_constants
 from .config import SearchConfig
 from .evaluation import FitnessCache, evaluate
@@ -200,10 +202,32 @@ class Search:
         checkpoint.write_tables(self.run_dir, self.rows(hof), list(logbook),
                                 self.pareto_rows(front) if front is not None else None)
 
+    def limits(self) -> tuple[int, int]:
+        """The run's tree limits (height, size): max_height and max_size, or a seed tree's where larger
+        (seeds enter the population as they are written)."""
+        seeds = [parse_tree(text, self.problem.pset) for text in self.config.seeds]
+        return (max([self.config.max_height, *(t.height for t in seeds)]),
+                max([self.config.max_size, *(len(t) for t in seeds)]))
+
+    def checkpoint_state(self) -> dict | None:
+        """The run folder's checkpoint as JSON data, checked in full against this search (settings and
+        identity: :func:`gp.checkpoint.resumable`; everything else: :func:`gp.schema.check_search`, trees
+        within :meth:`limits`); None when there is none. Reads only: call it before writing anything."""
+        state = checkpoint.resumable(self.run_dir, self.config, self.identity) if self.run_dir else None
+        if state is not None:
+            try:
+                height, size = self.limits()
+            except ValueError as exc:  # the checkpoint's settings (equal to this run's) hold a seed tree
+                raise checkpoint.CheckpointError(f"{self.run_dir / checkpoint.FILE} is damaged: a seed tree of its "
+                                                 f"settings does not parse ({exc})") from None
+            schema.check_search(self.run_dir / checkpoint.FILE, state, self.config,
+                                lambda text: parse_tree(text, self.problem.pset, height, size))
+        return state
+
     def _load(self):
         """(population, hof, front, logbook, next generation) from the run folder's checkpoint, with the
         cache, evaluation count and random states restored; None when there is no checkpoint."""
-        state = checkpoint.resumable(self.run_dir, self.config, self.identity) if self.run_dir else None
+        state = self.checkpoint_state()
         if state is None:
             return None
         try:

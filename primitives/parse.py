@@ -4,6 +4,9 @@ The grammar is the one DEAP prints: ``name(arg, arg, …)`` for a primitive, a b
 a number for a constant. DEAP's ``PrimitiveTree.from_string`` ignores parentheses and commas and cannot
 type numeric constants of custom types (the spread λ of a post-process); here a number becomes an
 ephemeral constant of whatever type its slot expects, and must be finite and inside that type's bounds.
+
+The text is untrusted (a user's ``--allocation``, a shared run folder): its height and size are checked
+on the tokens, before the recursive descent, so that no nesting can exhaust Python's stack.
 """
 from __future__ import annotations
 
@@ -16,6 +19,12 @@ from .pset import CONSTANT_BOUNDS
 
 TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
                    r"|(?P<punct>[(),]))")
+
+
+# What any tree of this package may be: the parser, the interpreter and SymPy recurse once per level
+MAX_HEIGHT = 50
+MAX_SIZE = 1000
+MAX_CHARS_PER_NODE = 100  # a longer text is refused before it is tokenised
 
 
 class FormulaError(ValueError):
@@ -35,15 +44,36 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def parse_tree(text: str, pset: gp.PrimitiveSetTyped) -> gp.PrimitiveTree:
+def parse_tree(text: str, pset: gp.PrimitiveSetTyped, max_height: int = MAX_HEIGHT,
+               max_size: int = MAX_SIZE) -> gp.PrimitiveTree:
+    """The tree written in ``text``; FormulaError when it is not a well-typed tree of ``pset`` of at most
+    ``max_height`` levels below the root and ``max_size`` nodes."""
+    if len(text) > MAX_CHARS_PER_NODE * max_size:
+        raise FormulaError(f"the formula is {len(text)} characters long; at most {MAX_CHARS_PER_NODE * max_size} "
+                           f"are allowed")
     tokens = _tokens(text)
     if not tokens:
         raise FormulaError("empty formula")
+    _check_shape(tokens, max_height, max_size)
     nodes: list = []
     end = _node(tokens, 0, pset.ret, pset, nodes)
     if end != len(tokens):
         raise FormulaError(f"unexpected {tokens[end][1]!r} after a complete formula")
     return gp.PrimitiveTree(nodes)
+
+
+def _check_shape(tokens, max_height: int, max_size: int) -> None:
+    """Height (the deepest nesting of parentheses) and size (names and numbers) of the tree ``tokens``
+    write, checked before anything recurses."""
+    depth = height = 0
+    for _, token in tokens:
+        depth += (token == "(") - (token == ")")
+        height = max(height, depth)
+    if height > max_height:
+        raise FormulaError(f"the formula is nested {height} levels deep; at most {max_height} are allowed")
+    size = sum(kind != "punct" for kind, _ in tokens)
+    if size > max_size:
+        raise FormulaError(f"the formula has {size} nodes; at most {max_size} are allowed")
 
 
 def _expect(tokens, i: int, value: str, context: str) -> int:

@@ -1,8 +1,15 @@
 """Trees ↔ SymPy: symbolic form, simplification, printing, and numeric evaluation
-of a (simplified) SymPy expression with torch, to check that simplification kept the meaning."""
+of a (simplified) SymPy expression with torch, to check that simplification kept the meaning.
+
+``sympy.simplify`` can take minutes on a short chain of transforms (``sin(cos(tan(asin(…))))``), and
+formulas come from users and shared run folders: it runs under a CPU-time limit
+(:data:`SIMPLIFY_SECONDS`, a virtual timer that interrupts it in the main thread), and a formula it
+does not finish is kept as built, marked so (:attr:`Formula.note`)."""
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +18,7 @@ import torch
 from deap import gp
 
 MAX_SIMPLIFY_OPS = 80  # sympy.simplify is slow on large expressions; larger ones are kept as built
+SIMPLIFY_SECONDS = 3.0  # CPU seconds that sympy.simplify may take on one formula
 
 
 def to_sympy(tree: gp.PrimitiveTree, pset: gp.PrimitiveSetTyped, start: int = 0) -> sp.Expr:
@@ -32,26 +40,70 @@ def _to_sympy(tree, i, pset):
     return pset.records[node.name].sympy(*args), j
 
 
+class _OutOfTime(BaseException):  # not an Exception: SymPy's own ``except Exception`` must not catch it
+    pass
+
+
 def simplify(expr: sp.Expr) -> sp.Expr:
-    """``sympy.simplify`` for expressions of moderate size, the expression itself otherwise."""
+    """``sympy.simplify`` for expressions of moderate size, the expression itself otherwise (also when
+    it cannot be simplified in time: :func:`simplify_bounded` says so)."""
+    return simplify_bounded(expr)[0]
+
+
+def simplify_bounded(expr: sp.Expr, seconds: float = SIMPLIFY_SECONDS) -> tuple[sp.Expr, str | None]:
+    """(the simpler of ``expr`` and ``sympy.simplify(expr)``, None; or ``expr`` and why it was not
+    simplified: its simplification took over ``seconds`` of CPU time, or no timer could bound it (outside
+    the main thread, or on a system without virtual timers)). Expressions of over
+    :data:`MAX_SIMPLIFY_OPS` operations are kept as built by design, without a note."""
     if sp.count_ops(expr) > MAX_SIMPLIFY_OPS:
-        return expr
+        return expr, None
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGVTALRM"):
+        return expr, "not simplified: no time limit can be set here; shown as built"
     try:
-        simpler = sp.simplify(expr)
+        simpler = _within(seconds, sp.simplify, expr)
+    except _OutOfTime:
+        return expr, f"not simplified: SymPy took over {seconds:g} s; shown as built"
     except Exception:  # SymPy can fail on exotic forms; the unsimplified form is still right
-        return expr
-    return simpler if sp.count_ops(simpler) <= sp.count_ops(expr) else expr
+        return expr, None
+    return (simpler if sp.count_ops(simpler) <= sp.count_ops(expr) else expr), None
+
+
+def _within(seconds: float, fn, *args):
+    """``fn(*args)`` in the main thread, interrupted by _OutOfTime after ``seconds`` of this process's
+    CPU time (SIGVTALRM: the wall clock's SIGALRM is left to callers). A virtual timer a caller had set
+    is set again after."""
+    def out_of_time(signum, frame):
+        raise _OutOfTime
+
+    previous = signal.signal(signal.SIGVTALRM, out_of_time)
+    outer, _ = signal.getitimer(signal.ITIMER_VIRTUAL)
+    try:
+        signal.setitimer(signal.ITIMER_VIRTUAL, seconds)
+        try:
+            return fn(*args)
+        finally:
+            signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+    finally:
+        signal.signal(signal.SIGVTALRM, signal.SIG_DFL if previous is None else previous)
+        if outer:
+            signal.setitimer(signal.ITIMER_VIRTUAL, outer)
 
 
 @dataclass(frozen=True)
 class Formula:
-    """A tree's simplified formula in three notations."""
+    """A tree's simplified formula in three notations; ``note`` says why it is shown as built where
+    simplification could not run to its end (the formula then computes the same, unsimplified)."""
 
     expr: sp.Expr
+    note: str | None = None
 
     @classmethod
     def of(cls, tree: gp.PrimitiveTree, pset: gp.PrimitiveSetTyped) -> "Formula":
-        return cls(simplify(to_sympy(tree, pset)))
+        return cls(*simplify_bounded(to_sympy(tree, pset)))
+
+    @property
+    def simplified(self) -> bool:
+        return self.note is None
 
     @property
     def text(self) -> str:

@@ -3,17 +3,53 @@ code 2 and writes nothing. In-process (``dsa.cli.main``), so the table runs in s
 tests in test_cli.py check that no traceback reaches a real terminal."""
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import pickle
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+import dsa.llm
+import dsa.multitask
 from dsa.cli import main
 
 SYN = ["search", "--task", "synthetic", "--no-progress"]
+DIRECT = [*SYN, "--space", "direct", "--offspring", "6"]
+
+
+class Hung(Exception):
+    """A command ran past its time limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise Hung in the main thread after ``seconds`` of wall time (SIGALRM interrupts a blocking open too)."""
+    def hung(signum, frame):
+        raise Hung(f"still running after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(autouse=True)
+def no_model(monkeypatch):
+    """Bad input must fail before any model is loaded: loading one here fails the test."""
+    def load(*args, **kwargs):
+        raise AssertionError("a model would be loaded")
+    for name in ("prune_command", "eval_command", "llm_task"):
+        monkeypatch.setattr(dsa.llm, name, load)
+    monkeypatch.setattr(dsa.multitask, "build_tasks", load)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +73,8 @@ def snapshot(root: Path) -> dict:
 
 def expect_bad(args, needle, capsys, root: Path):
     before = snapshot(root)
-    code = main([str(a) for a in args])
+    with time_limit(60):
+        code = main([str(a) for a in args])
     err = capsys.readouterr().err
     assert code == 2, err
     assert needle in err, err
@@ -214,3 +251,262 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path, monkeypatch):
     assert main([*SYN, "--run-dir", str(tmp_path / "run")]) == 130
     assert not (tmp_path / "run").exists()
     assert os.listdir(tmp_path) == []
+
+
+# --- run folders you can trust (issue 17): their contents are untrusted input ------------------------
+
+@pytest.fixture(scope="module")
+def direct_run(tmp_path_factory):
+    """A finished synthetic direct search (2 generations)."""
+    root = tmp_path_factory.mktemp("direct")
+    assert main([*DIRECT, "--generations", "2", "--run-dir", str(root / "run")]) == 0
+    return root / "run"
+
+
+def crafted(run: Path, tmp: Path, name: str, change) -> Path:
+    """A copy of ``run`` whose JSON file ``name`` went through ``change(data)`` (which edits it in place)."""
+    data = json.loads((run / name).read_text())
+    change(data)
+    return damaged(run, tmp, name, json.dumps(data))
+
+
+def put(path: str, value):
+    """``change`` for :func:`crafted`: set the value at ``path`` ("population.0.tree") to ``value``."""
+    def change(data):
+        *keys, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+        for key in keys:
+            data = data[key]
+        data[last] = value
+    return change
+
+
+DEEP = "dsa(" + "t_atan(" * 3000 + "r_var(S)" + ")" * 3000 + ", 0.1)"
+
+# 1. a damaged or crafted checkpoint: each once a traceback (after config.json was rewritten)
+GP_CHECKPOINTS = [
+    ("population.0.tree", "dsa(r_var(S), 0.1"),            # does not parse
+    ("population.0.tree", "frobnicate(S)"),                # unknown name
+    ("hof.0.tree", DEEP),                                  # RecursionError in the parser
+    ("hof.0.tree", 42),
+    ("population.0.fitness", ["x"]),
+    ("hof.0.fitness", None),
+    ("hof.0.output", ["a", None]),
+    ("population", []),
+    ("population", "x"),
+    ("gen", "1"),
+    ("rng.random", [3, [1, 2], None]),
+    ("rng.numpy.2", 10**30),                              # OverflowError
+    ("rng.torch", "AAAA"),                                # RuntimeError in torch
+    ("cache.by_text", []),
+    ("cache.by_output", [[["a"], 1.0]]),
+    ("cache.misses", -1),
+    ("logbook", [{"gen": 0, "best": "x"}]),
+    ("evaluations", None),
+]
+
+
+@pytest.mark.parametrize("path, value", GP_CHECKPOINTS, ids=[p for p, _ in GP_CHECKPOINTS])
+def test_crafted_gp_checkpoint_is_refused_before_anything_is_written(run, tmp_path, capsys, path, value):
+    copy = crafted(run, tmp_path, "checkpoint.json", put(path, value))
+    expect_bad(["search", "--resume", copy, "--no-progress"], "checkpoint.json is damaged", capsys, tmp_path)
+
+
+DIRECT_CHECKPOINTS = [
+    ("parent", [0, 0, 0]),                                # wrong length
+    ("parent", "x"),
+    ("parent.0", 1.5),
+    ("hof.0.1", "x"),
+    ("hof", [[[0] * 12]]),
+    ("cache.0.0", ["a"]),
+    ("cache.0.1", -3),
+    ("hits", -1),
+    ("rng", None),
+]
+
+
+@pytest.mark.parametrize("path, value", DIRECT_CHECKPOINTS, ids=[p for p, _ in DIRECT_CHECKPOINTS])
+def test_crafted_direct_checkpoint_is_refused_before_anything_is_written(direct_run, tmp_path, capsys, path, value):
+    copy = crafted(direct_run, tmp_path, "checkpoint.json", put(path, value))
+    expect_bad(["search", "--resume", copy, "--no-progress"], "checkpoint.json is damaged", capsys, tmp_path)
+
+
+# 2. values that were accepted and corrupted a run
+@pytest.mark.parametrize("which, path, value", [
+    ("gp", "gen", -5),                                    # corrupted the logbook
+    ("gp", "gen", 1e30),                                  # ran nothing, exit 0
+    ("gp", "hof.0.fitness", [math.nan]),                  # ran to the end, left an unreadable run folder
+    ("gp", "population.1.fitness", [-math.inf]),
+    ("direct", "parent", [100, -100] + [0] * 10),         # hall of fame rows at mean 0.495, target 0.7
+    ("direct", "hof.0.0", [-100, 100] + [0] * 10),
+    ("direct", "parent", [1] + [0] * 11),                 # levels that move the mean off the target
+    ("direct", "gen", 99),                                # beyond the run's generations
+])
+def test_checkpoint_values_that_corrupt_a_run_are_refused(run, direct_run, tmp_path, capsys, which, path, value):
+    copy = crafted(run if which == "gp" else direct_run, tmp_path, "checkpoint.json", put(path, value))
+    expect_bad(["search", "--resume", copy, "--no-progress"], "checkpoint.json is damaged", capsys, tmp_path)
+
+
+def test_damaged_config_is_refused_on_resume(run, direct_run, tmp_path, capsys):
+    for source, path, value in [(run, "evaluator.prune.sparsity", "x"), (run, "baselines", None),
+                                (run, "tasks", [{}]), (run, "level_step", -1), (direct_run, "search.generations", 1e30),
+                                (direct_run, "level_step", 1e-300), (run, "evaluator.data.seed", -1)]:
+        copy = crafted(source, tmp_path, "config.json", put(path, value))
+        expect_bad(["search", "--resume", copy, "--no-progress"], "", capsys, tmp_path)
+
+
+# 3. a direct run's allocation, read by --init RUN and --allocation RUN
+@pytest.mark.parametrize("output", [[5.0] * 12, [-1.0] * 12, ["x"] * 12, None, [math.nan] * 12, "x"])
+def test_a_direct_runs_allocation_is_checked_before_use(direct_run, tmp_path, capsys, output):
+    copy = crafted(direct_run, tmp_path, "hall_of_fame.json", put("0.output", output))
+    expect_bad([*DIRECT, "--init", copy, "--run-dir", tmp_path / "new"], "", capsys, tmp_path)
+    for command in ("prune", "eval"):  # before the model is loaded
+        save = ["--save", tmp_path / "out"] if command == "prune" else []
+        expect_bad([command, "--allocation", copy, *save, "--no-progress"], "", capsys, tmp_path)
+
+
+@pytest.mark.parametrize("output, needle", [([0.5] * 12, "not the target"), ([0.7] * 5, "allocation for 5 layers")])
+def test_an_allocation_off_its_target_or_length_is_refused(direct_run, tmp_path, capsys, output, needle):
+    # where the blocks are known: --init here; dsa prune/eval once the model is loaded (before pruning)
+    copy = crafted(direct_run, tmp_path, "hall_of_fame.json", put("0.output", output))
+    expect_bad([*DIRECT, "--init", copy, "--run-dir", tmp_path / "new"], needle, capsys, tmp_path)
+
+
+# 4. dsa show on wrongly typed hall-of-fame rows
+@pytest.mark.parametrize("path, value", [("0.output", "abc"), ("0.output", [1, "a"]), ("0.size", [1]),
+                                         ("0.rank", {"a": 1}), ("0.output", {"task": "x"}), ("0.tree", None)])
+def test_show_refuses_wrongly_typed_rows(run, tmp_path, capsys, path, value):
+    copy = crafted(run, tmp_path, "hall_of_fame.json", put(path, value))
+    expect_bad(["show", copy], "hall_of_fame.json is damaged", capsys, tmp_path)
+
+
+# 5. a FIFO or a link to /dev/zero where a file should be: refused, never read
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+@pytest.mark.parametrize("name", ["config.json", "checkpoint.json"])
+def test_special_files_in_a_run_folder_never_hang(run, tmp_path, capsys, kind, name):
+    copy = tmp_path / "special"
+    shutil.copytree(run, copy)
+    (copy / name).unlink()
+    os.mkfifo(copy / name) if kind == "fifo" else os.symlink("/dev/zero", copy / name)
+    with time_limit(30):
+        if name == "config.json":
+            expect_bad(["show", copy], "not readable", capsys, tmp_path)
+        expect_bad(["search", "--resume", copy, "--no-progress"], name, capsys, tmp_path)
+
+
+# 6. the llm-compressor recipe is YAML written by PyYAML: no text in the record can add keys
+def test_recipe_text_cannot_inject_yaml_keys(tmp_path, capsys):
+    evil = "x\nevil_stage:\n  evil_modifiers:\n    ConstantPruningModifier: {targets: all}\n# "
+    record = {"method": "wanda", "requested": [0.6, 0.8], "target": 0.7, "model": "m\nargs: {a: 1}",
+              "formula": evil, "sympy": evil, "allocation": evil, "layers": ["model.layers.0", "model.layers.1"]}
+    (tmp_path / "allocation.json").write_text(json.dumps(record))
+    assert main(["export", str(tmp_path / "allocation.json"), "--to", "llmcompressor", "--out",
+                 str(tmp_path / "r.yaml")]) == 0
+    recipe = yaml.safe_load((tmp_path / "r.yaml").read_text())
+    assert set(recipe) == {"dsa_gp", "sparsity_stage"}
+    assert recipe["dsa_gp"]["allocation"] == evil and recipe["dsa_gp"]["model"] == record["model"]
+    assert recipe["sparsity_stage"]["sparsity_modifiers"]["WandaPruningModifier"]["sparsity"] == [0.6, 0.8]
+
+
+# 7. --allocation / --init text: longer than a file name, or nested past the tree limits
+LONG = ("dsa(add(add(t_atan(r_var(p_abslog(S))), mul(t_sigmoid(r_kurt(p_zscore(S))), t_tanh(r_entropy(p_minmax(S))))), "
+        "sub(t_softplus(r_std(p_sqrt(S))), mul(t_sin(r_mean(p_log(S))), t_cos(r_median(p_square(S)))))), "
+        "0.0700000000000000000000000000000000000000000000000000000000000000000000000000000000000000000)")
+
+
+def test_a_formula_longer_than_a_file_name_is_used(tmp_path, capsys):
+    assert len(LONG.encode()) > 255
+    with time_limit(60):
+        assert main([*DIRECT, "--generations", "1", "--init", LONG, "--run-dir", str(tmp_path / "run")]) == 0
+    assert "from dsa(add" in json.loads((tmp_path / "run" / "hall_of_fame.json").read_text())[0]["formula"]
+
+
+def test_deeply_nested_formulas_are_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expect_bad(["prune", "--allocation", DEEP, "--save", tmp_path / "out"], "nested 3002 levels deep", capsys, tmp_path)
+    expect_bad([*DIRECT, "--init", DEEP], "at most 50", capsys, tmp_path)
+    expect_bad([*DIRECT, "--init", "t_atan(" * 40000], "characters long", capsys, tmp_path)
+
+
+# 8. --stages with --task synthetic: runs, and resumes
+def test_stages_with_the_synthetic_task_run_and_resume(tmp_path, capsys):
+    args = [*SYN, "--population", "6", "--stages", "1:8,all:4", "--run-dir", str(tmp_path / "run")]
+    assert main([*args, "--generations", "1"]) == 0
+    assert main(["search", "--resume", str(tmp_path / "run"), "--generations", "2", "--no-progress"]) == 0
+    logbook = (tmp_path / "run" / "logbook.csv").read_text().splitlines()
+    assert len(logbook) == 4  # header + generations 0, 1, 2
+
+
+# 9. nothing lost or half-written
+def test_prune_refuses_to_save_into_the_current_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expect_bad(["prune", "--allocation", "uniform", "--save", ".", "--no-progress"], "current folder", capsys, tmp_path)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    expect_bad(["prune", "--save", tmp_path / "full", "--no-progress"], "not empty", capsys, tmp_path)
+
+
+def test_a_failed_init_leaves_no_results_folder(direct_run, tmp_path, capsys, monkeypatch):
+    other = tmp_path.parent / f"{tmp_path.name}-other"
+    assert main([*DIRECT, "--sparsity", "0.5", "--generations", "0", "--run-dir", str(other)]) == 0
+    capsys.readouterr()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    expect_bad([*DIRECT, "--init", other], "applies to that model and sparsity only", capsys, work)
+    assert os.listdir(work) == []
+
+
+def test_results_as_a_file_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").write_text("not a folder")
+    expect_bad([*SYN, "--generations", "0"], "results exists and is not a folder", capsys, tmp_path)
+
+
+def test_ctrl_c_in_prune_does_not_mention_resume(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(dsa.llm, "prune_command", interrupted)
+    assert main(["prune", "--allocation", "uniform", "--save", str(tmp_path / "out"), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "dsa: interrupted"
+
+
+# 10. flags that were accepted and ignored, refused before any work
+@pytest.mark.parametrize("args, needle", [
+    ([*SYN, "--selection-windows", "2"], "--selection-windows does not apply to --task synthetic"),
+    ([*SYN, "--masking", "block"], "--masking does not apply to --task synthetic"),
+    ([*SYN, "--fitness", "kl"], "--fitness does not apply to --task synthetic"),
+    (["search", "--no-progress", "--population", "6", "--stages", "4:8,all:4", "--val-windows", "2"],
+     "reads 4 validation windows in a step, but --val-windows is 2"),
+    (["search", "--no-progress", "--space", "direct", "--stages", "3:4,all:1"], "--val-windows is 2"),
+    (["prune", "--allocation", "owl:m=-1", "--save", "out"], "m must be a finite number > 0"),
+    (["prune", "--allocation", "owl:m=nan", "--save", "out"], "m must be a finite number > 0"),
+    (["eval", "--allocation", "dsa-code:lam=inf"], "lam must be a finite number ≥ 0"),
+    ([*DIRECT, "--level-step", "1e-300"], "the direct search cannot move"),
+    ([*DIRECT, "--level-step", "0.5"], "the direct search cannot move"),
+    (["search", "--no-progress", "--model", "A,"], "without an empty one"),
+    (["search", "--no-progress", "--method", "wanda,"], "invalid choice"),
+])
+def test_ignored_flags_are_refused(args, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expect_bad(args, needle, capsys, tmp_path)
+
+
+# 11. SymPy's simplification is bounded in time: the formula is then shown as built, and said so
+def test_simplification_is_bounded_in_time():
+    from primitives import Formula, build_pset, parse_tree
+    pset = build_pset()
+    transforms = ["sin", "cos", "tan", "asin", "acos", "atan", "sigmoid", "tanh", "softplus", "sin", "cos", "tan"]
+    chain = "dsa(" + "".join(f"t_{t}(" for t in transforms) + "r_var(S)" + ")" * len(transforms) + ", 0.1)"
+    tree = parse_tree(chain, pset)
+    start = time.process_time()
+    with time_limit(60):
+        formula = Formula.of(tree, pset)  # sympy.simplify alone: minutes
+    assert time.process_time() - start < 10
+    assert not formula.simplified and formula.text.startswith("dsa(sin(cos(")
+    from dsa.problem import formula_display
+    from dsa.show import hall_of_fame_table
+    shown = formula_display(tree, pset)  # what the hall of fame records, and dsa show prints
+    assert shown["note"].startswith("not simplified: SymPy took over")
+    row = {"rank": 1, "fitness": 1.0, "tree": chain, "size": len(tree), "output": None, **shown}
+    assert "(not simplified: SymPy took over" in hall_of_fame_table([row])
