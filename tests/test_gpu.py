@@ -13,7 +13,7 @@ from evaluators.perplexity import perplexity
 from evaluators.pruners import measured_sparsity, prune
 from test_cli_llm import data_args, dsa, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 ALLOCATIONS = [[0.3, 0.5, 0.65, 0.8], [0.7] * 4]
 
 
