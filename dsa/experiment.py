@@ -42,7 +42,7 @@ from .allocations import SEARCH_BASELINES, allocate, baseline_candidates, best_r
 from .distributed import LocalEvaluation
 from .errors import UserError
 from .llm import allocator_for, build_evaluator, load_inputs
-from .plots import plot_allocations
+from .plots import plot_allocations, plot_differences
 from .runs import machine, write_json
 from .search import SearchRun, run_search, score_baselines
 from .settings import TEST_WINDOWS, EvaluatorSpec
@@ -186,6 +186,10 @@ class Runner:
                  and (r["kind"] != "baseline" or r["name"] in ("uniform", "owl-tuned", "atp-tuned", "alphapruning"))}
         if drawn:
             plot_allocations(drawn, self.c.out / "allocations.png", self.c.spec.prune.sparsity, "allocations compared")
+        diffs = [(name, iv.value, iv.lo, iv.hi) for name, item in comparisons(self.rows).items()
+                 if "uniform" in item for iv in [item["uniform"][0]] if math.isfinite(iv.value)]
+        if diffs:
+            plot_differences(diffs, self.c.out / "intervals.png", "uniform")
 
     # --- searches ---------------------------------------------------------------------------------
 

@@ -311,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test windows (default: 128 × 512 tokens on CPU, all 2048-token windows on CUDA; 0 = all)")
     c.add_argument("--out", required=True, type=nonempty,
                    help="the comparison's folder: compare.json (every row with its per-window test NLLs), "
-                        "compare.md, allocations.png and the searches' run folders")
+                        "compare.md, allocations.png, intervals.png (a forest plot of the paired intervals) and the "
+                        "searches' run folders")
     c.add_argument("--resume", action="store_true", help="continue the comparison in --out: finished rows are "
                                                         "kept, a killed search resumes from its checkpoint")
     c.add_argument("--no-progress", action="store_true")

@@ -44,3 +44,20 @@ def plot_allocations(allocations: dict[str, list[float]], path: Path, target: fl
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_differences(rows: list[tuple[str, float, float, float]], path: Path, reference: str) -> Path:
+    """A forest plot: per row, log(ppl / reference's ppl) with its paired 95 % interval (``rows``: name,
+    value, low, high); an interval clear of 0 is a verdict, one that holds 0 is not."""
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    for y, (name, value, lo, hi) in enumerate(reversed(rows)):
+        color = "tab:green" if hi < 0 else "tab:red" if lo > 0 else "tab:grey"
+        ax.errorbar(value, y, xerr=[[value - lo], [hi - value]], fmt="o", color=color, capsize=3, markersize=4)
+    ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)], fontsize=8)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel(f"log(test ppl / {reference}'s), paired 95 % interval (left of 0: lower perplexity)")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

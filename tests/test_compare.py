@@ -42,6 +42,7 @@ def test_compare_gp_row_is_a_dsa_search_run(tiny_dir, tmp_path, capsys):  # noqa
         assert next(r for r in result["rows"] if r["name"] == name)["val ppl"] == config["baselines"][name]
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert "Δ vs uniform [95 % CI]" in table and "data seed 5" in table
+    assert (tmp_path / "cmp" / "intervals.png").stat().st_size > 0 and (tmp_path / "cmp" / "allocations.png").exists()
 
 
 def test_compare_resume_and_changed_settings(tiny_dir, tmp_path, capsys):  # noqa: F811
