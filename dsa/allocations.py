@@ -9,16 +9,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from evaluators.baselines import BASELINES
+from evaluators.baselines import BASELINES, search_baselines
 from primitives import FormulaError, LayerAllocator, build_pset, parse_tree
 
 from .errors import UserError
 from .runs import read_run
 from .settings import MAX_SPARSITY, EvaluatorSpec, carried_settings
 
-WANDA_METRIC = ("owl", "owl-tuned", "dsa-code", "dsa-paper", "dlp")  # read Wanda's metric whatever the pruner
-# scored at the start of every search; atp-tuned (its β grid, ~10 evaluations) is the strongest simple yardstick
-SEARCH_BASELINES = ("uniform", "owl", "atp-tuned", "dsa-code", "dlp")
+WANDA_METRIC = tuple(name for name, b in BASELINES.items() if b.wanda_metric)  # read it whatever the pruner
+SEARCH_BASELINES = search_baselines()  # scored at the start of every search (Baseline.search)
 # dsa compare measures every baseline that runs without a parameter chosen by hand (atp needs its β)
 COMPARE_BASELINES = tuple(name for name in BASELINES if name != "atp")
 TARGET_TOL = 1e-6  # an allocation's weighted mean this close to the target is the target

@@ -102,6 +102,8 @@ def run_comparison(c: Comparison, resume: bool = False) -> Path:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"cannot resume {c.out}: {FILE} is damaged ({type(exc).__name__})") from None
         mine = c.identity()
+        if isinstance(old.get("gp"), dict) and old["gp"].get("max_evaluations") == 0:
+            old["gp"]["max_evaluations"] = None  # "no cap" was 0 before it was None
         changed = sorted(k for k in mine if not _same({k: old.get(k)}, {k: mine[k]}))
         if changed:
             raise UserError(f"cannot resume {c.out}: its settings differ ({', '.join(changed)})")

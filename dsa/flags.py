@@ -14,7 +14,7 @@ from .exports import FORMATS
 from .settings import DEFAULT_MAX_SCORES, DTYPES, FITNESSES, MAX_SPARSITY, METHODS, SPACES
 
 DEFAULTS = SearchConfig()
-DIRECT = DirectConfig(max_level=16)  # EvoPress's resolution, twice its 8 levels: the whole feasible range
+DIRECT = DirectConfig()
 SEARCHES = ("gp", "direct", "warm")  # dsa compare's searches
 GP_ONLY = ("population", "mode", "cxpb", "mutpb", "tournament", "elitism", "max_height", "max_size", "objectives",
            "tune_constants", "seed_baselines")
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--top", type=positive_int)
     sh.add_argument("--notation", choices=("formula", "latex", "tree"), default="formula")
 
-    allocation_help = ("uniform, global, owl, owl-tuned, alphapruning, atp-tuned, dlp, dsa-code, dsa-paper, "
+    allocation_help = (f"a baseline ({', '.join(COMPARE_BASELINES)}; atp with its beta, atp:beta=0.004), "
                        "a run folder (its best formula, applied with the run's settings unless given here) "
                        "or a formula")
     pr = sub.add_parser("prune", help="prune a model with an allocation and save it as a HF folder")

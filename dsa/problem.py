@@ -6,6 +6,7 @@ from typing import Callable
 import torch
 from deap import gp
 
+from evaluators.baselines import baseline_seeds as registry_seeds
 from gp import Problem
 from primitives import Formula, LayerAllocator
 
@@ -18,17 +19,10 @@ def has_reduction(tree: gp.PrimitiveTree) -> bool:
 
 
 def baseline_seeds(target: float) -> tuple[str, ...]:
-    """The baselines as formulas of this grammar, to seed a search (``--seed-baselines``); ``dsa`` gives
-    *more important* layers *lower* sparsity, so a baseline that prunes high-statistic layers harder
-    enters inverted. S is the active pruner's scores (the baselines read Wanda's metric)."""
+    """The baselines as formulas of this grammar, to seed a search (``--seed-baselines``): each
+    baseline's :attr:`~evaluators.baselines.Baseline.seeds` with its default parameters."""
     del target  # the same seeds at every sparsity: λ as the authors set it (ATP's ramp: a typical β·(L−1)/2)
-    return (
-        "dsa(r_outlier(S), 0.08)",                                    # OWL: more outliers → less pruned
-        "dsa(t_reciprocal(t_asin(t_atan(r_var(p_abslog(S))))), 0.08)",  # DSA's released graph and direction
-        "dsa(t_asin(t_atan(r_var(p_abslog(S)))), 0.08)",             # the same graph, OWL's direction
-        "dsa(t_reciprocal(r_mean(S)), 0.15)",                         # DLP: larger mean score → more pruned
-        "dsa(sub(mul(r_mean(S), 0.0), d), 0.1)",                      # ATP: a linear ramp, deeper → more pruned
-    )
+    return registry_seeds()
 
 
 def allocation_problem(allocator: LayerAllocator, fitness: Callable[[torch.Tensor], float]) -> Problem:

@@ -20,6 +20,7 @@ from evaluators.masking import MASKING
 from evaluators.pruners import PRUNERS
 from evaluators.scores import SCORERS
 from gp.config import MAX_SEED
+from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY  # noqa: F401 (re-exported: the bounds' one home)
 
 from .errors import UserError
 
@@ -27,7 +28,6 @@ METHODS = tuple(m for m in PRUNERS if m in SCORERS)  # a method both scores and 
 DTYPES = ("fp32", "fp16", "bf16")
 FITNESSES = ("ppl", "kl")  # validation perplexity, or KL divergence from the dense model
 SPACES = ("formula", "direct")  # what a search evolves: allocation functions, or per-layer sparsities
-MAX_SPARSITY = 0.99  # post-processes keep every layer below this
 DEFAULT_MAX_SCORES = 2**18
 # The two protocols (declared here only): the papers' on a GPU, and one that a 2-core CPU runs in hours
 # whose test numbers still resolve the gaps between methods (64 × 512 calibration tokens, 128 × 512

@@ -135,6 +135,8 @@ def resumable(run_dir: Path, config, identity: dict) -> dict | None:
     if not isinstance(state.get("config"), dict) or not isinstance(state.get("identity", {}), dict):
         raise CheckpointError(f"{run_dir}/{FILE} is damaged (no settings)")
     saved = {**type(config)().to_dict(), **state["config"]}  # settings added since: their defaults
+    if saved.get("max_evaluations") == 0 and not isinstance(saved["max_evaluations"], bool):
+        saved["max_evaluations"] = None  # "no cap" was 0 in SearchConfig before it was None in both configs
     now = config.to_dict()
     diff = {k: (saved.get(k), now[k]) for k in now if k != "generations" and saved.get(k) != now[k]}
     if diff:

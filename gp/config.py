@@ -39,7 +39,7 @@ class SearchConfig:
     stages: tuple = ()            # ((windows, survivors), …) before the last, full stage
     tune_constants: int = 0       # evaluations per generation spent nudging the best tree's constants (PySR-like)
     seeds: tuple = ()             # trees (text) placed in the initial population, e.g. the baselines' formulas
-    max_evaluations: int = 0      # stop after the generation that reaches this many full evaluations (0: no cap)
+    max_evaluations: int | None = None  # stop after the generation reaching this many full evaluations (None: no cap)
 
     def __post_init__(self):
         if isinstance(self.objectives, str):  # "fitness,size", as the CLI takes it
@@ -58,10 +58,13 @@ class SearchConfig:
             if not ok:
                 out.append(text)
         ints = ("population", "generations", "tournament", "elitism", "hof_size", "init_min_height",
-                "init_max_height", "max_height", "max_size", "seed", "offspring", "tune_constants", "max_evaluations")
+                "init_max_height", "max_height", "max_size", "seed", "offspring", "tune_constants")
         for name in ints:
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
+        need(self.max_evaluations is None or (isinstance(self.max_evaluations, int)
+                                              and not isinstance(self.max_evaluations, bool)),
+             f"max_evaluations must be an integer or None, got {self.max_evaluations!r}")
         need(isinstance(self.cache, bool), f"cache must be true or false, got {self.cache!r}")
         need(all(isinstance(t, str) for t in self.seeds), "seeds must be trees as text")
         if out:
@@ -86,7 +89,8 @@ class SearchConfig:
         need(self.objectives in OBJECTIVES, f"objectives must be one of "
                                             f"{', '.join(','.join(o) for o in OBJECTIVES)}; got {','.join(self.objectives)}")
         need(self.tune_constants >= 0, f"tune_constants must be ≥ 0, got {self.tune_constants}")
-        need(self.max_evaluations >= 0, f"max_evaluations must be ≥ 0, got {self.max_evaluations}")
+        need(self.max_evaluations is None or self.max_evaluations >= 1,
+             f"max_evaluations must be ≥ 1 (None: no cap), got {self.max_evaluations}")
         if self.stages:
             survivors = [k for _, k in self.stages] + [self.population - self.elitism]
             windows = [w for w, _ in self.stages]
@@ -112,4 +116,7 @@ class SearchConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "SearchConfig":
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        data = {k: v for k, v in data.items() if k in names}
+        if data.get("max_evaluations") == 0 and not isinstance(data["max_evaluations"], bool):
+            data["max_evaluations"] = None  # checkpoints written before "no cap" was None, as DirectConfig's
+        return cls(**data)

@@ -27,6 +27,8 @@ from typing import Callable
 
 import torch
 
+from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
+
 from . import checkpoint, schema
 from .config import MAX_SEED, ConfigError
 from .problem import WORST, rounded_key
@@ -38,7 +40,7 @@ class DirectConfig:
     generations: int = 20
     offspring: int = 16                 # children per generation (EvoPress: 64)
     stages: tuple = ((1, 4), (None, 1))  # (validation windows, None = all; survivors) per selection step
-    max_level: int = 8                  # |level| ≤ max_level (EvoPress: 8 levels each way)
+    max_level: int = 16                 # |level| ≤ max_level (EvoPress's 8 each way, twice: the whole feasible range)
     hof_size: int = 10
     cache: bool = True
     seed: int = 0
@@ -94,7 +96,7 @@ def _integer(value) -> bool:
 class LevelSpace:
     """Levels ↔ sparsities around ``base`` (float64 [L]) for layers of ``counts`` weights, within [lo, hi]."""
 
-    def __init__(self, base, counts, step: float, max_level: int, lo: float = 0.0, hi: float = 0.99):
+    def __init__(self, base, counts, step: float, max_level: int, lo: float = MIN_SPARSITY, hi: float = MAX_SPARSITY):
         self.base = torch.as_tensor(base, dtype=torch.float64)
         counts = torch.as_tensor(counts, dtype=torch.float64)
         self.steps = step * counts.mean() / counts

@@ -114,7 +114,7 @@ class Search:
         gens = tqdm(range(start, cfg.generations + 1), desc="generations", disable=not self.progress,
                     initial=start - 1, total=cfg.generations)
         for gen in gens:
-            if cfg.max_evaluations and self.evaluations >= cfg.max_evaluations:
+            if cfg.max_evaluations is not None and self.evaluations >= cfg.max_evaluations:
                 break
             t0 = time.perf_counter()
             pop, counts = step(pop, self.toolbox, cfg, self.evaluate, known)

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from deap import gp
 
+from .bounds import MAX_SPARSITY, MIN_SPARSITY
 from .postprocess import AllocationContext
 from .program import run
 from .pset import build_pset
@@ -61,7 +62,7 @@ class LayerAllocator:
     """
 
     def __init__(self, scores, target: float, weights: Sequence[float] | torch.Tensor | None = None,
-                 lo: float = 0.0, hi: float = 0.99, pset: gp.PrimitiveSetTyped | None = None):
+                 lo: float = MIN_SPARSITY, hi: float = MAX_SPARSITY, pset: gp.PrimitiveSetTyped | None = None):
         self.scores = stack_scores(scores)
         n = len(self.scores)
         if weights is None:

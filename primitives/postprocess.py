@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .bounds import MAX_SPARSITY, MIN_SPARSITY
 from .record import Prim
 from .symbols import real_function
 from .types import Allocation, Spread, Temperature, Value
@@ -24,8 +25,8 @@ class AllocationContext:
 
     weights: torch.Tensor  # [L] float64, the number of prunable parameters per layer
     target: float
-    lo: float = 0.0
-    hi: float = 0.99
+    lo: float = MIN_SPARSITY
+    hi: float = MAX_SPARSITY
 
     def __post_init__(self):
         if not (0.0 <= self.lo <= self.target <= self.hi < 1.0):
@@ -37,7 +38,7 @@ class AllocationContext:
 
 
 def project_to_target(raw: torch.Tensor, weights: torch.Tensor, target: float,
-                      lo: float = 0.0, hi: float = 0.99) -> torch.Tensor:
+                      lo: float = MIN_SPARSITY, hi: float = MAX_SPARSITY) -> torch.Tensor:
     """Shift ``raw`` by one constant ``c`` so that ``clip(raw + c, lo, hi)`` has weighted mean ``target``.
 
     The weighted mean of the clipped vector grows monotonically and piecewise linearly with ``c``; its

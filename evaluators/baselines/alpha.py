@@ -6,6 +6,8 @@ from typing import Sequence
 
 import torch
 
+from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
+
 from ..blockscores import BlockScores
 from ..errors import UserError
 from ..models import model_linears
@@ -74,7 +76,7 @@ def alphapruning_sparsities(alphas: Sequence[float], counts: Sequence[int], targ
     return (q * c).tolist()
 
 
-def alphapruning(blocks: BlockScores, target: float, lo: float = 0.0, hi: float = 0.99,
+def alphapruning(blocks: BlockScores, target: float, lo: float = MIN_SPARSITY, hi: float = MAX_SPARSITY,
                  epsilon: float | None = None, fix_fingers: str = "xmin_peak",
                  alphas: Sequence[float] | None = None) -> list[float]:
     """AlphaPruning, block-wise: ratios span ``[1 − ε, 1 + ε]`` times one scale that keeps the weighted

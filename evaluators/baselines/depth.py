@@ -13,6 +13,8 @@ from typing import Sequence
 
 import torch
 
+from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
+
 from ..blockscores import BlockScores
 from ..errors import UserError
 from .common import block_statistic, check_target, constant_statistic, finish, floor_nonpositive
@@ -47,7 +49,7 @@ def atp_grid(n_blocks: int, target: float) -> list[dict]:
     return grid
 
 
-def atp(blocks: BlockScores, target: float, lo: float = 0.0, hi: float = 0.99,
+def atp(blocks: BlockScores, target: float, lo: float = MIN_SPARSITY, hi: float = MAX_SPARSITY,
         beta: float | None = None) -> list[float]:
     """ATP's ramp with common difference ``beta`` (required: the reference has no default; ``atp-tuned``
     picks it on validation perplexity)."""
@@ -75,8 +77,8 @@ def dlp_sparsities(scores: Sequence[float], target: float, alpha: float) -> list
     return floor_nonpositive(1 - keep)
 
 
-def dlp(blocks: BlockScores, target: float, lo: float = 0.0, hi: float = 0.99, alpha: float = DLP_ALPHA,
-        scores: Sequence[float] | None = None) -> list[float]:
+def dlp(blocks: BlockScores, target: float, lo: float = MIN_SPARSITY, hi: float = MAX_SPARSITY,
+        alpha: float = DLP_ALPHA, scores: Sequence[float] | None = None) -> list[float]:
     """DLP with spread ``alpha`` (α); ``scores``: precomputed :func:`dlp_score` per block."""
     check_target(target, lo, hi)
     if scores is None:

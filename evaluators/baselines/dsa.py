@@ -19,6 +19,8 @@ from typing import Sequence
 
 import torch
 
+from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
+
 from ..blockscores import BlockScores
 from .common import block_statistic, check_target, constant_statistic, finish, floor_nonpositive
 
@@ -78,8 +80,9 @@ def dsa_sparsities(importances: Sequence[float], target: float, lam: float) -> l
     return floor_nonpositive(1 - a)
 
 
-def dsa_code(blocks: BlockScores, target: float, lo: float = 0.0, hi: float = 0.99, lam: float = DSA_LAMBDA,
-             importances: Sequence[float] | None = None, sequences: int | None = None) -> list[float]:
+def dsa_code(blocks: BlockScores, target: float, lo: float = MIN_SPARSITY, hi: float = MAX_SPARSITY,
+             lam: float = DSA_LAMBDA, importances: Sequence[float] | None = None,
+             sequences: int | None = None) -> list[float]:
     """DSA as released (``dsa-code``); ``importances``: precomputed :func:`dsa_code_importance` per block."""
     check_target(target, lo, hi)
     if importances is None:
@@ -87,8 +90,9 @@ def dsa_code(blocks: BlockScores, target: float, lo: float = 0.0, hi: float = 0.
     return finish(dsa_sparsities(importances, target, lam), blocks, target, lo, hi)
 
 
-def dsa_paper(blocks: BlockScores, target: float, lo: float = 0.0, hi: float = 0.99, lam: float = DSA_LAMBDA,
-              importances: Sequence[float] | None = None, sequences: int | None = None) -> list[float]:
+def dsa_paper(blocks: BlockScores, target: float, lo: float = MIN_SPARSITY, hi: float = MAX_SPARSITY,
+              lam: float = DSA_LAMBDA, importances: Sequence[float] | None = None,
+              sequences: int | None = None) -> list[float]:
     """DSA's Section-6 formula (``dsa-paper``, :func:`dsa_paper_importance`) with the released post-process.
     Its ``ln(v + 1e-6)`` depends on the metric's scale: see ``sequences`` in :func:`.common.wanda_metric`."""
     check_target(target, lo, hi)

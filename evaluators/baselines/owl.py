@@ -7,10 +7,12 @@ from typing import Sequence
 
 import torch
 
+from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
+from primitives.reduction import OWL_M  # Hyper_m of every README script (the CLI default, 3, is unused there)
+
 from ..blockscores import BlockScores
 from .common import check_target, constant_statistic, finish, floor_nonpositive, wanda_metric
 
-OWL_M = 5.0  # Hyper_m of every README script for unstructured sparsity (the CLI default, 3, is unused there)
 OWL_LAMBDA = 0.08  # Lamda: the CLI default and every README script
 OWL_GRID = [{"m": m, "lam": lam} for m in (3.0, 5.0, 7.0, 10.0) for lam in (0.02, 0.05, 0.08, 0.1, 0.2)]  # EvoPress's
 
@@ -45,7 +47,7 @@ def owl_sparsities(ratios: Sequence[float], target: float, lam: float) -> list[f
     return floor_nonpositive(1 - d)
 
 
-def owl(blocks: BlockScores, target: float, lo: float = 0.0, hi: float = 0.99, m: float = OWL_M,
+def owl(blocks: BlockScores, target: float, lo: float = MIN_SPARSITY, hi: float = MAX_SPARSITY, m: float = OWL_M,
         lam: float = OWL_LAMBDA, ratios: Sequence[float] | None = None, sequences: int | None = None) -> list[float]:
     """OWL with outlier multiplier ``m`` (M) and spread ``lam`` (λ). ``ratios``: precomputed
     :func:`outlier_ratios` for this ``m`` (the tuner computes them once per ``M``)."""

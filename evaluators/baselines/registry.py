@@ -1,6 +1,6 @@
 """The registry of baselines and the one tuner for those with a grid.
 
-Every entry is called as ``BASELINES[name](blocks, target, lo=0.0, hi=0.99, **params)``; ``params``
+Every entry is called as ``BASELINES[name](blocks, target, lo=MIN_SPARSITY, hi=MAX_SPARSITY, **params)``; ``params``
 override its ``defaults``. A ``*-tuned`` entry picks its parameters on the validation perplexity and so
 needs ``fitness=`` (or call :func:`tune`).
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
+
+from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
 
 from ..blockscores import BlockScores
 from ..errors import UserError
@@ -33,8 +35,17 @@ class Baseline:
     grid: Callable[[int, float], list[dict]] | None = None
     prepare: Callable[[BlockScores, list[dict]], Callable[[dict], dict]] | None = None
     tuned: bool = False
+    # what the rest of the tool reads about it (dsa/allocations.py, the CLI's help, --seed-baselines):
+    wanda_metric: bool = False  # reads Wanda's metric whatever the pruner (so needs calibration data)
+    search: int | None = None  # its place among the baselines every search scores at its start (None: not one)
+    seeds: tuple[str, ...] = ()  # itself as formulas of the GP grammar, ``{param}`` filled from ``defaults``
+    seed_rank: int = 0  # the seeds' place in the initial population (as the search has always placed them)
 
-    def __call__(self, blocks: BlockScores, target: float, lo: float = 0.0, hi: float = 0.99, *,
+    def seed_formulas(self) -> tuple[str, ...]:
+        """:attr:`seeds` with this baseline's default parameters filled in (``{lam}`` → ``0.08``)."""
+        return tuple(text.format(**self.defaults) for text in self.seeds)
+
+    def __call__(self, blocks: BlockScores, target: float, lo: float = MIN_SPARSITY, hi: float = MAX_SPARSITY, *,
                  fitness: Fitness | None = None, **params) -> list[float]:
         if self.tuned:
             if fitness is None:
@@ -44,7 +55,7 @@ class Baseline:
         return self.fn(blocks, target, lo, hi, **{**self.defaults, **params})
 
     def candidates(self, blocks: BlockScores, target: float, grid: Sequence[dict] | None = None,
-                   lo: float = 0.0, hi: float = 0.99) -> list[tuple[dict, list[float]]]:
+                   lo: float = MIN_SPARSITY, hi: float = MAX_SPARSITY) -> list[tuple[dict, list[float]]]:
         """``(params, sparsities)`` at every grid point (default: :attr:`grid` for ``len(blocks)`` blocks
         at ``target``), in grid order; statistics shared by the grid are computed once (:attr:`prepare`)."""
         if self.grid is None and grid is None:
@@ -74,7 +85,7 @@ class TuneResult:
 
 
 def tune(name: str, blocks: BlockScores, target: float, fitness: Fitness, grid: Sequence[dict] | None = None,
-         *, lo: float = 0.0, hi: float = 0.99) -> TuneResult:
+         *, lo: float = MIN_SPARSITY, hi: float = MAX_SPARSITY) -> TuneResult:
     """Evaluate ``BASELINES[name]`` at every grid point (default: its grid for ``len(blocks)`` blocks at
     ``target``) with ``fitness(sparsities)`` — the *validation* perplexity, lower is better — and keep
     the lowest (ties and NaN: the first in grid order wins; a NaN never beats a number). The caller
@@ -99,15 +110,39 @@ def _owl_grid(n_blocks: int, target: float) -> list[dict]:
     return [dict(p) for p in OWL_GRID]
 
 
+# Seeds (``dsa`` gives *more important* layers *lower* sparsity, so a baseline that prunes high-statistic
+# layers harder enters inverted; S is the active pruner's scores, where the baselines read Wanda's metric).
+# r_outlier's M is OWL's (primitives.reduction.OWL_M); λ is the baseline's own default.
+OWL_SEEDS = ("dsa(r_outlier(S), {lam})",)  # more outliers → less pruned
+DSA_SEEDS = ("dsa(t_reciprocal(t_asin(t_atan(r_var(p_abslog(S))))), {lam})",  # DSA's released graph and direction
+             "dsa(t_asin(t_atan(r_var(p_abslog(S)))), {lam})")  # the same graph, OWL's direction
+DLP_SEEDS = ("dsa(t_reciprocal(r_mean(S)), {alpha})",)  # larger mean score → more pruned
+# ATP has no default β: a linear ramp, deeper → more pruned, with λ 0.1 as a typical β·(L−1)/2 (a depth-only
+# tree enters with a zero-weighted reduction: the search's space holds only trees that read the scores)
+ATP_SEEDS = ("dsa(sub(mul(r_mean(S), 0.0), d), 0.1)",)
+
 BASELINES: dict[str, Baseline] = {b.name: b for b in (
-    Baseline("uniform", uniform),
+    Baseline("uniform", uniform, search=0),
     Baseline("global", global_threshold),
     Baseline("alphapruning", alphapruning, {"epsilon": None, "fix_fingers": "xmin_peak"}),  # ε None: per pruner
-    Baseline("owl", owl, OWL_DEFAULTS, _owl_grid, owl_prepare),
-    Baseline("owl-tuned", owl, OWL_DEFAULTS, _owl_grid, owl_prepare, tuned=True),
-    Baseline("dsa-code", dsa_code, {"lam": DSA_LAMBDA}),
-    Baseline("dsa-paper", dsa_paper, {"lam": DSA_LAMBDA}),
-    Baseline("atp", atp, {"beta": None}, atp_grid),  # β None: required (ATP has no default)
-    Baseline("atp-tuned", atp, {"beta": None}, atp_grid, tuned=True),
-    Baseline("dlp", dlp, {"alpha": DLP_ALPHA}),
+    Baseline("owl", owl, OWL_DEFAULTS, _owl_grid, owl_prepare, wanda_metric=True, search=1, seeds=OWL_SEEDS),
+    Baseline("owl-tuned", owl, OWL_DEFAULTS, _owl_grid, owl_prepare, tuned=True, wanda_metric=True),
+    Baseline("dsa-code", dsa_code, {"lam": DSA_LAMBDA}, wanda_metric=True, search=3, seeds=DSA_SEEDS, seed_rank=1),
+    Baseline("dsa-paper", dsa_paper, {"lam": DSA_LAMBDA}, wanda_metric=True),
+    Baseline("atp", atp, {"beta": None}, atp_grid, seeds=ATP_SEEDS, seed_rank=3),  # β None: required (no default)
+    # atp-tuned (its β grid, ~10 evaluations) is the strongest simple yardstick a search starts with
+    Baseline("atp-tuned", atp, {"beta": None}, atp_grid, tuned=True, search=2),
+    Baseline("dlp", dlp, {"alpha": DLP_ALPHA}, wanda_metric=True, search=4, seeds=DLP_SEEDS, seed_rank=2),
 )}
+
+
+def search_baselines() -> tuple[str, ...]:
+    """The baselines every search scores at its start, in their :attr:`Baseline.search` order."""
+    ranked = sorted((b for b in BASELINES.values() if b.search is not None), key=lambda b: b.search)
+    return tuple(b.name for b in ranked)
+
+
+def baseline_seeds() -> tuple[str, ...]:
+    """Every baseline's seed formulas (``--seed-baselines``), in :attr:`Baseline.seed_rank` order."""
+    ranked = sorted((b for b in BASELINES.values() if b.seeds), key=lambda b: b.seed_rank)
+    return tuple(text for b in ranked for text in b.seed_formulas())

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import torch
 
+from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
+
 from ..blockscores import BlockScores, subsample_scores
 from .common import check_target, finish
 
 GLOBAL_MAX_SCORES = 2**27  # above this many scores in total, global_threshold subsamples every block
 
 
-def uniform(blocks: BlockScores, target: float, lo: float = 0.0, hi: float = 0.99) -> list[float]:
+def uniform(blocks: BlockScores, target: float, lo: float = MIN_SPARSITY, hi: float = MAX_SPARSITY) -> list[float]:
     """The same sparsity in every block."""
     check_target(target, lo, hi)
     return [float(target)] * len(blocks)
@@ -24,7 +26,8 @@ def threshold_shares(scores: list[torch.Tensor], target: float) -> list[float]:
     return [float((s <= threshold).double().mean()) for s in scores]
 
 
-def global_threshold(blocks: BlockScores, target: float, lo: float = 0.0, hi: float = 0.99) -> list[float]:
+def global_threshold(blocks: BlockScores, target: float, lo: float = MIN_SPARSITY,
+                     hi: float = MAX_SPARSITY) -> list[float]:
     """One score threshold for the whole model (on the pruner's scores ``blocks.scores``): block sparsity =
     share of its scores below the global ``target`` quantile. With more than 2²⁷ scores in total, each
     block contributes a seeded subsample of ``2²⁷ // L`` of them (seed = block index); the final step
