@@ -96,6 +96,11 @@ class SearchConfig:
             windows = [w for w, _ in self.stages]
             need(self.offspring >= survivors[0], f"offspring ({self.offspring}) must be at least the first stage's "
                                                  f"survivors ({survivors[0]})")
+            scored = [self.offspring] + survivors[:-2]  # how many candidates each step before the last scores
+            idle = [i + 1 for i, (k, n) in enumerate(zip(survivors[:-1], scored)) if k >= n]
+            need(not idle, f"selection step {', '.join(map(str, idle))} keeps every candidate it scores, so it "
+                           f"selects nothing (e.g. 30 children on 1 window, the best 8 on all: --offspring 30 "
+                           f"--stages 1:8,all:8)")
             need(survivors == sorted(survivors, reverse=True) and all(k >= 1 for k in survivors),
                  f"survivors per stage must shrink to population − elitism = {survivors[-1]}, got {survivors}")
             need(all(w >= 1 for w in windows) and windows == sorted(windows),

@@ -486,6 +486,9 @@ def test_ctrl_c_in_prune_does_not_mention_resume(tmp_path, capsys, monkeypatch):
     ([*DIRECT, "--level-step", "0.5"], "the direct search cannot move"),
     (["search", "--no-progress", "--model", "A,"], "without an empty one"),
     (["search", "--no-progress", "--method", "wanda,"], "invalid choice"),
+    # a selection step that keeps every candidate it scores (the former README example) selects nothing
+    ([*SYN, "--population", "10", "--offspring", "30", "--stages", "1:30,all:8"], "selects nothing"),
+    ([*SYN, "--population", "10", "--offspring", "30", "--stages", "1:12,2:12,all:8"], "step 2 keeps every"),
 ])
 def test_ignored_flags_are_refused(args, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
