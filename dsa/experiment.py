@@ -36,6 +36,7 @@ from evaluators.perplexity import perplexity_from_nlls, window_nlls
 from evaluators.pruners import prune
 from gp import SearchConfig
 from gp import checkpoint as checkpoints
+from gp.checkpoint import read_json
 from gp.direct import DirectConfig
 
 from .allocations import SEARCH_BASELINES, allocate, baseline_candidates, best_row, run_folder
@@ -69,18 +70,21 @@ class Comparison:
     progress: bool = True
 
     def settings(self) -> dict:
-        """What compare.json records: :meth:`identity`, and which rows were asked for."""
-        return {**self.identity(), "baselines": list(self.baselines), "formulas": list(self.formulas),
+        """What compare.json records: the settings every row's numbers depend on, and which rows were asked
+        for (those may grow or shrink on ``--resume``: finished rows are kept, new ones added)."""
+        return {"evaluator": self.spec.to_dict(), "gp": self.gp.to_dict(), "direct": self.direct.to_dict(),
+                "level_step": self.level_step, "budget": self.budget, "test_windows": self.test_windows,
+                "baselines": list(self.baselines), "formulas": list(self.formulas),
                 "searches": list(self.searches), "seeds": list(self.seeds)}
 
-    def identity(self) -> dict:
-        """What ``--resume`` must find unchanged: what every row's numbers depend on. The rows asked for
-        (baselines, formulas, searches, seeds) may grow or shrink: finished rows are kept, new ones added."""
-        spec = self.spec.to_dict()
-        spec["data"].pop("batch_size")
-        spec["model"].pop("device")
-        return {"evaluator": spec, "gp": self.gp.to_dict(), "direct": self.direct.to_dict(),
-                "level_step": self.level_step, "budget": self.budget, "test_windows": self.test_windows}
+
+def identity(settings: dict) -> dict:
+    """What ``--resume`` must find unchanged, from recorded :meth:`Comparison.settings`: the evaluator's
+    resume identity (its RUNTIME fields left out, as a search's) and the search settings, read back
+    through their own records (so settings recorded by an older version compare as they mean)."""
+    return {"evaluator": EvaluatorSpec.from_dict(settings["evaluator"]).identity(),
+            "gp": SearchConfig.from_dict(settings["gp"]).to_dict(), "direct": settings["direct"],
+            **{k: settings[k] for k in ("level_step", "budget", "test_windows")}}
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -96,14 +100,12 @@ def run_comparison(c: Comparison, resume: bool = False) -> Path:
         if not resume:
             raise UserError(f"{c.out} already holds a comparison; continue it with --resume")
         try:
-            saved = json.loads(path.read_text())
+            saved = read_json(path)
             rows = list(saved["rows"])
-            old = saved["settings"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            old = identity(saved["settings"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"cannot resume {c.out}: {FILE} is damaged ({type(exc).__name__})") from None
-        mine = c.identity()
-        if isinstance(old.get("gp"), dict) and old["gp"].get("max_evaluations") == 0:
-            old["gp"]["max_evaluations"] = None  # "no cap" was 0 before it was None
+        mine = identity(c.settings())
         changed = sorted(k for k in mine if not _same({k: old.get(k)}, {k: mine[k]}))
         if changed:
             raise UserError(f"cannot resume {c.out}: its settings differ ({', '.join(changed)})")
