@@ -10,6 +10,7 @@ from gp.config import MAX_SEED
 from gp.direct import DirectConfig
 
 from .allocations import COMPARE_BASELINES, SEARCH_BASELINES
+from .commands import top_parser
 from .exports import FORMATS
 from .settings import DEFAULT_MAX_SCORES, DTYPES, FITNESSES, MAX_SPARSITY, METHODS, SPACES
 
@@ -23,11 +24,6 @@ DIRECT_ONLY = ("max_level", "level_step", "init")
 LLM_ONLY = ("model", "dtype", "device", "data", "calib", "data_dir", "seqlen", "batch_size", "method", "nsamples",
             "calib_seqlen", "max_scores_per_layer", "val_windows", "selection_windows", "fitness", "masking",
             "baselines")
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit code 2 (argparse prints the whole usage otherwise)
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _number(kind, text: str, what: str):
@@ -229,10 +225,8 @@ def add_gp_args(s: argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="dsa", description="Discover and apply layer-wise sparsity allocation functions for LLM pruning.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-
-    s = sub.add_parser("search", help="evolve allocation functions (fitness: validation perplexity of the pruned model)")
+    parser, commands = top_parser()
+    s = commands["search"]
     s.add_argument("--task", choices=("llm", "synthetic"), default="llm",
                    help="llm: prune a real model (default); synthetic: a known-optimum toy task that runs in seconds")
     add_model_args(s, lists=True)
@@ -276,9 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"20 more evaluations)")
     g.add_argument("--no-progress", action="store_true")
 
-    c = sub.add_parser("compare", help="the fair comparison: every baseline (tuned on validation), found formulas "
-                                       "and searches over seeds, pruned exactly and measured on the test split "
-                                       "with 95 %% bootstrap intervals")
+    c = commands["compare"]
     add_model_args(c)
     add_fitness_args(c)
     g = add_gp_args(c)
@@ -317,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "kept, a killed search resumes from its checkpoint")
     c.add_argument("--no-progress", action="store_true")
 
-    sh = sub.add_parser("show", help="print a run's hall of fame")
+    sh = commands["show"]
     sh.add_argument("run", help="run folder")
     sh.add_argument("--top", type=positive_int)
     sh.add_argument("--notation", choices=("formula", "latex", "tree"), default="formula")
@@ -325,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     allocation_help = (f"a baseline ({', '.join(COMPARE_BASELINES)}; atp with its beta, atp:beta=0.004), "
                        "a run folder (its best formula, applied with the run's settings unless given here) "
                        "or a formula")
-    pr = sub.add_parser("prune", help="prune a model with an allocation and save it as a HF folder")
+    pr = commands["prune"]
     add_model_args(pr)
     pr.add_argument("--allocation", type=nonempty, default="uniform", help=allocation_help)
     pr.add_argument("--val-windows", type=positive_int, default=2,
@@ -333,8 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--save", required=True, type=nonempty, help="output folder (safetensors; loads with from_pretrained)")
     pr.add_argument("--no-progress", action="store_true")
 
-    ev = sub.add_parser("eval", help="test-split perplexity (and zero-shot accuracy with --tasks) of a model, "
-                                     "optionally pruned first; JSON out")
+    ev = commands["eval"]
     add_model_args(ev)
     ev.add_argument("--allocation", type=nonempty, help="prune first with this allocation: " + allocation_help)
     ev.add_argument("--val-windows", type=positive_int, default=2,
@@ -352,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", type=nonempty, help="write the result here too")
     ev.add_argument("--no-progress", action="store_true")
 
-    ex = sub.add_parser("export", help="export a dsa prune allocation as JSON or as an llm-compressor recipe")
+    ex = commands["export"]
     ex.add_argument("source", help="an allocation.json written by dsa prune, or its --save folder")
     ex.add_argument("--to", choices=FORMATS, default="json",
                     help="json (the record), or llmcompressor (a oneshot YAML recipe with per-layer sparsity)")

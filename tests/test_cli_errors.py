@@ -513,3 +513,20 @@ def test_simplification_is_bounded_in_time():
     assert shown["note"].startswith("not simplified: SymPy took over")
     row = {"rank": 1, "fitness": 1.0, "tree": chain, "size": len(tree), "output": None, **shown}
     assert "(not simplified: SymPy took over" in hall_of_fame_table([row])
+
+
+def test_top_level_help_loads_nothing_heavy_and_is_the_full_parsers_help():
+    """``dsa --help`` answers from :mod:`dsa.commands` without torch, transformers, SymPy or DEAP, and
+    says exactly what the full parser (every command's flags added) says at the top level."""
+    import subprocess
+    import sys as _sys
+
+    code = ("import sys, contextlib, io; from dsa.commands import main; out = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out): rc = main(['--help'])\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'sympy', 'deap') if m in sys.modules)\n"
+            "print(rc, heavy); print(out.getvalue(), end='')")
+    done = subprocess.run([_sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    first, _, text = done.stdout.partition("\n")
+    assert first == "0 []"
+    from dsa.flags import build_parser
+    assert text == build_parser().format_help()

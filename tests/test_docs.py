@@ -28,3 +28,12 @@ def test_readme_links_resolve():
     local = [link for link in links if not link.startswith("http")]
     assert local, "the README links to its docs"
     assert [link for link in local if not (ROOT / link).exists()] == []
+
+
+def test_cli_md_shows_the_current_help():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("cli_help", ROOT / "docs" / "cli_help.py")
+    cli_help = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli_help)
+    text = cli_help.CLI_MD.read_text()
+    assert cli_help.rendered(text) == text, "docs/cli.md's --help blocks are stale: run python docs/cli_help.py"

@@ -6,7 +6,8 @@ import torch
 
 from evaluators.baselines import (BASELINES, OWL_GRID, alphapruning, alphapruning_sparsities, atp, atp_grid,
                                   atp_sparsities, block_alphas, dlp, dlp_score, dlp_sparsities, dsa_code,
-                                  dsa_code_importance, dsa_paper, dsa_paper_importance, dsa_sparsities, esd_alpha,
+                                  dsa_code_importance, dsa_paper, dsa_paper_importance, dsa_sparsities, er,
+                                  er_densities, er_plus, esd_alpha,
                                   global_threshold, outlier_ratio, owl, owl_sparsities, released_value, tune, uniform)
 from evaluators.baselines import simple
 from evaluators.blockscores import BlockScores, subsample_scores
@@ -321,3 +322,59 @@ def test_baseline_records_hold_what_the_tool_reads():
     prune = build_parser()._subparsers._group_actions[0].choices["prune"]
     help_text = next(a.help for a in prune._actions if a.dest == "allocation")
     assert all(name in help_text for name in COMPARE_BASELINES)
+
+
+# ER / ER-plus: the reference's ERK arithmetic (VITA-Group/Random_Pruning, modes ERK and ERK_plus), by hand.
+# Three blocks of one linear each: 4×4 (16 weights, (4+4)/16 = 0.5), 2×8 (16, 10/16 = 0.625), 2×2 (4, 4/4 = 1).
+ER_SHAPES = [[(4, 4)], [(2, 8)], [(2, 2)]]
+
+
+def test_er_by_hand():
+    blocks = BlockScores([torch.zeros(1)] * 3, [16, 16, 4])
+    # target 0.5: keep 18 of 36; ε = 18 / (0.5·16 + 0.625·16 + 1·4) = 18/22 ≤ 1 for every layer
+    assert er(blocks, 0.5, shapes=ER_SHAPES) == pytest.approx([1 - 9 / 22, 1 - 11.25 / 22, 1 - 18 / 22], abs=1e-12)
+
+
+def test_er_makes_a_layer_dense_when_its_share_exceeds_one():
+    # 2×2 (4, raw 1) and 4×8 (32, raw 0.375) at target 0.5: ε = 18/16 puts the 2×2 above 1, so it is dense
+    # and ε is solved again: (32·0.5 − 4·0.5) / (0.375·32) = 14/12 → the 4×8 keeps 0.4375
+    blocks = BlockScores([torch.zeros(1)] * 2, [4, 32])
+    assert er(blocks, 0.5, shapes=[[(2, 2)], [(4, 8)]]) == pytest.approx([0.0, 1 - 0.4375], abs=1e-12)
+    assert er_densities([(2, 2), (4, 8)], 0.5) == pytest.approx([1.0, 0.4375], abs=1e-12)
+
+
+def test_er_sums_the_linears_of_a_block():
+    # one block of 4×4 and 2×8 against one of 2×2: the first block keeps 9/22·16 + 11.25/22·16 of 32
+    blocks = BlockScores([torch.zeros(1)] * 2, [32, 4])
+    got = er(blocks, 0.5, shapes=[[(4, 4), (2, 8)], [(2, 2)]])
+    assert got == pytest.approx([1 - (9 / 22 * 16 + 11.25 / 22 * 16) / 32, 1 - 18 / 22], abs=1e-12)
+
+
+def test_er_plus_by_hand():
+    blocks = BlockScores([torch.zeros(1)] * 3, [16, 16, 4])
+    # the last block dense: the others keep (18 − 4)/32 = 0.4375 → ε = 14 / (0.5·16 + 0.625·16) = 14/18
+    want = [1 - 0.5 * 14 / 18, 1 - 0.625 * 14 / 18, 0.0]
+    got = er_plus(blocks, 0.5, shapes=ER_SHAPES)
+    assert got == pytest.approx(want, abs=1e-12)
+    assert sum(s * n for s, n in zip(got, [16, 16, 4])) / 36 == pytest.approx(0.5, abs=1e-12)
+
+
+def test_er_on_equal_blocks_is_uniform_and_er_plus_keeps_the_last_block_dense():
+    shapes = [[(8, 4), (4, 8)]] * 4  # every block the same, as in LLaMA-family models
+    blocks = BlockScores([torch.zeros(1)] * 4, [64] * 4)
+    assert er(blocks, 0.6, shapes=shapes) == pytest.approx([0.6] * 4, abs=1e-12)
+    assert er_plus(blocks, 0.6, shapes=shapes) == pytest.approx([0.8] * 3 + [0.0], abs=1e-12)
+
+
+def test_er_plus_refuses_a_target_the_last_block_cannot_leave_dense():
+    blocks = BlockScores([torch.zeros(1)] * 2, [4, 32])
+    with pytest.raises(UserError, match="density"):
+        er_plus(blocks, 0.5, shapes=[[(2, 2)], [(4, 8)]])  # keep 18 of 36, but the last block alone has 32
+
+
+def test_er_reads_the_model_shapes(blocks):
+    shapes = [[tuple(lin.weight.shape) for lin in block.values()] for block in model_linears(blocks.model)]
+    assert er(blocks, 0.7) == er(blocks, 0.7, shapes=shapes)
+    assert er_plus(blocks, 0.7)[-1] == 0.0
+    with pytest.raises(UserError, match="shapes"):
+        er(BlockScores([torch.zeros(1)], [1]), 0.5)

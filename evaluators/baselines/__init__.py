@@ -7,6 +7,7 @@ in :data:`BASELINES` with its defaults and, if tunable, its grid (:func:`tune`).
 ``[lo, hi]`` and their parameter-weighted mean is ``target`` (:func:`.common.finish`).
 
 - ``simple``: ``uniform``, ``global`` (one score threshold)
+- ``er``: ``er``, ``er-plus`` (Erdős–Rényi shares by layer shape)
 - ``alpha``: ``alphapruning`` (ESD heavy-tail exponent)
 - ``owl``: ``owl``, ``owl-tuned`` (outlier ratio of Wanda's metric)
 - ``dsa``: ``dsa-code``, ``dsa-paper``
@@ -17,6 +18,7 @@ from .alpha import ALPHA_EPSILON, alphapruning, alphapruning_sparsities, block_a
 from .common import wanda_metric
 from .depth import atp, atp_grid, atp_sparsities, dlp, dlp_score, dlp_sparsities
 from .dsa import dsa_code, dsa_code_importance, dsa_paper, dsa_paper_importance, dsa_sparsities, released_value
+from .er import er, er_densities, er_plus
 from .owl import OWL_GRID, outlier_ratio, outlier_ratios, owl, owl_sparsities
 from .registry import BASELINES, Baseline, TuneResult, baseline_seeds, search_baselines, tune
 from .simple import GLOBAL_MAX_SCORES, global_threshold, threshold_shares, uniform
@@ -26,6 +28,7 @@ __all__ = [
     "alphapruning_sparsities", "atp", "atp_grid", "atp_sparsities", "baseline_seeds", "block_alphas", "dlp",
     "dlp_score",
     "dlp_sparsities", "dsa_code", "dsa_code_importance", "dsa_paper", "dsa_paper_importance", "dsa_sparsities",
+    "er", "er_densities", "er_plus",
     "esd_alpha", "global_threshold", "outlier_ratio", "outlier_ratios", "owl", "owl_sparsities", "released_value",
     "search_baselines",
     "threshold_shares", "tune", "uniform", "wanda_metric",

@@ -17,6 +17,7 @@ from ..errors import UserError
 from .alpha import alphapruning
 from .depth import DLP_ALPHA, atp, atp_grid, dlp
 from .dsa import DSA_LAMBDA, dsa_code, dsa_paper
+from .er import er, er_plus
 from .owl import OWL_GRID, OWL_LAMBDA, OWL_M, owl, owl_prepare
 from .simple import global_threshold, uniform
 
@@ -124,6 +125,8 @@ ATP_SEEDS = ("dsa(sub(mul(r_mean(S), 0.0), d), 0.1)",)
 BASELINES: dict[str, Baseline] = {b.name: b for b in (
     Baseline("uniform", uniform, search=0),
     Baseline("global", global_threshold),
+    Baseline("er", er),
+    Baseline("er-plus", er_plus),
     Baseline("alphapruning", alphapruning, {"epsilon": None, "fix_fingers": "xmin_peak"}),  # ε None: per pruner
     Baseline("owl", owl, OWL_DEFAULTS, _owl_grid, owl_prepare, wanda_metric=True, search=1, seeds=OWL_SEEDS),
     Baseline("owl-tuned", owl, OWL_DEFAULTS, _owl_grid, owl_prepare, tuned=True, wanda_metric=True),
