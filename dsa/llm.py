@@ -164,12 +164,15 @@ def prune_model(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, al
     method = prune_spec.method
     need_calib = get_scorer(method).needs_calibration or needs_wanda_metric(allocation)
     calib, calib_source = calibration(data, tokenizer, need_calib)
-    source = score_source(model, method, calib, data.batch_size, prune_spec.max_scores_per_layer, data.seed)
     tuner = None
-    if allocation.endswith("-tuned"):
+    if allocation.endswith("-tuned"):  # the tuner's scores are the allocation's too: the model is scored once
         val = token_windows(tokenizer, load_split(data.data, "validation", data.data_dir), data.seqlen, val_windows)
         tuner = PruningEvaluator(model, tokenizer, method=method, calib_ids=calib, val_windows=val,
-                                 batch_size=data.batch_size, max_scores_per_block=1, seed=data.seed)
+                                 batch_size=data.batch_size, max_scores_per_block=prune_spec.max_scores_per_layer,
+                                 seed=data.seed)
+        source = tuner.blocks
+    else:
+        source = score_source(model, method, calib, data.batch_size, prune_spec.max_scores_per_layer, data.seed)
     try:
         sparsities, formula = resolve_allocation(allocation, source, prune_spec.sparsity, tuner)
     finally:

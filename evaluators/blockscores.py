@@ -9,6 +9,7 @@ the Ray driver and the baselines all read it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 from torch import nn
@@ -75,14 +76,22 @@ def param_counts(model: nn.Module) -> list[int]:
 
 
 def block_scores(model: nn.Module, method: str, stats: dict[str, LinearStats] | None,
-                 max_per_block: int | None = None, seed: int = 0, sequences: int | None = None) -> BlockScores:
+                 max_per_block: int | None = None, seed: int = 0, sequences: int | None = None,
+                 each: Callable[[int, str, nn.Linear, torch.Tensor], None] | None = None) -> BlockScores:
     """The :class:`BlockScores` of ``model`` for ``method``'s scores (``stats``: the calibration
     statistics of ``sequences`` windows, from :func:`evaluators.calibration.collect_stats`; None for
-    magnitude without calibration)."""
+    magnitude without calibration). ``each(block, name, linear, score)`` sees every linear's full score
+    on the weights' device before it is flattened (the evaluator ranks its masks there): the one recipe."""
     scorer = get_scorer(method)
     scores = []
     for l, block in enumerate(model_linears(model)):
-        flat = [scorer.score(lin.weight, stats.get(name) if stats else None) for name, lin in block.items()]
+        flat = []
+        for name, lin in block.items():
+            score = scorer.score(lin.weight, stats.get(name) if stats else None)
+            if each is not None:
+                each(l, name, lin, score)
+            flat.append(score.cpu())
+            del score
         scores.append(layer_scores(flat, max_per_block, seed + l))
     sq_norms = {name: st.sq_norm for name, st in stats.items()} if stats else None
     tokens = next(iter(stats.values())).nsamples if stats else None

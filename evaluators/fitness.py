@@ -30,7 +30,7 @@ from typing import Sequence
 
 import torch
 
-from .blockscores import BlockScores, layer_scores, param_counts
+from .blockscores import block_scores
 from .calibration import collect_stats
 from .errors import UserError
 from .leveldb import LevelDatabase, LevelWeights
@@ -89,20 +89,9 @@ class PruningEvaluator:
         # with calibration data, statistics are collected whatever the method: Wanda's metric (OWL, DLP,
         # DSA's released code) reads them for magnitude pruning too
         stats = collect_stats(model, calib_ids, scorer.needs_hessian, batch_size) if calib_ids is not None else None
-        scores: list[torch.Tensor] = []
-        for l, block in enumerate(self.linears):
-            flat = []
-            for name, lin in block.items():
-                score = scorer.score(lin.weight, stats[name] if stats else None)
-                if levels is None:
-                    self.masks.add(l, name, lin, score)
-                flat.append(score.cpu())
-                del score
-            scores.append(layer_scores(flat, max_scores_per_block, seed + l))
-        self.blocks = BlockScores(scores, param_counts(model), method, model,
-                                  {name: st.sq_norm for name, st in stats.items()} if stats else None,
-                                  int(calib_ids.shape[0]) if stats else None,
-                                  next(iter(stats.values())).nsamples if stats else None)
+        self.blocks = block_scores(model, method, stats, max_scores_per_block, seed,
+                                   int(calib_ids.shape[0]) if stats else None,
+                                   each=self.masks.add if levels is None else None)
         del stats
         self._reference: dict[str, list] = {}  # KL: the dense model's top-k log-probabilities, per split
         self._dense_ppl: float | None = None

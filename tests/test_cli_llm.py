@@ -139,3 +139,21 @@ def test_multi_task_search_one_formula_for_every_task(tiny_dir, tmp_path):
     record = json.loads((pruned / "allocation.json").read_text())
     key = next(k for k in best["output"] if k.endswith("|magnitude|0.5"))
     assert record["requested"] == pytest.approx(best["output"][key], abs=1e-12)
+
+
+def test_prune_with_a_tuned_baseline_scores_the_model_once(tiny_dir, monkeypatch):
+    """The tuner's scores are the allocation's: one calibration pass, one scoring (issue: twice before)."""
+    import dsa.llm as llm
+    import evaluators.fitness as fitness
+    from dsa.settings import DataSpec, ModelSpec, PruneSpec
+
+    calls = []
+    for module in (llm, fitness):
+        original = module.collect_stats
+        monkeypatch.setattr(module, "collect_stats", lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
+    data = DataSpec(str(tiny_dir / "text.txt"), str(tiny_dir / "text.txt"), None, 32, 2, 32, 2, 0)
+    _, _, record = llm.prune_model(ModelSpec(str(tiny_dir / "model"), "fp32", "cpu"), data,
+                                   PruneSpec("wanda", 0.6, None), "atp-tuned", val_windows=2, progress=False)
+    assert len(calls) == 1
+    assert sum(record["requested"]) / len(record["requested"]) == pytest.approx(0.6)
+    assert record["requested"] != [0.6] * len(record["requested"])  # a tuned ramp, not uniform

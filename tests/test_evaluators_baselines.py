@@ -54,6 +54,10 @@ def test_baselines_valid(blocks, name, target):
         with pytest.raises(UserError):
             BASELINES[name](blocks, target, **params)
         return
+    if name == "er-plus" and blocks.counts[-1] > (1 - target) * sum(blocks.counts):  # the last block alone
+        with pytest.raises(UserError, match="density"):  # keeps more than the target allows
+            BASELINES[name](blocks, target, **params)
+        return
     s = BASELINES[name](blocks, target, **params)
     assert len(s) == len(blocks) and all(isinstance(v, float) for v in s)
     assert all(0.0 <= v <= 0.99 for v in s)
