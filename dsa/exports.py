@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from evaluators.methods import METHODS
 from gp.checkpoint import read_json
 from primitives import Formula, build_pset, parse_tree
 
@@ -27,7 +28,6 @@ from .settings import MAX_SPARSITY, usable_path
 
 ALLOCATION_FILE = "allocation.json"
 FORMATS = ("json", "llmcompressor")
-LLMCOMPRESSOR_MODIFIERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier"}
 DECODER_LAYERS = r"re:model.layers.\d+$"  # targets for a record without block names (LLaMA-style models)
 
 
@@ -94,10 +94,12 @@ def read_record(source: str | Path) -> dict:
 def llmcompressor_recipe(record: dict) -> str:
     """A YAML recipe for llm-compressor's ``oneshot`` that prunes each decoder layer to its sparsity."""
     method = record["method"]
-    if method not in LLMCOMPRESSOR_MODIFIERS:
+    modifier_name = METHODS[method].modifier if method in METHODS else None
+    if modifier_name is None:
+        have = ", ".join(name for name, m in METHODS.items() if m.modifier)
         raise UserError(f"llm-compressor has no one-shot {method} pruner with per-layer sparsities (its "
                         f"MagnitudePruningModifier takes one init/final sparsity on a training schedule); "
-                        f"use --to json, or one of: {', '.join(LLMCOMPRESSOR_MODIFIERS)}")
+                        f"use --to json, or one of: {have}")
     sparsities = [float(v) for v in record["requested"]]
     layers = record.get("layers")
     if layers and len(layers) != len(sparsities):
@@ -106,7 +108,7 @@ def llmcompressor_recipe(record: dict) -> str:
     applied = {"method": method, "target": record.get("target"), "model": _text(record.get("model")),
                "allocation": _text(record.get("sympy") or record.get("formula") or record.get("allocation"))}
     recipe = {"dsa_gp": applied,
-              "sparsity_stage": {"sparsity_modifiers": {LLMCOMPRESSOR_MODIFIERS[method]: modifier}}}
+              "sparsity_stage": {"sparsity_modifiers": {modifier_name: modifier}}}
     return RECIPE_HEADER + yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None, width=100)
 
 

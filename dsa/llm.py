@@ -16,8 +16,8 @@ from evaluators.models import block_names, default_model, load_model
 from evaluators.saving import save_pruned
 from evaluators.intervals import perplexity_interval
 from evaluators.perplexity import window_nlls
-from evaluators.pruners import get_pruner, measured_sparsity, prune
-from evaluators.scores import get_scorer
+from evaluators.methods import get_method
+from evaluators.pruners import measured_sparsity, prune
 from primitives import LayerAllocator
 
 from .allocations import allocate, baseline_candidates, needs_wanda_metric
@@ -109,7 +109,7 @@ def level_key(model: ModelSpec, data: DataSpec) -> dict:
 def level_database(spec: EvaluatorSpec, x: Inputs) -> dict:
     """For a pruner that updates the weights it keeps (SparseGPT), the evaluator's exact fitness: the
     per-layer level database (:mod:`evaluators.leveldb`), opened or built once; {} for mask pruners."""
-    if not getattr(get_pruner(spec.prune.method), "updates_weights", False):
+    if not get_method(spec.prune.method).updates_weights:
         return {}
     from evaluators.leveldb import open_levels
     key = level_key(spec.model, spec.data)
@@ -144,8 +144,7 @@ def score_source(model, method: str, calib: torch.Tensor | None, batch_size: int
                  max_per_block: int | None = None, seed: int = 0) -> BlockScores:
     """The model's :class:`~evaluators.blockscores.BlockScores` for ``method``, subsampled exactly as
     the search evaluator does (same seed); with calibration data, Wanda's metric is available too."""
-    scorer = get_scorer(method)
-    stats = collect_stats(model, calib, scorer.needs_hessian, batch_size) if calib is not None else None
+    stats = collect_stats(model, calib, get_method(method).needs_hessian, batch_size) if calib is not None else None
     return block_scores(model, method, stats, max_per_block, seed, calib.shape[0] if calib is not None else None)
 
 
@@ -162,7 +161,7 @@ def prune_model(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, al
     → (model, tokenizer, record)."""
     model, tokenizer = load_model(model_spec.model, model_spec.dtype, model_spec.device)
     method = prune_spec.method
-    need_calib = get_scorer(method).needs_calibration or needs_wanda_metric(allocation)
+    need_calib = get_method(method).needs_calibration or needs_wanda_metric(allocation)
     calib, calib_source = calibration(data, tokenizer, need_calib)
     tuner = None
     if allocation.endswith("-tuned"):  # the tuner's scores are the allocation's too: the model is scored once

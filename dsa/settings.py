@@ -17,14 +17,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from evaluators.masking import MASKING
-from evaluators.pruners import PRUNERS
-from evaluators.scores import SCORERS
+from evaluators.methods import METHODS as ALL_METHODS
 from gp.config import MAX_SEED
 from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY  # noqa: F401 (re-exported: the bounds' one home)
 
 from .errors import UserError
 
-METHODS = tuple(m for m in PRUNERS if m in SCORERS)  # a method both scores and prunes
+METHODS = tuple(name for name, m in ALL_METHODS.items() if m.listed)  # what --method offers
 DTYPES = ("fp32", "fp16", "bf16")
 FITNESSES = ("ppl", "kl")  # validation perplexity, or KL divergence from the dense model
 SPACES = ("formula", "direct")  # what a search evolves: allocation functions, or per-layer sparsities

@@ -16,7 +16,8 @@ from torch import nn
 
 from .calibration import LinearStats
 from .models import model_linears
-from .scores import SCORERS, get_scorer
+from .methods import get_method
+from .scores import SCORERS
 
 
 def subsample_scores(scores: torch.Tensor, limit: int | None, seed: int) -> torch.Tensor:
@@ -82,7 +83,7 @@ def block_scores(model: nn.Module, method: str, stats: dict[str, LinearStats] | 
     statistics of ``sequences`` windows, from :func:`evaluators.calibration.collect_stats`; None for
     magnitude without calibration). ``each(block, name, linear, score)`` sees every linear's full score
     on the weights' device before it is flattened (the evaluator ranks its masks there): the one recipe."""
-    scorer = get_scorer(method)
+    scorer = get_method(method).scorer
     scores = []
     for l, block in enumerate(model_linears(model)):
         flat = []

@@ -35,10 +35,10 @@ from .calibration import collect_stats
 from .errors import UserError
 from .leveldb import LevelDatabase, LevelWeights
 from .masking import Masks
+from .methods import get_method
 from .models import model_linears
 from .perplexity import CHUNK, dense_reference, perplexity_from_nlls, window_kls, window_nlls
 from .pruners import check_sparsities
-from .scores import get_scorer
 
 
 FITNESS = ("ppl", "kl")
@@ -69,8 +69,8 @@ class PruningEvaluator:
         stored pruned weights instead of masks (``masking`` must then stay ``"inplace"``)."""
         if fitness not in FITNESS:
             raise UserError(f"fitness must be one of {', '.join(FITNESS)}, got {fitness!r}")
-        scorer = get_scorer(method)
-        if scorer.needs_calibration and calib_ids is None:
+        spec = get_method(method)
+        if spec.needs_calibration and calib_ids is None:
             raise UserError(f"{method} scores need calibration data (--calib)")
         splits = {"search": val_windows, "selection": selection_windows}
         for name, windows in splits.items():
@@ -88,7 +88,7 @@ class PruningEvaluator:
         self.masks = Masks(model, self.linears, masking) if levels is None else LevelWeights(self.linears, levels)
         # with calibration data, statistics are collected whatever the method: Wanda's metric (OWL, DLP,
         # DSA's released code) reads them for magnitude pruning too
-        stats = collect_stats(model, calib_ids, scorer.needs_hessian, batch_size) if calib_ids is not None else None
+        stats = collect_stats(model, calib_ids, spec.needs_hessian, batch_size) if calib_ids is not None else None
         self.blocks = block_scores(model, method, stats, max_scores_per_block, seed,
                                    int(calib_ids.shape[0]) if stats else None,
                                    each=self.masks.add if levels is None else None)

@@ -166,3 +166,17 @@ def test_bad_inputs(tiny_llama):
         prune(tiny_llama, "magnitude", [1.5] * 4)
     with pytest.raises(UserError, match="calib"):
         prune(tiny_llama, "wanda", [0.5] * 4, calib_ids=None)
+
+
+def test_every_pruner_has_one_method_record():
+    """A pruner is reachable only through its method record (evaluators.methods): scorer, pruner, ε, modifier."""
+    from dsa.settings import METHODS as CLI_METHODS
+    from evaluators.methods import METHODS, get_method
+    from evaluators.pruners import PRUNERS
+    assert {m.pruner for m in METHODS.values()} == set(PRUNERS.values())
+    assert CLI_METHODS == ("magnitude", "wanda", "sparsegpt")
+    assert get_method("sparsegpt").updates_weights and not get_method("wanda").updates_weights
+    assert get_method("wanda").needs_calibration and not get_method("magnitude").needs_calibration
+    assert get_method("sparsegpt-row").scorer is get_method("sparsegpt").scorer
+    with pytest.raises(UserError, match="magnitude, wanda, sparsegpt"):
+        get_method("obc")

@@ -10,11 +10,13 @@ from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
 
 from ..blockscores import BlockScores
 from ..errors import UserError
+from ..methods import METHODS
 from ..models import model_linears
 from .common import check_target, constant_statistic, finish
 
 # ε of the authors' LLaMA-7B scripts, per pruner (README/scripts: magnitude_ww 0.3, wanda_ww 0.2, sparsegpt_ww 0.2)
-ALPHA_EPSILON = {"magnitude": 0.3, "wanda": 0.2, "sparsegpt": 0.2, "sparsegpt-row": 0.2}
+# ε per pruner (the authors' scripts) lives on each method's record (evaluators.methods); by name:
+ALPHA_EPSILON = {name: m.alpha_epsilon for name, m in METHODS.items()}
 
 
 def esd_alpha(weight: torch.Tensor, fix_fingers: str = "xmin_peak", bins: int = 100, xmin_pos: int = 2) -> float:
@@ -81,12 +83,12 @@ def alphapruning(blocks: BlockScores, target: float, lo: float = MIN_SPARSITY, h
                  alphas: Sequence[float] | None = None) -> list[float]:
     """AlphaPruning, block-wise: ratios span ``[1 − ε, 1 + ε]`` times one scale that keeps the weighted
     mean at ``target``. ``epsilon=None``: the authors' LLaMA-7B value for ``blocks.method``
-    (:data:`ALPHA_EPSILON`). ``alphas``: precomputed :func:`block_alphas` (else from ``blocks.model``)."""
+    (its :class:`~evaluators.methods.Method` record). ``alphas``: precomputed :func:`block_alphas` (else from ``blocks.model``)."""
     check_target(target, lo, hi)
     if epsilon is None:
-        if blocks.method not in ALPHA_EPSILON:
+        if blocks.method not in METHODS:
             raise UserError(f"alphapruning has no default ε for pruner {blocks.method!r}: pass epsilon=")
-        epsilon = ALPHA_EPSILON[blocks.method]
+        epsilon = METHODS[blocks.method].alpha_epsilon
     if alphas is None:
         if blocks.model is None:
             raise UserError("alphapruning needs the model's weights (its ESD)")
