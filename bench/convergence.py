@@ -31,6 +31,7 @@ from dsa.llm import build_evaluator  # noqa: E402
 from dsa.problem import baseline_seeds  # noqa: E402
 from dsa.search import SearchRun, run_search  # noqa: E402
 from dsa.settings import EvaluatorSpec, PruneSpec  # noqa: E402
+from evaluators.fitness import FITNESSES  # noqa: E402
 from gp import SearchConfig  # noqa: E402
 from gp import checkpoint as checkpoints  # noqa: E402
 
@@ -53,7 +54,7 @@ def main() -> None:
     ap.add_argument("--population", type=int, default=10)
     ap.add_argument("--budget", type=int, default=300, help="fitness evaluations per run")
     ap.add_argument("--sparsity", type=float, default=0.7)
-    ap.add_argument("--fitness", choices=("ppl", "kl"), default="ppl")
+    ap.add_argument("--fitness", choices=tuple(FITNESSES), default="ppl")
     ap.add_argument("--variants", default=VARIANTS)
     ap.add_argument("--resume", action="store_true", help="keep the finished runs of bench/results/NAME.json")
     args = ap.parse_args()
@@ -111,7 +112,7 @@ def report(args, rows: list[dict], curves: dict, device: str, n_val: int) -> Non
                             ", ".join("never" if math.isinf(e) else str(e) for e in reach),
                         "median": statistics.median(reach) if reach else None})
     plot(curves, RESULTS / f"{args.name}.png", args.fitness)
-    what = "validation perplexity" if args.fitness == "ppl" else "validation KL from the dense model"
+    what = FITNESSES[args.fitness].description
     table = (f"{args.model or 'SmolLM2-135M'} on {device}, {args.method}, {args.sparsity:.0%}; "
              f"calibration C4 {args.nsamples}×{args.calib_seqlen}; fitness = {what} on {n_val}×{args.seqlen} "
              f"tokens; population {args.population}, budget {args.budget} evaluations per run, seeds "
@@ -135,7 +136,7 @@ def plot(curves, path: Path, fitness: str) -> None:
         xs, ys = zip(*points)
         ax.step(xs, ys, where="post", color=colors[variant], alpha=0.8, label=variant if seed == 0 else None)
     ax.set_xlabel("fitness evaluations")
-    ax.set_ylabel("best validation " + ("perplexity" if fitness == "ppl" else "KL"))
+    ax.set_ylabel("best " + FITNESSES[fitness].description)
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()

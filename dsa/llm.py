@@ -11,7 +11,7 @@ import torch
 from evaluators.blockscores import BlockScores, block_scores
 from evaluators.calibration import collect_stats
 from evaluators.data import calibration_batch, load_split, token_windows
-from evaluators.fitness import PruningEvaluator
+from evaluators.fitness import FITNESSES, PruningEvaluator
 from evaluators.models import block_names, default_model, load_model
 from evaluators.saving import save_pruned
 from evaluators.intervals import perplexity_interval
@@ -88,7 +88,7 @@ def build_evaluator(spec: EvaluatorSpec, loaded: tuple | None = None,
     setup = time.perf_counter() - start
     info = {
         "model": model_name(spec.model),
-        "fitness": "validation perplexity" if spec.fitness == "ppl" else "validation KL from the dense model",
+        "fitness": FITNESSES[spec.fitness].description,
         "layers": len(evaluator.blocks), "val_windows": int(x.val.shape[0]), "seqlen": spec.data.seqlen,
         "selection_windows": spec.selection_windows,
         "dense_val_ppl": evaluator.dense_perplexity(), "setup_seconds": round(setup, 2),

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from evaluators.masking import MASKING
+from evaluators.fitness import FITNESSES as FITNESS_RECORDS
 from evaluators.methods import METHODS as ALL_METHODS
 from gp.config import MAX_SEED
 from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY  # noqa: F401 (re-exported: the bounds' one home)
@@ -25,7 +26,7 @@ from .errors import UserError
 
 METHODS = tuple(name for name, m in ALL_METHODS.items() if m.listed)  # what --method offers
 DTYPES = ("fp32", "fp16", "bf16")
-FITNESSES = ("ppl", "kl")  # validation perplexity, or KL divergence from the dense model
+FITNESSES = tuple(FITNESS_RECORDS)  # validation perplexity, or KL divergence from the dense model, …
 SPACES = ("formula", "direct")  # what a search evolves: allocation functions, or per-layer sparsities
 DEFAULT_MAX_SCORES = 2**18
 # The two protocols (declared here only): the papers' on a GPU, and one that a 2-core CPU runs in hours

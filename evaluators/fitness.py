@@ -6,9 +6,10 @@ every weight and keeps per-row score ranks (:mod:`evaluators.masking`: how a can
 the model, in place, in each linear's forward, or per decoder block). Per candidate: masks from the
 ranks, one pass over the validation windows, the dense model back.
 
-Fitness (``fitness``): ``"ppl"``, the perplexity of the pruned model, or ``"kl"``, the mean per-token
-KL divergence of its next-token distributions from the dense model's (EvoPress's fitness; the dense
-side cached once per split as top-k log-probabilities, :func:`evaluators.perplexity.window_kls`).
+Fitness (``fitness``, a :class:`Fitness` record in :data:`FITNESSES`): ``"ppl"``, the perplexity of the
+pruned model, or ``"kl"``, the mean per-token KL divergence of its next-token distributions from the dense
+model's (EvoPress's fitness; the dense side cached once per split as top-k log-probabilities,
+:func:`evaluators.perplexity.window_kls`).
 
 Windows: the search's windows (``val_windows``), and optionally a disjoint ``selection`` split on
 which a finished search's hall of fame is re-scored before anything is called best. A call may score
@@ -26,7 +27,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 
@@ -41,8 +43,34 @@ from .perplexity import CHUNK, dense_reference, perplexity_from_nlls, window_kls
 from .pruners import check_sparsities
 
 
-FITNESS = ("ppl", "kl")
 KL_TOP_K = 256  # dense tokens kept per position for the KL fitness (plus the rest of the mass)
+
+
+@dataclass(frozen=True)
+class Fitness:
+    """One fitness: ``score(evaluator, windows, split)`` of the model as it is now (lower is better).
+    ``reference``: it compares with the dense model, whose outputs on a split are cached before any
+    candidate's masks go on (:meth:`PruningEvaluator.reference`). A new fitness is one record here."""
+
+    name: str
+    description: str  # as the run's info and the plots say it
+    score: Callable[["PruningEvaluator", torch.Tensor, str], float]
+    reference: bool = False
+
+
+def _perplexity(ev: "PruningEvaluator", tokens: torch.Tensor, split: str) -> float:
+    return perplexity_from_nlls(window_nlls(ev.model, tokens, ev.batch_size, ev.progress, ev.head_chunk))
+
+
+def _kl(ev: "PruningEvaluator", tokens: torch.Tensor, split: str) -> float:
+    reference = ev.reference(split)[:tokens.shape[0]]
+    return float(window_kls(ev.model, tokens, reference, ev.batch_size, ev.progress, ev.head_chunk).mean())
+
+
+FITNESSES: dict[str, Fitness] = {f.name: f for f in (
+    Fitness("ppl", "validation perplexity", _perplexity),
+    Fitness("kl", "validation KL from the dense model", _kl, reference=True),  # EvoPress's
+)}
 
 
 class PruningEvaluator:
@@ -67,8 +95,8 @@ class PruningEvaluator:
         (None: all logits at once; see :mod:`evaluators.perplexity`). ``levels``: a level database
         (:func:`evaluators.leveldb.open_levels`, built for this model): candidates are assembled from its
         stored pruned weights instead of masks (``masking`` must then stay ``"inplace"``)."""
-        if fitness not in FITNESS:
-            raise UserError(f"fitness must be one of {', '.join(FITNESS)}, got {fitness!r}")
+        if fitness not in FITNESSES:
+            raise UserError(f"fitness must be one of {', '.join(FITNESSES)}, got {fitness!r}")
         spec = get_method(method)
         if spec.needs_calibration and calib_ids is None:
             raise UserError(f"{method} scores need calibration data (--calib)")
@@ -132,12 +160,7 @@ class PruningEvaluator:
 
     def _score(self, split: str, windows: int | None) -> float:
         """The fitness of the model as it is now on the first ``windows`` windows of ``split``."""
-        tokens = self._windows(split, windows)
-        if self.fitness == "ppl":
-            return perplexity_from_nlls(window_nlls(self.model, tokens, self.batch_size, self.progress,
-                                                    self.head_chunk))
-        reference = self.reference(split)[:tokens.shape[0]]
-        return float(window_kls(self.model, tokens, reference, self.batch_size, self.progress, self.head_chunk).mean())
+        return FITNESSES[self.fitness].score(self, self._windows(split, windows), split)
 
     def reference(self, split: str = "search") -> list:
         """The dense model's top-k next-token log-probabilities on ``split`` (computed once)."""
@@ -151,7 +174,7 @@ class PruningEvaluator:
         """The fitness (perplexity, or KL from the dense model) of the model pruned at ``sparsities`` on the
         first ``windows`` windows of ``split`` (all by default); +inf if not finite; weights restored after."""
         start = time.perf_counter()
-        if self.fitness == "kl":
+        if FITNESSES[self.fitness].reference:
             self.reference(split)  # before the masks go on
         try:
             self.apply(sparsities)

@@ -329,3 +329,16 @@ def test_wanda_scores_do_not_depend_on_the_number_of_calibration_tokens(tiny_lla
     assert twice.blocks.tokens == 2 * once.blocks.tokens
     for a, b in zip(once.blocks.scores, twice.blocks.scores):
         assert torch.allclose(a, b, rtol=1e-5)
+
+
+def test_fitness_is_a_plug_in(tiny_llama, tiny_calib, tiny_val, monkeypatch):
+    """A fitness is one record: the evaluator, the CLI's choices and the run's description read it."""
+    from dsa.settings import FITNESSES as CLI_FITNESSES
+    from evaluators.fitness import FITNESSES, Fitness
+
+    record = Fitness("windows", "number of windows scored", lambda ev, tokens, split: float(tokens.shape[0]))
+    monkeypatch.setitem(FITNESSES, "windows", record)
+    ev = PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val, fitness="windows")
+    assert ev([0.5] * ev.n_blocks) == float(tiny_val.shape[0])
+    assert ev([0.5] * ev.n_blocks, windows=1) == 1.0
+    assert CLI_FITNESSES == ("ppl", "kl")
