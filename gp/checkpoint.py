@@ -128,15 +128,16 @@ def resumable(run_dir: Path, config, identity: dict) -> dict | None:
     """The checkpoint in ``run_dir`` as JSON data, after checking that a search with ``config`` and
     ``identity`` can resume it (same settings but ``generations``, same identity); None when there is
     none. Reads only (call it before any expensive set-up). ``config``: a :class:`~gp.SearchConfig` or
-    :class:`~gp.direct.DirectConfig` (anything with defaults and ``to_dict``)."""
+    :class:`~gp.direct.DirectConfig` (anything with defaults, ``to_dict`` and ``from_dict``)."""
     state = load(run_dir)
     if state is None:
         return None
     if not isinstance(state.get("config"), dict) or not isinstance(state.get("identity", {}), dict):
         raise CheckpointError(f"{run_dir}/{FILE} is damaged (no settings)")
-    saved = {**type(config)().to_dict(), **state["config"]}  # settings added since: their defaults
-    if saved.get("max_evaluations") == 0 and not isinstance(saved["max_evaluations"], bool):
-        saved["max_evaluations"] = None  # "no cap" was 0 in SearchConfig before it was None in both configs
+    try:  # read back through the config class (settings added since: their defaults; its legacy rules)
+        saved = type(config).from_dict({**type(config)().to_dict(), **state["config"]}).to_dict()
+    except (TypeError, ValueError) as exc:  # ConfigError is a ValueError
+        raise CheckpointError(f"{run_dir}/{FILE} is damaged (its settings: {exc})") from None
     now = config.to_dict()
     diff = {k: (saved.get(k), now[k]) for k in now if k != "generations" and saved.get(k) != now[k]}
     if diff:

@@ -21,7 +21,7 @@ import math
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -87,6 +87,11 @@ class DirectConfig:
         data = asdict(self)
         data["stages"] = [list(s) for s in self.stages]
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DirectConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def _integer(value) -> bool:

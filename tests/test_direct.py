@@ -130,3 +130,21 @@ def test_cli_direct_search_resumes_to_the_uninterrupted_run(tmp_path, capsys):
     assert allocate(str(tmp_path / "straight"), allocator)[0] == rows[0][0]["output"]
     with pytest.raises(Exception, match="sparsity"):
         allocate(str(tmp_path / "straight"), synthetic_task(0.5)[0])
+
+
+def test_resume_reads_saved_settings_through_each_config_class(tmp_path):
+    """gp.checkpoint.resumable has no rules of its own: the saved settings go through the config's from_dict
+    (settings added since get their defaults; SearchConfig's old "no cap" 0 reads as None)."""
+    from gp import SearchConfig, checkpoint
+    for config in (SearchConfig(population=4, generations=2), DirectConfig(generations=3)):
+        old = config.to_dict()
+        old["max_evaluations"] = 0 if isinstance(config, SearchConfig) else None
+        del old["hof_size"]  # a setting the checkpoint predates
+        checkpoint.save(tmp_path, {"config": old, "identity": {}})
+        assert checkpoint.resumable(tmp_path, config, {}) is not None
+        checkpoint.save(tmp_path, {"config": {**old, "hof_size": 3}, "identity": {}})
+        with pytest.raises(checkpoint.CheckpointError, match="settings differ.*hof_size"):
+            checkpoint.resumable(tmp_path, config, {})
+        checkpoint.save(tmp_path, {"config": {**old, "generations": "many"}, "identity": {}})
+        with pytest.raises(checkpoint.CheckpointError, match="damaged"):
+            checkpoint.resumable(tmp_path, config, {})
