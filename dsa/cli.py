@@ -150,7 +150,7 @@ def search_command(args, given: set[str]) -> None:
 def compare_command(args, given: set[str]) -> None:
     """``dsa compare``: the search's settings through the same builders as ``dsa search``."""
     from .experiment import Comparison, run_comparison
-    from .search import check_level_step
+    from .levels import check_level_step
     args.seed = args.seeds[0]  # each search's seed is set per seed; the builders check the first
     spec = evaluator_spec(args, given)
     check_stage_windows(args.stages, args.val_windows)

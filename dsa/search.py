@@ -15,12 +15,13 @@ import torch
 import gp
 from gp import CheckpointError, ConfigError, Search, SearchConfig, schema
 from gp import checkpoint as checkpoints
-from gp.direct import DirectConfig, DirectSearch, LevelSpace
+from gp.direct import DirectConfig, DirectSearch
 from primitives import build_pset
 
 from .allocations import SEARCH_BASELINES
 from .multitask import MultiTaskFitness, first_allocation
 from .distributed import evaluation
+from .levels import LevelSpace, check_level_step, level_step
 from .errors import UserError
 from .plots import plot_allocations, plot_fitness
 from .problem import allocation_problem, has_reduction
@@ -30,7 +31,6 @@ from .show import show
 
 CONFIG_VERSION = 2
 TASKS = ("llm", "synthetic")
-MIN_LEVEL_STEP = 1e-4  # allocations are cached and compared to 4 decimals: a smaller level moves nothing
 
 
 @dataclass
@@ -170,21 +170,6 @@ def started(run_dir: Path):
                 except OSError:
                     break
         raise
-
-
-def level_step(target: float, step: float | None = None) -> float:
-    """The direct search's sparsity per level: ``step`` if given, else EvoPress's resolution
-    ``min(s, 1 − s)/16`` (the one home of this default: ``dsa search`` and ``dsa compare`` read it)."""
-    return step or min(target, 1 - target) / 16
-
-
-def check_level_step(target: float, step: float | None = None) -> None:
-    """UserError when the direct search could not move with this level step (``--level-step``): a level
-    must change a sparsity visibly (≥ MIN_LEVEL_STEP) and fit at least once each way in [0, MAX_SPARSITY]."""
-    value, room = level_step(target, step), min(target, MAX_SPARSITY - target)
-    if not MIN_LEVEL_STEP <= value <= room:
-        raise UserError(f"--level-step {value:g}: the direct search cannot move at sparsity {target:g} (a level "
-                        f"must be in [{MIN_LEVEL_STEP:g}, {room:.4g}])")
 
 
 def grammar_problem() -> gp.Problem:

@@ -9,8 +9,9 @@
 - ``evaluation``: the fitness cache and cached batch evaluation (full or on a few windows)
 - ``checkpoint``: JSON checkpoints, random states, the resume check, bounded reads of regular files
 - ``schema``: what a checkpoint may hold, checked in full before a search is restored from it
-- ``search``: the loop, hall of fame, logbook, resume (:class:`Search`)
-- ``direct``: a direct search over per-layer sparsity levels (EvoPress-style, :class:`~gp.direct.DirectSearch`)
+- ``loop``: the generation loop both searches run (start or resume, generations, checkpoints)
+- ``search``: the tree search: hall of fame, Pareto front, logbook, resume (:class:`Search`)
+- ``direct``: a direct search over integer vectors (EvoPress-style, :class:`~gp.direct.DirectSearch`)
 """
 from .checkpoint import CheckpointError, resumable
 from .config import ConfigError, SearchConfig

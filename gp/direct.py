@@ -1,14 +1,13 @@
-"""A direct search over per-layer sparsities, after EvoPress (Sieberling et al., ICML 2025), in the
-engine's conventions: hall of fame, logbook, JSON checkpoints, resume.
+"""A direct search over integer vectors, after EvoPress (Sieberling et al., ICML 2025), in the engine's
+conventions and loop (:class:`gp.loop.GenerationLoop`): hall of fame, logbook, JSON checkpoints, resume.
 
-An individual is one integer *level* per layer; layer ``l`` gets sparsity ``base[l] + level[l]·step_l``,
-where ``step_l = step · mean(counts) / counts[l]`` (one level moves the same number of weights in every
-layer, as EvoPress's fixed ``weights_diff``), so levels summing to 0 keep the parameter-weighted mean
-of ``base`` (the target) exactly. ``base`` is the uniform allocation, or a warm start (e.g. the best
-allocation of a GP run).
+An individual is one integer *level* per coordinate, within per-coordinate bounds, starting from all
+zeros; the space (:class:`IntegerSpace`) says what a vector stands for (``decode``). The LLM task's space
+is :class:`dsa.levels.LevelSpace`: a level is a per-layer sparsity step around a base allocation, and
+levels summing to 0 keep the target mean exactly.
 
 Each generation (EvoPress's ``evo_prune_search.py``): ``offspring`` distinct children of the parent by
-level switches (1–3 switches, P = 5/9, 3/9, 1/9; each moves one layer down a level and one layer up),
+level switches (1–3 switches, P = 5/9, 3/9, 1/9; each moves one coordinate down a level and one up),
 then multi-step selection — all children scored on a few validation windows, the best ``survivors``
 of each stage go on to more windows, the parent joins the last stage (elitism), and the last stage's
 best becomes the parent. Stages score on the first ``windows`` validation windows (fixed, so values
@@ -23,15 +22,14 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
-
-from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
 
 from . import checkpoint, schema
 from .config import MAX_SEED, ConfigError
 from .problem import WORST, rounded_key
+from .loop import GenerationLoop
 from .search import SearchResult
 
 
@@ -98,51 +96,46 @@ def _integer(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class LevelSpace:
-    """Levels ↔ sparsities around ``base`` (float64 [L]) for layers of ``counts`` weights, within [lo, hi]."""
+class IntegerSpace(Protocol):
+    """What the direct search needs of its space: the vector length, each coordinate's bounds
+    (``low[i] ≤ level[i] ≤ high[i]``, with 0 inside) and what a vector stands for (``decode``: a float
+    tensor, cached by its rounded values and reported as the row's ``output``)."""
 
-    def __init__(self, base, counts, step: float, max_level: int, lo: float = MIN_SPARSITY, hi: float = MAX_SPARSITY):
-        self.base = torch.as_tensor(base, dtype=torch.float64)
-        counts = torch.as_tensor(counts, dtype=torch.float64)
-        self.steps = step * counts.mean() / counts
-        self.lo, self.hi = lo, hi
-        eps = 1e-12  # a level whose sparsity lands on a bound (up to rounding) is allowed
-        self.low = [max(-max_level, -math.floor((b - lo + eps) / s)) for b, s in zip(self.base.tolist(), self.steps.tolist())]
-        self.high = [min(max_level, math.floor((hi - b + eps) / s)) for b, s in zip(self.base.tolist(), self.steps.tolist())]
+    low: list[int]
+    high: list[int]
 
-    def __len__(self) -> int:
-        return len(self.base)
+    def __len__(self) -> int: ...
 
-    def sparsities(self, levels) -> torch.Tensor:
-        out = self.base + torch.as_tensor(levels, dtype=torch.float64) * self.steps
-        return out.clamp(self.lo, self.hi)
+    def decode(self, levels) -> torch.Tensor: ...
 
-    def mutate(self, levels: list[int]) -> list[int]:
-        """1–3 level switches (P = 5/9, 3/9, 1/9): one layer down a level, one up (Σ levels unchanged)."""
-        child = list(levels)
-        for _ in range(min(random.randint(1, 3), random.randint(1, 3))):
-            down = [l for l in range(len(child)) if child[l] - 1 >= self.low[l]]
-            up = [l for l in range(len(child)) if child[l] + 1 <= self.high[l]]
-            if not down or not up:
-                break
-            d, u = random.choice(down), random.choice(up)
-            child[d] -= 1
-            child[u] += 1
-        return child
+
+def switch_levels(levels: list[int], low: list[int], high: list[int]) -> list[int]:
+    """EvoPress's mutation: 1–3 level switches (P = 5/9, 3/9, 1/9), each one coordinate down a level and one
+    up within the bounds (Σ levels unchanged)."""
+    child = list(levels)
+    for _ in range(min(random.randint(1, 3), random.randint(1, 3))):
+        down = [i for i in range(len(child)) if child[i] - 1 >= low[i]]
+        up = [i for i in range(len(child)) if child[i] + 1 <= high[i]]
+        if not down or not up:
+            break
+        d, u = random.choice(down), random.choice(up)
+        child[d] -= 1
+        child[u] += 1
+    return child
 
 
 def text(levels) -> str:
     return "levels(" + ", ".join(str(int(v)) for v in levels) + ")"
 
 
-class DirectSearch:
+class DirectSearch(GenerationLoop):
     """``DirectSearch(space, fitness, config, run_dir).run(resume=False)`` → :class:`~gp.SearchResult`.
 
     ``fitness(sparsities)`` scores on all ``all_windows`` validation windows, ``fitness(sparsities,
     windows=n)`` on the first ``n``; ``map_fn`` evaluates a batch (the builtin, or Ray workers). The
     logbook counts evaluations and the windows they read (``windows_used``: the budget in tokens)."""
 
-    def __init__(self, space: LevelSpace, fitness: Callable, all_windows: int, config: DirectConfig | None = None,
+    def __init__(self, space: IntegerSpace, fitness: Callable, all_windows: int, config: DirectConfig | None = None,
                  run_dir: str | Path | None = None, map_fn: Callable = map, progress: bool = False,
                  identity: dict | None = None, describe: str = "direct (EvoPress levels)"):
         self.space, self.fitness, self.all_windows, self.config = space, fitness, all_windows, config or DirectConfig()
@@ -155,13 +148,13 @@ class DirectSearch:
     def score(self, candidates: list[list[int]], windows: int | None, counts: dict) -> list[float]:
         """Fitness of each candidate on the first ``windows`` validation windows (None: all), cached by
         (rounded allocation, windows); new allocations go through ``map`` in one batch."""
-        keys = [(rounded_key(self.space.sparsities(c)), windows) for c in candidates]
+        keys = [(rounded_key(self.space.decode(c)), windows) for c in candidates]
         todo: dict[tuple, torch.Tensor] = {}
         for levels, key in zip(candidates, keys):
             if (self.config.cache and key in self.cache) or key in todo:
                 self.hits += 1
             else:
-                todo[key] = self.space.sparsities(levels)
+                todo[key] = self.space.decode(levels)
         fn = self.fitness if windows is None else functools.partial(self.fitness, windows=windows)
         for key, value in zip(todo, self.map(fn, list(todo.values()))):
             value = float(value)
@@ -177,7 +170,7 @@ class DirectSearch:
         for _ in range(cfg.offspring * 20):
             if len(children) == cfg.offspring:
                 break
-            child = self.space.mutate(parent)
+            child = switch_levels(parent, self.space.low, self.space.high)
             if tuple(child) not in seen:
                 seen.add(tuple(child))
                 children.append(child)
@@ -191,36 +184,30 @@ class DirectSearch:
             candidates = [candidates[i] for i in ranked[:survivors]]
         return candidates[0], values
 
-    # --- the loop -------------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> SearchResult:
-        cfg = self.config
-        state = self._load() if resume else None
-        if state is None:
-            checkpoint.seed_everything(cfg.seed)
-            parent, hof, logbook, start = [0] * len(self.space), {}, [], 1
-            t0, counts = time.perf_counter(), {"evals": 0}
-            values = self.score([parent], None, counts)
-            self._update(hof, [parent], values)
-            self._record(logbook, 0, values, hof, counts, t0)
-            self._save(0, parent, hof, logbook)
-        else:
-            parent, hof, logbook, start = state
-        for gen in range(start, cfg.generations + 1):
-            if cfg.max_evaluations is not None and self.evaluations >= cfg.max_evaluations:
-                break
-            t0, counts = time.perf_counter(), {"evals": 0}
-            parent, last = self.step(parent, counts)
-            self._update(hof, [parent], last[:1])
-            self._record(logbook, gen, last, hof, counts, t0)
-            self._save(gen, parent, hof, logbook)
-            if self.progress:
-                print(f"generation {gen}: best {self._best(hof):.4g}, evaluations {self.evaluations}", flush=True)
-        rows = self.rows(hof)
-        return SearchResult(rows, logbook, None, self.evaluations, self.run_dir, best=rows[0]["output"] if rows else None)
+    # --- the loop (gp.loop.GenerationLoop.run): state = (parent, hall of fame, logbook) ------------------
+    def start(self, t0: float):
+        parent, hof, logbook, counts = [0] * len(self.space), {}, [], {"evals": 0}
+        values = self.score([parent], None, counts)
+        self._update(hof, [parent], values)
+        self._record(logbook, 0, values, hof, counts, t0)
+        return parent, hof, logbook
 
-    @staticmethod
-    def _best(hof: dict) -> float:
+    def generation(self, gen: int, state, t0: float):
+        _, hof, logbook = state
+        counts = {"evals": 0}
+        parent, last = self.step(state[0], counts)
+        self._update(hof, [parent], last[:1])
+        self._record(logbook, gen, last, hof, counts, t0)
+        return parent, hof, logbook
+
+    def best(self, state) -> float:
+        hof = state[1]
         return min(hof.values()) if hof else WORST
+
+    def result(self, state) -> SearchResult:
+        rows = self.rows(state[1])
+        return SearchResult(rows, state[2], None, self.evaluations, self.run_dir,
+                            best=rows[0]["output"] if rows else None)
 
     def _update(self, hof: dict, levels: list[list[int]], values: list[float]) -> None:
         for lv, value in zip(levels, values):
@@ -232,17 +219,19 @@ class DirectSearch:
         lookups = self.evaluations + self.hits
         logbook.append({"gen": gen, "evals": counts["evals"], "total_evals": self.evaluations,
                         "windows_used": self.windows_used, "min": min(values), "median": statistics.median(values),
-                        "best": self._best(hof), "hit_rate": round(self.hits / lookups, 4) if lookups else 0.0,
+                        "best": min(hof.values()) if hof else WORST,
+                        "hit_rate": round(self.hits / lookups, 4) if lookups else 0.0,
                         "seconds": round(time.perf_counter() - t0, 3)})
 
     def rows(self, hof: dict) -> list[dict]:
         """The hall of fame as the engine's rows (``tree``: the levels; ``output``: the sparsities)."""
         return [{"rank": rank, "fitness": value, "tree": text(levels), "formula": self.describe, "latex": self.describe,
-                 "size": len(levels), "height": 0, "output": self.space.sparsities(levels).tolist()}
+                 "size": len(levels), "height": 0, "output": self.space.decode(levels).tolist()}
                 for rank, (levels, value) in enumerate(sorted(hof.items(), key=lambda kv: kv[1]), 1)]
 
     # --- checkpoints ----------------------------------------------------------------------------
-    def _save(self, gen: int, parent: list[int], hof: dict, logbook: list) -> None:
+    def save(self, gen: int, state) -> None:
+        parent, hof, logbook = state
         if self.run_dir is None:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +251,7 @@ class DirectSearch:
             schema.check_direct(self.run_dir / checkpoint.FILE, state, self.config, self.space)
         return state
 
-    def _load(self):
+    def load(self):
         state = self.checkpoint_state()
         if state is None:
             return None
@@ -272,6 +261,6 @@ class DirectSearch:
             self.hits, self.evaluations = int(state["hits"]), int(state["evaluations"])
             self.windows_used = int(state["windows_used"])
             checkpoint.set_rng_state(state["rng"])
-            return list(state["parent"]), hof, list(state["logbook"]), int(state["gen"]) + 1
+            return (list(state["parent"]), hof, list(state["logbook"])), int(state["gen"]) + 1
         except (KeyError, TypeError, ValueError) as exc:
             raise checkpoint.CheckpointError(f"{self.run_dir}/{checkpoint.FILE} is damaged ({exc})") from None

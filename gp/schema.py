@@ -36,7 +36,7 @@ def check_search(path, state: dict, config, parse: Callable[[str], Any]) -> None
 
 def check_direct(path, state: dict, config, space=None) -> None:
     """A direct search's checkpoint (:class:`~gp.direct.DirectSearch`) against its ``config``; with
-    ``space`` (a :class:`~gp.direct.LevelSpace`), also the number of layers and each layer's bounds."""
+    ``space`` (a :class:`~gp.direct.IntegerSpace`), also the vector length and each coordinate's bounds."""
     _named(path, _direct, state, config, space)
 
 

@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import numpy as np
 from deap import creator, gp, tools
-from tqdm.auto import tqdm
 
 from primitives.parse import parse_tree
 
@@ -22,6 +21,7 @@ from . import checkpoint, schema
 from .algorithms import strategy, tune_constants
 from .config import SearchConfig
 from .evaluation import FitnessCache, evaluate
+from .loop import GenerationLoop
 from .operators import toolbox_for
 from .problem import WORST, Problem
 
@@ -36,8 +36,9 @@ class SearchResult:
     pareto_front: list[dict] | None = None  # multi-objective runs: the non-dominated candidates, by size
 
 
-class Search:
-    """``Search(problem, config, run_dir).run(resume=False)`` → :class:`SearchResult`.
+class Search(GenerationLoop):
+    """``Search(problem, config, run_dir).run(resume=False)`` → :class:`SearchResult` (the loop:
+    :class:`~gp.loop.GenerationLoop`).
 
     ``map_fn`` evaluates a batch of outputs (the builtin ``map``, or Ray workers); ``identity``: what
     the run is about (task, model, data …), saved in the checkpoint and checked on resume."""
@@ -91,40 +92,35 @@ class Search:
     def _known(self, key: str) -> bool:
         return key in self.cache.by_text
 
-    # --- the loop -----------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> SearchResult:
+    # --- the loop (gp.loop.GenerationLoop.run): state = (population, hall of fame, front, logbook) ---------
+    def start(self, t0: float):
+        hof = tools.HallOfFame(self.config.hof_size, similar=self._same)
+        front = tools.ParetoFront(similar=self._same) if self.multi else None
+        logbook = tools.Logbook()
+        pop = self.seeded_population()
+        counts = self.evaluate(pop)
+        self._update(hof, front, pop)
+        self._record(logbook, 0, pop, hof, counts, t0)
+        return pop, hof, front, logbook
+
+    def generation(self, gen: int, state, t0: float):
         cfg = self.config
-        state = self._load() if resume else None
-        if state is None:
-            checkpoint.seed_everything(cfg.seed)
-            hof = tools.HallOfFame(cfg.hof_size, similar=self._same)
-            front = tools.ParetoFront(similar=self._same) if self.multi else None
-            logbook = tools.Logbook()
-            t0 = time.perf_counter()
-            pop = self.seeded_population()
-            counts = self.evaluate(pop)
-            self._update(hof, front, pop)
-            self._record(logbook, 0, pop, hof, counts, t0)
-            self._save(0, pop, hof, front, logbook)
-            start = 1
-        else:
-            pop, hof, front, logbook, start = state
-        step = strategy(cfg)
+        pop, hof, front, logbook = state
         known = self._known if cfg.cache else None
-        gens = tqdm(range(start, cfg.generations + 1), desc="generations", disable=not self.progress,
-                    initial=start - 1, total=cfg.generations)
-        for gen in gens:
-            if cfg.max_evaluations is not None and self.evaluations >= cfg.max_evaluations:
-                break
-            t0 = time.perf_counter()
-            pop, counts = step(pop, self.toolbox, cfg, self.evaluate, known)
-            if cfg.tune_constants and cfg.mode == "evolution" and not self.multi:
-                extra = tune_constants(pop, self.toolbox, cfg.tune_constants, self.evaluate)
-                counts = {k: counts.get(k, 0) + extra.get(k, 0) for k in {**counts, **extra}}
-            self._update(hof, front, pop)
-            self._record(logbook, gen, pop, hof, counts, t0)
-            gens.set_postfix(best=f"{hof[0].fitness.values[0]:.4g}", evals=self.evaluations)
-            self._save(gen, pop, hof, front, logbook)
+        pop, counts = strategy(cfg)(pop, self.toolbox, cfg, self.evaluate, known)
+        if cfg.tune_constants and cfg.mode == "evolution" and not self.multi:
+            extra = tune_constants(pop, self.toolbox, cfg.tune_constants, self.evaluate)
+            counts = {k: counts.get(k, 0) + extra.get(k, 0) for k in {**counts, **extra}}
+        self._update(hof, front, pop)
+        self._record(logbook, gen, pop, hof, counts, t0)
+        return pop, hof, front, logbook
+
+    def best(self, state) -> float:
+        hof = state[1]
+        return float(hof[0].fitness.values[0]) if len(hof) else WORST
+
+    def result(self, state) -> SearchResult:
+        _, hof, front, logbook = state
         return SearchResult(self.rows(hof), logbook, self.cache, self.evaluations, self.run_dir,
                             best=hof[0] if len(hof) else None,
                             pareto_front=self.pareto_rows(front) if front is not None else None)
@@ -189,7 +185,8 @@ class Search:
             out.append(ind)
         return out
 
-    def _save(self, gen, pop, hof, front, logbook):
+    def save(self, gen: int, state) -> None:
+        pop, hof, front, logbook = state
         if self.run_dir is None:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -224,8 +221,8 @@ class Search:
                                 lambda text: parse_tree(text, self.problem.pset, height, size))
         return state
 
-    def _load(self):
-        """(population, hof, front, logbook, next generation) from the run folder's checkpoint, with the
+    def load(self):
+        """((population, hof, front, logbook), next generation) from the run folder's checkpoint, with the
         cache, evaluation count and random states restored; None when there is no checkpoint."""
         state = self.checkpoint_state()
         if state is None:
@@ -247,7 +244,7 @@ class Search:
             self.evaluations = int(state["evaluations"])
             self.partial_evaluations = int(state.get("partial_evaluations", 0))
             checkpoint.set_rng_state(state["rng"])
-            return pop, hof, front, logbook, int(state["gen"]) + 1
+            return (pop, hof, front, logbook), int(state["gen"]) + 1
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise checkpoint.CheckpointError(f"{self.run_dir}/{checkpoint.FILE} is damaged "
                                              f"({type(exc).__name__}: {exc})") from None

@@ -11,7 +11,8 @@ import torch
 
 from dsa.synthetic import synthetic_task
 from gp import ConfigError
-from gp.direct import DirectConfig, DirectSearch, LevelSpace
+from dsa.levels import LevelSpace
+from gp.direct import DirectConfig, DirectSearch, switch_levels
 
 TARGET = 0.7
 
@@ -48,10 +49,10 @@ def test_level_switches_keep_the_weighted_mean_and_the_bounds():
     random.seed(0)
     levels = [0] * 5
     for _ in range(2000):
-        levels = space.mutate(levels)
+        levels = switch_levels(levels, space.low, space.high)
         assert sum(levels) == 0
         assert all(space.low[l] <= v <= space.high[l] for l, v in enumerate(levels))
-        s = space.sparsities(levels)
+        s = space.decode(levels)
         assert abs(weighted_mean(s, counts) - TARGET) < 1e-12
         assert float(s.min()) >= 0 and float(s.max()) <= 0.99
     # one level moves the same number of weights in every layer
