@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from dsa.runs import machine  # noqa: E402,F401 (the scripts import these from here)
-from evaluators.models import weight_snapshot  # noqa: E402,F401
+from evaluators.models.loading import weight_snapshot  # noqa: E402,F401
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -29,8 +29,8 @@ def load_inputs(args: argparse.Namespace, split: str = "validation"):
     """(model, tokenizer, WikiText-2 ``split`` windows, C4 calibration batch) from :func:`add_model_args`'s
     flags; the sizes left unset are filled in for the device (and written back to ``args`` for the tables)."""
     from dsa.cli import data_spec, model_spec
-    from evaluators.data import calibration_batch, load_split, token_windows
-    from evaluators.models import load_model
+    from evaluators.data.text import calibration_batch, load_split, token_windows
+    from evaluators.models.loading import load_model
 
     mspec, data = model_spec(args), data_spec(args)  # the CLI's own builders: one home of the settings
     data = data.sized(mspec.is_cuda())

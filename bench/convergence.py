@@ -31,7 +31,7 @@ from dsa.llm import build_evaluator  # noqa: E402
 from dsa.problem import baseline_seeds  # noqa: E402
 from dsa.search import SearchRun, run_search  # noqa: E402
 from dsa.settings import EvaluatorSpec, PruneSpec  # noqa: E402
-from evaluators.fitness import FITNESSES  # noqa: E402
+from evaluators.fitness.evaluator import FITNESSES  # noqa: E402
 from gp import SearchConfig  # noqa: E402
 from gp import checkpoint as checkpoints  # noqa: E402
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import add_model_args, load_inputs, markdown_table, spearman, write  # noqa: E402
 from bench.speed import DTYPES, sample_allocations  # noqa: E402
-from evaluators.fitness import PruningEvaluator  # noqa: E402
+from evaluators.fitness.evaluator import PruningEvaluator  # noqa: E402
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ from deap import gp as dgp  # noqa: E402
 from bench.common import add_model_args, agreement, load_inputs, markdown_table, weight_snapshot, write  # noqa: E402
 from dsa.allocations import allocate, baseline_candidates  # noqa: E402
 from dsa.problem import has_reduction  # noqa: E402
-from evaluators.data import load_split, token_windows  # noqa: E402
-from evaluators.fitness import PruningEvaluator  # noqa: E402
-from evaluators.perplexity import perplexity  # noqa: E402
-from evaluators.pruners import prune  # noqa: E402
+from evaluators.data.text import load_split, token_windows  # noqa: E402
+from evaluators.fitness.evaluator import PruningEvaluator  # noqa: E402
+from evaluators.fitness.perplexity import perplexity  # noqa: E402
+from evaluators.pruning.pruners import prune  # noqa: E402
 from gp import half_and_half  # noqa: E402
 from primitives import LayerAllocator  # noqa: E402
 

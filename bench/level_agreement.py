@@ -1,4 +1,4 @@
-"""Does the level database (EvoPress's per-layer SparseGPT levels, :mod:`evaluators.leveldb`) rank
+"""Does the level database (EvoPress's per-layer SparseGPT levels, :mod:`evaluators.fitness.leveldb`) rank
 allocations as exact SparseGPT does? Spearman's ρ against exact sequential SparseGPT's test perplexity of
 (A) the mask fitness (masks from dense-model SparseGPT scores, no OBS update) and (B) the level-database
 fitness, both on the same validation windows, over random valid allocations (random trees of the grammar)
@@ -32,12 +32,12 @@ from dsa.allocations import baseline_candidates  # noqa: E402
 from dsa.cli import data_spec, model_spec  # noqa: E402
 from dsa.llm import level_key  # noqa: E402
 from dsa.problem import has_reduction  # noqa: E402
-from evaluators.data import load_split, token_windows  # noqa: E402
-from evaluators.fitness import PruningEvaluator  # noqa: E402
-from evaluators.leveldb import level_grid, open_levels  # noqa: E402
-from evaluators.models import model_linears  # noqa: E402
-from evaluators.perplexity import perplexity  # noqa: E402
-from evaluators.pruners import prune  # noqa: E402
+from evaluators.data.text import load_split, token_windows  # noqa: E402
+from evaluators.fitness.evaluator import PruningEvaluator  # noqa: E402
+from evaluators.fitness.leveldb import level_grid, open_levels  # noqa: E402
+from evaluators.models.loading import model_linears  # noqa: E402
+from evaluators.fitness.perplexity import perplexity  # noqa: E402
+from evaluators.pruning.pruners import prune  # noqa: E402
 from gp import half_and_half  # noqa: E402
 from primitives import LayerAllocator  # noqa: E402
 

@@ -29,7 +29,7 @@ the mode adds on top of a plain forward (for ``block`` at least one block's mask
 not they coincided with the measured peak). Set-up peaks are
 listed, not projected: on a CPU they are dominated by the host-side ``S_l`` subsample of one block
 (fp32 scores, their concatenation and an int64 ``randperm``: ~16 bytes per prunable weight of a
-block, :func:`evaluators.blockscores.layer_scores`), which on a GPU sits in host memory. Run it on a
+block, :func:`evaluators.pruning.blockscores.layer_scores`), which on a GPU sits in host memory. Run it on a
 GPU with the real token count to measure rather than project:
 
     python bench/memory.py --layers 2 --seqlen 512 --windows 2 --name memory_cpu_llama2_7b_shapes   # CPU
@@ -51,10 +51,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import markdown_table, write  # noqa: E402
-from evaluators.fitness import PruningEvaluator  # noqa: E402
-from evaluators.masking import MASKING  # noqa: E402
-from evaluators.models import model_linears  # noqa: E402
-from evaluators.perplexity import CHUNK, window_nlls  # noqa: E402
+from evaluators.fitness.evaluator import PruningEvaluator  # noqa: E402
+from evaluators.fitness.masking import MASKING  # noqa: E402
+from evaluators.models.loading import model_linears  # noqa: E402
+from evaluators.fitness.perplexity import CHUNK, window_nlls  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GIB = 2**30

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import add_model_args, load_inputs, markdown_table, weight_snapshot, write  # noqa: E402
 from dsa.llm import resolve_allocation, score_source  # noqa: E402
 from evaluators.baselines import alphapruning, block_alphas  # noqa: E402
-from evaluators.perplexity import perplexity  # noqa: E402
-from evaluators.pruners import measured_sparsity, prune  # noqa: E402
+from evaluators.fitness.perplexity import perplexity  # noqa: E402
+from evaluators.pruning.pruners import measured_sparsity, prune  # noqa: E402
 
 
 def main() -> None:

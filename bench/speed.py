@@ -28,10 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import add_model_args, load_inputs, markdown_table, weight_snapshot, write  # noqa: E402
-from evaluators.fitness import PruningEvaluator  # noqa: E402
-from evaluators.masking import MASKING  # noqa: E402
-from evaluators.perplexity import CHUNK, window_nlls  # noqa: E402
-from evaluators.pruners import prune  # noqa: E402
+from evaluators.fitness.evaluator import PruningEvaluator  # noqa: E402
+from evaluators.fitness.masking import MASKING  # noqa: E402
+from evaluators.fitness.perplexity import CHUNK, window_nlls  # noqa: E402
+from evaluators.pruning.pruners import prune  # noqa: E402
 from gp import half_and_half  # noqa: E402
 from dsa.problem import has_reduction  # noqa: E402
 from deap import gp as dgp  # noqa: E402

@@ -186,7 +186,7 @@ def _parse(text: str, spec: str, pset):
 
 def allocate(spec: str, allocator: LayerAllocator, blocks=None, fitness=None) -> tuple[list[float], str | None]:
     """Per-layer sparsities for ``spec`` at the allocator's target; the formula used (None for a baseline).
-    Baselines read ``blocks`` (:class:`~evaluators.blockscores.BlockScores`); tuned ones need ``fitness``,
+    Baselines read ``blocks`` (:class:`~evaluators.pruning.blockscores.BlockScores`); tuned ones need ``fitness``,
     the validation perplexity of an allocation."""
     found = _baseline(spec)
     if spec == "uniform":  # needs no model

@@ -11,11 +11,11 @@ One model load, one evaluator (:func:`dsa.llm.build_evaluator`, the search's), t
   split), the direct search with the same number of evaluations, and the direct search started from
   the GP's choice (``--init``: the hybrid).
 
-Every allocation is pruned exactly (block by block, :func:`evaluators.pruners.prune`, the calibration
+Every allocation is pruned exactly (block by block, :func:`evaluators.pruning.pruners.prune`, the calibration
 batch of the search) and its per-window test NLLs are kept in ``compare.json``; the table reports each
 test perplexity with its bootstrap interval and, paired on the same windows, its log-perplexity
 difference from uniform and from the strongest baseline *on validation* (chosen without the test
-split), with the verdict (:mod:`evaluators.intervals`). The table and JSON are rewritten after every
+split), with the verdict (:mod:`evaluators.fitness.intervals`). The table and JSON are rewritten after every
 row; ``--resume`` keeps finished rows and resumes a killed search from its checkpoint.
 """
 from __future__ import annotations
@@ -29,11 +29,11 @@ from pathlib import Path
 
 import torch
 
-from evaluators.data import load_split, token_windows
-from evaluators.intervals import paired_interval, perplexity_interval, verdict
-from evaluators.models import weight_snapshot
-from evaluators.perplexity import perplexity_from_nlls, window_nlls
-from evaluators.pruners import prune
+from evaluators.data.text import load_split, token_windows
+from evaluators.fitness.intervals import paired_interval, perplexity_interval, verdict
+from evaluators.models.loading import weight_snapshot
+from evaluators.fitness.perplexity import perplexity_from_nlls, window_nlls
+from evaluators.pruning.pruners import prune
 from gp import SearchConfig
 from gp import checkpoint as checkpoints
 from gp.checkpoint import read_json

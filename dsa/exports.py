@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from evaluators.methods import METHODS
+from evaluators.pruning.methods import METHODS
 from gp.checkpoint import read_json
 from primitives import Formula, build_pset, parse_tree
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from evaluators.masking import MASKING
+from evaluators.fitness.masking import MASKING
 from gp import ConfigError, SearchConfig
 from gp.config import MAX_SEED
 from gp.direct import DirectConfig

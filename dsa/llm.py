@@ -8,16 +8,16 @@ from pathlib import Path
 
 import torch
 
-from evaluators.blockscores import BlockScores, block_scores
-from evaluators.calibration import collect_stats
-from evaluators.data import calibration_batch, load_split, token_windows
-from evaluators.fitness import FITNESSES, PruningEvaluator
-from evaluators.models import block_names, default_model, load_model
-from evaluators.saving import save_pruned
-from evaluators.intervals import perplexity_interval
-from evaluators.perplexity import window_nlls
-from evaluators.methods import get_method
-from evaluators.pruners import measured_sparsity, prune
+from evaluators.pruning.blockscores import BlockScores, block_scores
+from evaluators.data.calibration import collect_stats
+from evaluators.data.text import calibration_batch, load_split, token_windows
+from evaluators.fitness.evaluator import FITNESSES, PruningEvaluator
+from evaluators.models.loading import block_names, default_model, load_model
+from evaluators.models.saving import save_pruned
+from evaluators.fitness.intervals import perplexity_interval
+from evaluators.fitness.perplexity import window_nlls
+from evaluators.pruning.methods import get_method
+from evaluators.pruning.pruners import measured_sparsity, prune
 from primitives import LayerAllocator
 
 from .allocations import allocate, baseline_candidates, needs_wanda_metric
@@ -31,7 +31,7 @@ def model_name(model: ModelSpec) -> str:
 
 
 def source_of(texts) -> str | None:
-    """Where :func:`evaluators.data.load_split` found a text (hub, a data folder, the bundled copy)."""
+    """Where :func:`evaluators.data.text.load_split` found a text (hub, a data folder, the bundled copy)."""
     return getattr(texts, "source", None)
 
 
@@ -99,7 +99,7 @@ def build_evaluator(spec: EvaluatorSpec, loaded: tuple | None = None,
 
 def level_key(model: ModelSpec, data: DataSpec) -> dict:
     """What names a level database besides its content digests (calibration tokens, weights, grid, pruner
-    settings: :func:`evaluators.leveldb.open_levels` adds those); ``dsa search``, ``dsa compare`` and the
+    settings: :func:`evaluators.fitness.leveldb.open_levels` adds those); ``dsa search``, ``dsa compare`` and the
     benchmarks share a database through it."""
     return {"model": model.model or default_model(), "dtype": model.dtype, "calib": data.calib,
             "data_dir": data.data_dir, "nsamples": data.nsamples, "calib_seqlen": data.calib_seqlen,
@@ -108,10 +108,10 @@ def level_key(model: ModelSpec, data: DataSpec) -> dict:
 
 def level_database(spec: EvaluatorSpec, x: Inputs) -> dict:
     """For a pruner that updates the weights it keeps (SparseGPT), the evaluator's exact fitness: the
-    per-layer level database (:mod:`evaluators.leveldb`), opened or built once; {} for mask pruners."""
+    per-layer level database (:mod:`evaluators.fitness.leveldb`), opened or built once; {} for mask pruners."""
     if not get_method(spec.prune.method).updates_weights:
         return {}
-    from evaluators.leveldb import open_levels
+    from evaluators.fitness.leveldb import open_levels
     key = level_key(spec.model, spec.data)
     levels = open_levels(x.model, x.calib, spec.prune.method, key, progress=True, batch_size=spec.data.batch_size)
     print(levels.describe())
@@ -142,7 +142,7 @@ def llm_task(spec: EvaluatorSpec, baselines: tuple[str, ...], built: tuple | Non
 
 def score_source(model, method: str, calib: torch.Tensor | None, batch_size: int = 1,
                  max_per_block: int | None = None, seed: int = 0) -> BlockScores:
-    """The model's :class:`~evaluators.blockscores.BlockScores` for ``method``, subsampled exactly as
+    """The model's :class:`~evaluators.pruning.blockscores.BlockScores` for ``method``, subsampled exactly as
     the search evaluator does (same seed); with calibration data, Wanda's metric is available too."""
     stats = collect_stats(model, calib, get_method(method).needs_hessian, batch_size) if calib is not None else None
     return block_scores(model, method, stats, max_per_block, seed, calib.shape[0] if calib is not None else None)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from evaluators.models import load_model
+from evaluators.models.loading import load_model
 from gp import Problem, rounded_key
 from primitives import LayerAllocator, build_pset
 

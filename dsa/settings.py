@@ -16,9 +16,9 @@ import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from evaluators.masking import MASKING
-from evaluators.fitness import FITNESSES as FITNESS_RECORDS
-from evaluators.methods import METHODS as ALL_METHODS
+from evaluators.fitness.masking import MASKING
+from evaluators.fitness.evaluator import FITNESSES as FITNESS_RECORDS
+from evaluators.pruning.methods import METHODS as ALL_METHODS
 from gp.config import MAX_SEED
 from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY  # noqa: F401 (re-exported: the bounds' one home)
 

@@ -1,19 +1,18 @@
 """Evaluators: load models and data, prune (exact, layer by layer), and score allocations fast.
 
-- ``models``: ``load_model`` (causal LMs, GGUF files, LLaVA-style image-text models), ``decoder_blocks``,
-  ``block_linears``, ``model_linears``
-- ``saving``: ``save_pruned`` (atomic HF folder)
-- ``data``: ``load_split`` (hub, a data folder, or the bundled copy), ``token_windows``, ``calibration_batch``
-- ``calibration``: ``collect_stats`` (per-linear input statistics), block-input capture
-- ``scores``: element-wise scores ``SCORERS`` (magnitude, wanda, sparsegpt)
-- ``blockscores``: ``BlockScores``, what allocators read per decoder block (S_l, counts, Wanda's metric)
-- ``masks``: per-row and per-block selection shared by all pruners
-- ``pruners``: exact pruning ``prune`` with plug-ins ``PRUNERS``, ``measured_sparsity``
-- ``perplexity``: ``perplexity``, ``window_nlls``
-- ``fitness``: ``PruningEvaluator`` (the GP's fitness, apply/restore on precomputed ranks)
-- ``leveldb``: ``open_levels``, EvoPress's per-layer level database (exact SparseGPT weights per sparsity
-  level, on disk) and ``LevelWeights``, the evaluator's exact fitness for pruners that update weights
-- ``baselines``: ``BASELINES``, the reference allocators (uniform, global, AlphaPruning, OWL, DSA's
-  released code and paper formula, ATP, DLP) and ``tune``
+- ``models``: loading (``load_model``: causal LMs, GGUF files, LLaVA-style image-text models;
+  ``decoder_blocks``, ``model_linears``), ``saving`` (``save_pruned``, an atomic HF folder), ``hub``
+- ``data``: ``text`` (``load_split``: hub, a data folder or the bundled copy in ``data/bundled/``;
+  ``token_windows``, ``calibration_batch``), ``calibration`` (``collect_stats``, block-input capture)
+- ``pruning``: ``scores`` (``SCORERS``), ``selection`` (which weights a per-row or per-block quota
+  removes), ``pruners`` (exact ``prune`` with plug-ins ``PRUNERS``, ``measured_sparsity``), ``methods``
+  (one record per pruning method: scorer, pruner, what the rest reads), ``blockscores`` (``BlockScores``:
+  what allocators read per decoder block)
+- ``fitness``: ``evaluator`` (``PruningEvaluator``, the search's fitness, and the ``FITNESSES``
+  records), ``masking`` (how a candidate's masks reach the model), ``leveldb`` (EvoPress's level database:
+  exact weights for pruners that update them), ``perplexity`` (perplexity, KL), ``intervals`` (bootstrap
+  and paired intervals over windows)
+- ``baselines``: ``BASELINES``, the reference allocators (uniform, global, ER, ER-plus, AlphaPruning, OWL,
+  DSA's released code and paper formula, ATP, DLP) and ``tune``
 - ``errors``: ``UserError``
 """

@@ -37,7 +37,7 @@ def tiny_val() -> torch.Tensor:
 
 @pytest.fixture(autouse=True, scope="session")
 def _level_database_cache(tmp_path_factory):
-    """SparseGPT's level databases (evaluators.leveldb) go to a temporary folder, never to ~/.cache
+    """SparseGPT's level databases (evaluators.fitness.leveldb) go to a temporary folder, never to ~/.cache
     (subprocesses inherit the variable)."""
     import os
     old = os.environ.get("DSA_CACHE_DIR")

@@ -13,11 +13,11 @@ import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-from evaluators.calibration import (StatsCollector, capture_block_inputs, capture_per_block_inputs, run_block,
+from evaluators.data.calibration import (StatsCollector, capture_block_inputs, capture_per_block_inputs, run_block,
                                     same_value)
-from evaluators.masks import prune_count
-from evaluators.models import decoder_blocks, model_linears
-from evaluators.pruners import PRUNERS, measured_sparsity, prune
+from evaluators.pruning.selection import prune_count
+from evaluators.models.loading import decoder_blocks, model_linears
+from evaluators.pruning.pruners import PRUNERS, measured_sparsity, prune
 
 from conftest import TINY_VOCAB, make_tiny_llama
 

@@ -144,7 +144,7 @@ def test_multi_task_search_one_formula_for_every_task(tiny_dir, tmp_path):
 def test_prune_with_a_tuned_baseline_scores_the_model_once(tiny_dir, monkeypatch):
     """The tuner's scores are the allocation's: one calibration pass, one scoring (issue: twice before)."""
     import dsa.llm as llm
-    import evaluators.fitness as fitness
+    import evaluators.fitness.evaluator as fitness
     from dsa.settings import DataSpec, ModelSpec, PruneSpec
 
     calls = []

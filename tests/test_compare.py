@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dsa.cli import main
-from evaluators.intervals import paired_interval, perplexity_interval, verdict
+from evaluators.fitness.intervals import paired_interval, perplexity_interval, verdict
 from test_cli_llm import data_args, tiny_dir  # noqa: F401 (the fixture)
 
 GP = ["--population", "4", "--generations", "1", "--val-windows", "2", "--max-scores-per-layer", "5000",

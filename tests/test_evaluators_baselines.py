@@ -10,10 +10,10 @@ from evaluators.baselines import (BASELINES, OWL_GRID, alphapruning, alphaprunin
                                   er_densities, er_plus, esd_alpha,
                                   global_threshold, outlier_ratio, owl, owl_sparsities, released_value, tune, uniform)
 from evaluators.baselines import simple
-from evaluators.blockscores import BlockScores, subsample_scores
+from evaluators.pruning.blockscores import BlockScores, subsample_scores
 from evaluators.errors import UserError
-from evaluators.fitness import PruningEvaluator
-from evaluators.models import model_linears
+from evaluators.fitness.evaluator import PruningEvaluator
+from evaluators.models.loading import model_linears
 
 CONSTANT = "ignore:.*same statistic:RuntimeWarning"  # dsa-code on the tiny model: every block NaN → uniform
 

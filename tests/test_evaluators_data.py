@@ -7,8 +7,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 import evaluators
-from evaluators import data
-from evaluators.data import Texts, calibration_batch, load_split, read_text_file, token_windows
+from evaluators.data import text as data
+from evaluators.data.text import Texts, calibration_batch, load_split, read_text_file, token_windows
 from evaluators.errors import UserError
 
 WORDS = "the a of and to in is was for on as with by at from it that his her film series".split()

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from conftest import TINY_VOCAB, make_tiny_llama
-from evaluators import fitness
+from evaluators.fitness import evaluator as fitness
 from evaluators.errors import UserError
-from evaluators.blockscores import subsample_scores
-from evaluators.fitness import PruningEvaluator
-from evaluators.models import model_linears
-from evaluators.perplexity import dense_reference, perplexity, window_kls, window_nlls
-from evaluators.pruners import measured_sparsity, prune
+from evaluators.pruning.blockscores import subsample_scores
+from evaluators.fitness.evaluator import PruningEvaluator
+from evaluators.models.loading import model_linears
+from evaluators.fitness.perplexity import dense_reference, perplexity, window_kls, window_nlls
+from evaluators.pruning.pruners import measured_sparsity, prune
 
 SPARSITIES = [0.3, 0.5, 0.65, 0.8]
 
@@ -294,7 +294,7 @@ def test_block_masking_puts_weights_back_when_a_block_raises(tiny_llama, tiny_va
 
 
 def test_level_quantisation_rule_on_a_wide_matrix():
-    from evaluators.masks import (level_count, level_mask, level_threshold, prune_count, row_levels,
+    from evaluators.pruning.selection import (level_count, level_mask, level_threshold, prune_count, row_levels,
                                   row_ranks)
     cols = 1000
     scores = torch.randn(16, cols, generator=torch.Generator().manual_seed(0))
@@ -334,7 +334,7 @@ def test_wanda_scores_do_not_depend_on_the_number_of_calibration_tokens(tiny_lla
 def test_fitness_is_a_plug_in(tiny_llama, tiny_calib, tiny_val, monkeypatch):
     """A fitness is one record: the evaluator, the CLI's choices and the run's description read it."""
     from dsa.settings import FITNESSES as CLI_FITNESSES
-    from evaluators.fitness import FITNESSES, Fitness
+    from evaluators.fitness.evaluator import FITNESSES, Fitness
 
     record = Fitness("windows", "number of windows scored", lambda ev, tokens, split: float(tokens.shape[0]))
     monkeypatch.setitem(FITNESSES, "windows", record)

@@ -13,13 +13,13 @@ from transformers import (AutoModelForCausalLM, AutoModelForImageTextToText, Aut
                           CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
                           OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast)
 
-from evaluators import models as ev_models
+from evaluators.models import loading as ev_models
 from evaluators.errors import UserError
-from evaluators import saving
-from evaluators.models import block_linears, block_names, decoder_blocks, load_model, model_linears
-from evaluators.saving import remove_stale_work_dirs, save_pruned
-from evaluators.perplexity import _SPLIT_OK, window_nlls
-from evaluators.pruners import measured_sparsity, prune
+from evaluators.models import saving
+from evaluators.models.loading import block_linears, block_names, decoder_blocks, load_model, model_linears
+from evaluators.models.saving import remove_stale_work_dirs, save_pruned
+from evaluators.fitness.perplexity import _SPLIT_OK, window_nlls
+from evaluators.pruning.pruners import measured_sparsity, prune
 
 
 def test_blocks_and_linears(tiny_llama):
@@ -258,7 +258,7 @@ def test_save_pruned_after_sigkill_cleans_up(tiny_llama, tmp_path):
     script = textwrap.dedent(f"""
         import sys, time, types
         from pathlib import Path
-        from evaluators.saving import save_pruned
+        from evaluators.models.saving import save_pruned
 
         class Model:
             config = types.SimpleNamespace()

@@ -2,12 +2,12 @@ import pytest
 import torch
 from torch import nn
 
-from evaluators.calibration import LinearStats, capture_block_inputs, collect_stats
+from evaluators.data.calibration import LinearStats, capture_block_inputs, collect_stats
 from evaluators.errors import UserError
-from evaluators.masks import prune_count, row_ranks, threshold_mask
-from evaluators.models import model_linears
-from evaluators.pruners import PRUNERS, SparseGPTPruner, measured_sparsity, prune
-from evaluators.scores import PERCDAMP
+from evaluators.pruning.selection import prune_count, row_ranks, threshold_mask
+from evaluators.models.loading import model_linears
+from evaluators.pruning.pruners import PRUNERS, SparseGPTPruner, measured_sparsity, prune
+from evaluators.pruning.scores import PERCDAMP
 
 SPARSITIES = [0.3, 0.5, 0.65, 0.8]
 
@@ -169,10 +169,10 @@ def test_bad_inputs(tiny_llama):
 
 
 def test_every_pruner_has_one_method_record():
-    """A pruner is reachable only through its method record (evaluators.methods): scorer, pruner, ε, modifier."""
+    """A pruner is reachable only through its method record (evaluators.pruning.methods): scorer, pruner, ε, modifier."""
     from dsa.settings import METHODS as CLI_METHODS
-    from evaluators.methods import METHODS, get_method
-    from evaluators.pruners import PRUNERS
+    from evaluators.pruning.methods import METHODS, get_method
+    from evaluators.pruning.pruners import PRUNERS
     assert {m.pruner for m in METHODS.values()} == set(PRUNERS.values())
     assert CLI_METHODS == ("magnitude", "wanda", "sparsegpt")
     assert get_method("sparsegpt").updates_weights and not get_method("wanda").updates_weights

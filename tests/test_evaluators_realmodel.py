@@ -5,11 +5,11 @@ import time
 import pytest
 import torch
 
-from evaluators import data
-from evaluators.data import calibration_batch, load_split, token_windows
-from evaluators.fitness import PruningEvaluator
-from evaluators.models import load_model, model_linears, smollm2_gguf
-from evaluators.perplexity import perplexity
+from evaluators.data import text as data
+from evaluators.data.text import calibration_batch, load_split, token_windows
+from evaluators.fitness.evaluator import PruningEvaluator
+from evaluators.models.loading import load_model, model_linears, smollm2_gguf
+from evaluators.fitness.perplexity import perplexity
 
 pytestmark = pytest.mark.realmodel
 

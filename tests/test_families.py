@@ -16,10 +16,10 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
 from dsa.cli import main
-from evaluators import hub
-from evaluators.data import load_split
+from evaluators.models import hub
+from evaluators.data.text import load_split
 from evaluators.errors import UserError
-from evaluators.models import smollm2_gguf
+from evaluators.models.loading import smollm2_gguf
 
 GGUF = smollm2_gguf()
 if GGUF is None:

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import make_tiny_llama
-from evaluators.fitness import PruningEvaluator
-from evaluators.models import model_linears
-from evaluators.perplexity import perplexity
-from evaluators.pruners import measured_sparsity, prune
+from evaluators.fitness.evaluator import PruningEvaluator
+from evaluators.models.loading import model_linears
+from evaluators.fitness.perplexity import perplexity
+from evaluators.pruning.pruners import measured_sparsity, prune
 from test_cli_llm import data_args, dsa, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -1,4 +1,4 @@
-"""The level database (evaluators.leveldb): exact SparseGPT weights per level, row mixing between levels,
+"""The level database (evaluators.fitness.leveldb): exact SparseGPT weights per level, row mixing between levels,
 bit-exact restore, reuse and resume on disk, and the evaluator's exact fitness."""
 import json
 import math
@@ -8,14 +8,14 @@ import torch
 from torch import nn
 
 from conftest import TINY_VOCAB, make_tiny_llama
-from evaluators import leveldb
-from evaluators.calibration import collect_stats
+from evaluators.fitness import leveldb
+from evaluators.data.calibration import collect_stats
 from evaluators.errors import UserError
-from evaluators.fitness import PruningEvaluator
-from evaluators.leveldb import LevelWeights, level_grid, mixed_rows, open_levels, spread_rows
-from evaluators.models import model_linears
-from evaluators.perplexity import perplexity
-from evaluators.pruners import PRUNERS, ScorePruner, SparseGPTPruner
+from evaluators.fitness.evaluator import PruningEvaluator
+from evaluators.fitness.leveldb import LevelWeights, level_grid, mixed_rows, open_levels, spread_rows
+from evaluators.models.loading import model_linears
+from evaluators.fitness.perplexity import perplexity
+from evaluators.pruning.pruners import PRUNERS, ScorePruner, SparseGPTPruner
 
 GRID = level_grid(0.1)  # 0, 0.1, …, 0.9, 0.99: 10 stored levels
 KEY = {"model": "tiny-llama", "dtype": "fp32", "calib": "random", "nsamples": 4, "seqlen": 64, "seed": 1}

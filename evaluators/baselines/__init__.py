@@ -14,14 +14,14 @@ in :data:`BASELINES` with its defaults and, if tunable, its grid (:func:`tune`).
 - ``depth``: ``atp``, ``atp-tuned`` (arithmetic progression), ``dlp``
 - ``registry``: ``BASELINES``, ``tune``
 """
-from .alpha import ALPHA_EPSILON, alphapruning, alphapruning_sparsities, block_alphas, esd_alpha
-from .common import wanda_metric
-from .depth import atp, atp_grid, atp_sparsities, dlp, dlp_score, dlp_sparsities
-from .dsa import dsa_code, dsa_code_importance, dsa_paper, dsa_paper_importance, dsa_sparsities, released_value
-from .er import er, er_densities, er_plus
-from .owl import OWL_GRID, outlier_ratio, outlier_ratios, owl, owl_sparsities
-from .registry import BASELINES, Baseline, TuneResult, baseline_seeds, search_baselines, tune
-from .simple import GLOBAL_MAX_SCORES, global_threshold, threshold_shares, uniform
+from evaluators.baselines.alpha import ALPHA_EPSILON, alphapruning, alphapruning_sparsities, block_alphas, esd_alpha
+from evaluators.baselines.common import wanda_metric
+from evaluators.baselines.depth import atp, atp_grid, atp_sparsities, dlp, dlp_score, dlp_sparsities
+from evaluators.baselines.dsa import dsa_code, dsa_code_importance, dsa_paper, dsa_paper_importance, dsa_sparsities, released_value
+from evaluators.baselines.er import er, er_densities, er_plus
+from evaluators.baselines.owl import OWL_GRID, outlier_ratio, outlier_ratios, owl, owl_sparsities
+from evaluators.baselines.registry import BASELINES, Baseline, TuneResult, baseline_seeds, search_baselines, tune
+from evaluators.baselines.simple import GLOBAL_MAX_SCORES, global_threshold, threshold_shares, uniform
 
 __all__ = [
     "ALPHA_EPSILON", "BASELINES", "Baseline", "GLOBAL_MAX_SCORES", "OWL_GRID", "TuneResult", "alphapruning",

@@ -8,14 +8,14 @@ import torch
 
 from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
 
-from ..blockscores import BlockScores
-from ..errors import UserError
-from ..methods import METHODS
-from ..models import model_linears
-from .common import check_target, constant_statistic, finish
+from evaluators.pruning.blockscores import BlockScores
+from evaluators.errors import UserError
+from evaluators.pruning.methods import METHODS
+from evaluators.models.loading import model_linears
+from evaluators.baselines.common import check_target, constant_statistic, finish
 
 # ε of the authors' LLaMA-7B scripts, per pruner (README/scripts: magnitude_ww 0.3, wanda_ww 0.2, sparsegpt_ww 0.2)
-# ε per pruner (the authors' scripts) lives on each method's record (evaluators.methods); by name:
+# ε per pruner (the authors' scripts) lives on each method's record (evaluators.pruning.methods); by name:
 ALPHA_EPSILON = {name: m.alpha_epsilon for name, m in METHODS.items()}
 
 
@@ -83,7 +83,7 @@ def alphapruning(blocks: BlockScores, target: float, lo: float = MIN_SPARSITY, h
                  alphas: Sequence[float] | None = None) -> list[float]:
     """AlphaPruning, block-wise: ratios span ``[1 − ε, 1 + ε]`` times one scale that keeps the weighted
     mean at ``target``. ``epsilon=None``: the authors' LLaMA-7B value for ``blocks.method``
-    (its :class:`~evaluators.methods.Method` record). ``alphas``: precomputed :func:`block_alphas` (else from ``blocks.model``)."""
+    (its :class:`~evaluators.pruning.methods.Method` record). ``alphas``: precomputed :func:`block_alphas` (else from ``blocks.model``)."""
     check_target(target, lo, hi)
     if epsilon is None:
         if blocks.method not in METHODS:

@@ -19,8 +19,8 @@ import torch
 
 from primitives.postprocess import project_to_target
 
-from ..blockscores import BlockScores
-from ..errors import UserError
+from evaluators.pruning.blockscores import BlockScores
+from evaluators.errors import UserError
 
 TARGET_TOL = 1e-12  # a reference result whose weighted mean is this close to the target is kept as is
 FLOOR = 0.01  # OWL / DSA / DLP: a block whose sparsity comes out ≤ 0 gets 0.01 instead

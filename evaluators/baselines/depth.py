@@ -15,9 +15,9 @@ import torch
 
 from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
 
-from ..blockscores import BlockScores
-from ..errors import UserError
-from .common import block_statistic, check_target, constant_statistic, finish, floor_nonpositive
+from evaluators.pruning.blockscores import BlockScores
+from evaluators.errors import UserError
+from evaluators.baselines.common import block_statistic, check_target, constant_statistic, finish, floor_nonpositive
 
 ATP_STEP = 0.002  # search.sh's grid step
 DLP_ALPHA = 0.15  # --alpha default; README and every script at 70 % sparsity

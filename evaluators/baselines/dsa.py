@@ -21,8 +21,8 @@ import torch
 
 from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
 
-from ..blockscores import BlockScores
-from .common import block_statistic, check_target, constant_statistic, finish, floor_nonpositive
+from evaluators.pruning.blockscores import BlockScores
+from evaluators.baselines.common import block_statistic, check_target, constant_statistic, finish, floor_nonpositive
 
 DSA_LAMBDA = 0.08  # --Lamda default (the README command does not set it)
 

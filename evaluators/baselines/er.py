@@ -19,10 +19,10 @@ from typing import Sequence
 
 from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
 
-from ..blockscores import BlockScores
-from ..errors import UserError
-from ..models import model_linears
-from .common import check_target, finish
+from evaluators.pruning.blockscores import BlockScores
+from evaluators.errors import UserError
+from evaluators.models.loading import model_linears
+from evaluators.baselines.common import check_target, finish
 
 Shape = tuple[int, int]
 

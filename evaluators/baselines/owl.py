@@ -10,8 +10,8 @@ import torch
 from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
 from primitives.reduction import OWL_M  # Hyper_m of every README script (the CLI default, 3, is unused there)
 
-from ..blockscores import BlockScores
-from .common import check_target, constant_statistic, finish, floor_nonpositive, wanda_metric
+from evaluators.pruning.blockscores import BlockScores
+from evaluators.baselines.common import check_target, constant_statistic, finish, floor_nonpositive, wanda_metric
 
 OWL_LAMBDA = 0.08  # Lamda: the CLI default and every README script
 OWL_GRID = [{"m": m, "lam": lam} for m in (3.0, 5.0, 7.0, 10.0) for lam in (0.02, 0.05, 0.08, 0.1, 0.2)]  # EvoPress's

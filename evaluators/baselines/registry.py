@@ -12,14 +12,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
 
-from ..blockscores import BlockScores
-from ..errors import UserError
-from .alpha import alphapruning
-from .depth import DLP_ALPHA, atp, atp_grid, dlp
-from .dsa import DSA_LAMBDA, dsa_code, dsa_paper
-from .er import er, er_plus
-from .owl import OWL_GRID, OWL_LAMBDA, OWL_M, owl, owl_prepare
-from .simple import global_threshold, uniform
+from evaluators.pruning.blockscores import BlockScores
+from evaluators.errors import UserError
+from evaluators.baselines.alpha import alphapruning
+from evaluators.baselines.depth import DLP_ALPHA, atp, atp_grid, dlp
+from evaluators.baselines.dsa import DSA_LAMBDA, dsa_code, dsa_paper
+from evaluators.baselines.er import er, er_plus
+from evaluators.baselines.owl import OWL_GRID, OWL_LAMBDA, OWL_M, owl, owl_prepare
+from evaluators.baselines.simple import global_threshold, uniform
 
 Fitness = Callable[[list[float]], float]
 

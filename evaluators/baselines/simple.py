@@ -5,8 +5,8 @@ import torch
 
 from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
 
-from ..blockscores import BlockScores, subsample_scores
-from .common import check_target, finish
+from evaluators.pruning.blockscores import BlockScores, subsample_scores
+from evaluators.baselines.common import check_target, finish
 
 GLOBAL_MAX_SCORES = 2**27  # above this many scores in total, global_threshold subsamples every block
 

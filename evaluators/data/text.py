@@ -4,9 +4,9 @@
 
 1. ``data_dir`` (the CLI's ``--data-dir``), else ``$DSA_DATA_DIR``: a local data folder. Once one is
    given it is used alone: a file missing there is a :class:`UserError` naming the path.
-2. The Hugging Face Hub, when reachable (:func:`evaluators.hub.hub_reachable`; never with
+2. The Hugging Face Hub, when reachable (:func:`evaluators.models.hub.hub_reachable`; never with
    ``HF_HUB_OFFLINE=1``): ``Salesforce/wikitext`` ``wikitext-2-raw-v1`` and an ``allenai/c4`` shard.
-3. The copy bundled with the package (``evaluators/bundled/``, xz-compressed; licences and
+3. The copy bundled with the package (``evaluators/data/bundled/``, xz-compressed; licences and
    provenance in its README), identical to the local folder's files below, so a fresh install
    works offline with no data folder.
 
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .hub import hub_reachable
+from evaluators.errors import UserError
+from evaluators.models.hub import hub_reachable
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 WIKITEXT_FILES = {"test": "wikitext-2/raw/test.raw.txt", "validation": "wikitext-2/valid.txt"}
@@ -55,7 +55,7 @@ FLAGS = "--data/--calib"
 
 class Texts(list):
     """A list of texts that remembers where it came from: ``source`` is ``"hub:<repo> <config/file> <split>"``,
-    ``"dir:<file>"`` (a data folder), ``"bundled:<file in evaluators/bundled>"`` or ``"file:<path>"``."""
+    ``"dir:<file>"`` (a data folder), ``"bundled:<file in evaluators/data/bundled>"`` or ``"file:<path>"``."""
 
     def __init__(self, texts=(), source: str = ""):
         super().__init__(texts)

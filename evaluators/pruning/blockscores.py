@@ -14,10 +14,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .calibration import LinearStats
-from .models import model_linears
-from .methods import get_method
-from .scores import SCORERS
+from evaluators.data.calibration import LinearStats
+from evaluators.models.loading import model_linears
+from evaluators.pruning.methods import get_method
+from evaluators.pruning.scores import SCORERS
 
 
 def subsample_scores(scores: torch.Tensor, limit: int | None, seed: int) -> torch.Tensor:
@@ -80,7 +80,7 @@ def block_scores(model: nn.Module, method: str, stats: dict[str, LinearStats] | 
                  max_per_block: int | None = None, seed: int = 0, sequences: int | None = None,
                  each: Callable[[int, str, nn.Linear, torch.Tensor], None] | None = None) -> BlockScores:
     """The :class:`BlockScores` of ``model`` for ``method``'s scores (``stats``: the calibration
-    statistics of ``sequences`` windows, from :func:`evaluators.calibration.collect_stats`; None for
+    statistics of ``sequences`` windows, from :func:`evaluators.data.calibration.collect_stats`; None for
     magnitude without calibration). ``each(block, name, linear, score)`` sees every linear's full score
     on the weights' device before it is flattened (the evaluator ranks its masks there): the one recipe."""
     scorer = get_method(method).scorer

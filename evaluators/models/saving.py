@@ -12,7 +12,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from .errors import UserError
+from evaluators.errors import UserError
 
 
 def _plain_model(model):

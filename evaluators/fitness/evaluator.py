@@ -2,25 +2,25 @@
 text (the GP's hot path).
 
 Once per run, :class:`PruningEvaluator` collects calibration statistics on the *dense* model, scores
-every weight and keeps per-row score ranks (:mod:`evaluators.masking`: how a candidate's masks reach
+every weight and keeps per-row score ranks (:mod:`evaluators.fitness.masking`: how a candidate's masks reach
 the model, in place, in each linear's forward, or per decoder block). Per candidate: masks from the
 ranks, one pass over the validation windows, the dense model back.
 
 Fitness (``fitness``, a :class:`Fitness` record in :data:`FITNESSES`): ``"ppl"``, the perplexity of the
 pruned model, or ``"kl"``, the mean per-token KL divergence of its next-token distributions from the dense
 model's (EvoPress's fitness; the dense side cached once per split as top-k log-probabilities,
-:func:`evaluators.perplexity.window_kls`).
+:func:`evaluators.fitness.perplexity.window_kls`).
 
 Windows: the search's windows (``val_windows``), and optionally a disjoint ``selection`` split on
 which a finished search's hall of fame is re-scored before anything is called best. A call may score
 the first ``windows`` windows of a split only (multi-step selection: many candidates on few windows).
 
 Scores come from the dense model in one pass (no re-calibration through pruned blocks as in the
-exact :func:`evaluators.pruners.prune`); for magnitude the masks are identical to the exact pruner's.
+exact :func:`evaluators.pruning.pruners.prune`); for magnitude the masks are identical to the exact pruner's.
 
 For a pruner that updates the weights it keeps (SparseGPT, ``Pruner.updates_weights``), masks are not
-its result: with ``levels`` (a :class:`evaluators.leveldb.LevelDatabase`) a candidate's weights are
-instead assembled from the database's stored pruned weights (:class:`evaluators.leveldb.LevelWeights`,
+its result: with ``levels`` (a :class:`evaluators.fitness.leveldb.LevelDatabase`) a candidate's weights are
+instead assembled from the database's stored pruned weights (:class:`evaluators.fitness.leveldb.LevelWeights`,
 EvoPress's protocol); scores are still computed, for the allocation functions, but no ranks.
 """
 from __future__ import annotations
@@ -32,15 +32,15 @@ from typing import Callable, Sequence
 
 import torch
 
-from .blockscores import block_scores
-from .calibration import collect_stats
-from .errors import UserError
-from .leveldb import LevelDatabase, LevelWeights
-from .masking import Masks
-from .methods import get_method
-from .models import model_linears
-from .perplexity import CHUNK, dense_reference, perplexity_from_nlls, window_kls, window_nlls
-from .pruners import check_sparsities
+from evaluators.pruning.blockscores import block_scores
+from evaluators.data.calibration import collect_stats
+from evaluators.errors import UserError
+from evaluators.fitness.leveldb import LevelDatabase, LevelWeights
+from evaluators.fitness.masking import Masks
+from evaluators.pruning.methods import get_method
+from evaluators.models.loading import model_linears
+from evaluators.fitness.perplexity import CHUNK, dense_reference, perplexity_from_nlls, window_kls, window_nlls
+from evaluators.pruning.pruners import check_sparsities
 
 
 KL_TOP_K = 256  # dense tokens kept per position for the KL fitness (plus the rest of the mass)
@@ -89,11 +89,11 @@ class PruningEvaluator:
         :attr:`blocks` (saves memory on large models; default: keep all, float32 on CPU).
         ``masking``: ``"inplace"`` (dense copy), ``"forward"`` (no copy, masks rebuilt in every forward
         call) or ``"block"`` (no copy, uint8 rank levels, one block's masked weights at a time; use it
-        with ``batch_size`` ≥ the number of validation windows); see :mod:`evaluators.masking`. With
+        with ``batch_size`` ≥ the number of validation windows); see :mod:`evaluators.fitness.masking`. With
         ``"forward"`` or ``"block"``, call :meth:`close` before using the model for anything else.
         ``fitness``: ``"ppl"`` or ``"kl"`` (module doc). ``head_chunk``: LM-head positions per step
-        (None: all logits at once; see :mod:`evaluators.perplexity`). ``levels``: a level database
-        (:func:`evaluators.leveldb.open_levels`, built for this model): candidates are assembled from its
+        (None: all logits at once; see :mod:`evaluators.fitness.perplexity`). ``levels``: a level database
+        (:func:`evaluators.fitness.leveldb.open_levels`, built for this model): candidates are assembled from its
         stored pruned weights instead of masks (``masking`` must then stay ``"inplace"``)."""
         if fitness not in FITNESSES:
             raise UserError(f"fitness must be one of {', '.join(FITNESSES)}, got {fitness!r}")
@@ -141,8 +141,8 @@ class PruningEvaluator:
         return self.masks.state_bytes
 
     def apply(self, sparsities: Sequence[float]) -> None:
-        """Prune block ``l`` at ``sparsities[l]`` (see :meth:`evaluators.masking.Masks.apply`, or
-        :meth:`evaluators.leveldb.LevelWeights.apply` with a level database)."""
+        """Prune block ``l`` at ``sparsities[l]`` (see :meth:`evaluators.fitness.masking.Masks.apply`, or
+        :meth:`evaluators.fitness.leveldb.LevelWeights.apply` with a level database)."""
         self.masks.apply(check_sparsities(sparsities, self.n_blocks))
 
     def restore(self) -> None:

@@ -8,7 +8,7 @@ computed once:
   ``W.masked_fill(rank < k, 0)`` in its forward, so masks are rebuilt in every forward call and the
   weights are never written. Memory: weights + int16 ranks (+ one linear's masked weight at a time).
 - ``"block"``: no copy, and ranks quantised to uint8 levels per row (``level = rank·256 // cols``, 1
-  byte per prunable weight; :func:`evaluators.masks.level_threshold` turns a sparsity into a level
+  byte per prunable weight; :func:`evaluators.pruning.selection.level_threshold` turns a sparsity into a level
   threshold ``q``, at a resolution of 1/256 of a row). A forward pre-hook on each decoder block builds
   that block's masked weights ``W.masked_fill(level < q, 0)`` just before the block runs and points
   each linear's ``weight.data`` at them; a forward post-hook points it back at the untouched
@@ -31,9 +31,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .errors import UserError
-from .masks import LEVELS, level_mask, level_threshold, prune_count, row_levels, row_ranks
-from .models import decoder_blocks
+from evaluators.errors import UserError
+from evaluators.pruning.selection import LEVELS, level_mask, level_threshold, prune_count, row_levels, row_ranks
+from evaluators.models.loading import decoder_blocks
 
 MASKING = ("inplace", "forward", "block")
 
@@ -126,7 +126,7 @@ class Masks:
     def apply(self, values: Sequence[float]) -> None:
         """Prune: in each row, zero the weights ranked below ``round(s_l·cols)`` (in place, or in the
         forward with ``masking="forward"``); with ``masking="block"``, those whose level is below
-        :func:`~evaluators.masks.level_threshold` (inside each block's forward only)."""
+        :func:`~evaluators.pruning.selection.level_threshold` (inside each block's forward only)."""
         self.restore()
         if self.masking == "block":
             for s, masks in zip(values, self._block_masks):

@@ -8,7 +8,7 @@ Pruning plug-ins, one interface (``prune_linear``):
   group; magnitude uses it too, unlike its per-matrix original, so the sparsity is exact per row).
 - ``sparsegpt``: SparseGPT's OBS update, blocked (128 columns), dampening 0.01, unstructured, with the
   reference's adaptive mask (IST-DASLab/sparsegpt ``fasterprune``): per 128-column block, one threshold
-  over all its rows (:func:`evaluators.masks.threshold_mask`), which prunes ``int(n·s) + 1`` of the
+  over all its rows (:func:`evaluators.pruning.selection.threshold_mask`), which prunes ``int(n·s) + 1`` of the
   block's ``n = rows·128`` weights absent ties. Rows differ; each column block, hence each linear, is at
   its requested sparsity + at most ``1/n`` (+ ties).
 - ``sparsegpt-row``: the same OBS update with the mask chosen per output row instead: a column block
@@ -26,11 +26,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calibration import LinearStats, StatsCollector, capture_per_block_inputs, run_block
-from .errors import UserError
-from .masks import lowest_mask, prune_count, threshold_mask
-from .models import decoder_blocks, model_linears
-from .scores import PERCDAMP, SCORERS, Scorer, inverse_hessian_factor
+from evaluators.data.calibration import LinearStats, StatsCollector, capture_per_block_inputs, run_block
+from evaluators.errors import UserError
+from evaluators.pruning.selection import lowest_mask, prune_count, threshold_mask
+from evaluators.models.loading import decoder_blocks, model_linears
+from evaluators.pruning.scores import PERCDAMP, SCORERS, Scorer, inverse_hessian_factor
 
 
 class Pruner:
@@ -40,7 +40,7 @@ class Pruner:
     needs_calibration: bool = False
     needs_hessian: bool = False
     # whether it changes the weights it keeps (SparseGPT's OBS update): then masks from dense scores are not
-    # its result, and an exact fitness needs the level database (:mod:`evaluators.leveldb`)
+    # its result, and an exact fitness needs the level database (:mod:`evaluators.fitness.leveldb`)
     updates_weights: bool = False
 
     def prune_linear(self, linear: nn.Linear, sparsity: float, stats: LinearStats | None) -> None:

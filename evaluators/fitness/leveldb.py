@@ -1,6 +1,6 @@
 """EvoPress's per-layer level database: an exact fitness for pruners that update the weights they keep.
 
-Masks from dense-model scores (:mod:`evaluators.masking`) reproduce Wanda and magnitude pruning, but not
+Masks from dense-model scores (:mod:`evaluators.fitness.masking`) reproduce Wanda and magnitude pruning, but not
 SparseGPT, whose OBS update changes the surviving weights. As in EvoPress, every decoder linear is
 instead pruned once by the reference pruner (``PRUNERS[method].prune_linear``) at every level of a
 sparsity grid, the results are stored on disk, and a candidate allocation is assembled from them.
@@ -8,11 +8,11 @@ sparsity grid, the results are stored on disk, and a candidate allocation is ass
 **Build** (:func:`open_levels`, once per model × calibration × method × grid). Calibration statistics
 come from the *dense* model in one forward pass (EvoPress's one-shot protocol: block ``l`` is pruned
 from the dense model's inputs, not from those of already-pruned blocks as the sequential
-:func:`evaluators.pruners.prune` does). Each linear's weight is cloned into a temporary ``nn.Linear``
+:func:`evaluators.pruning.pruners.prune` does). Each linear's weight is cloned into a temporary ``nn.Linear``
 and pruned there at each level ``> 0``; the model is never written. Stored in the model's dtype (the
 pruner's own output dtype), so an assembled weight at a grid level equals the pruner's output bit for
 bit. Cost: ``levels × linears`` pruner calls; the hessians of every linear still to build are held at
-once (``4·in²`` bytes per linear, as :func:`evaluators.calibration.collect_stats`), and one block's
+once (``4·in²`` bytes per linear, as :func:`evaluators.data.calibration.collect_stats`), and one block's
 levels in memory while its file is written. SmolLM2-135M in fp32 at the default grid (20 stored levels):
 8.5 GB, built in 14 min on a 2-core CPU shared with another job (one torch thread: SparseGPT's
 column loop runs many small ops, which oversubscribed threads slow tenfold).
@@ -29,7 +29,7 @@ fingerprint of the weights (first and last row of every linear). A later run wit
 the files; a ``meta.json`` whose key, names, shapes or dtype differ is rebuilt; a build killed before
 ``meta.json`` resumes, skipping the block files already written.
 
-**Assembly** (:class:`LevelWeights`, the interface of :class:`evaluators.masking.Masks`): the grid is
+**Assembly** (:class:`LevelWeights`, the interface of :class:`evaluators.fitness.masking.Masks`): the grid is
 ``g_0 = 0 < g_1 < … < g_K`` (``g_K = top``), extended by ``g_{K+1} = 1`` (all zeros, not stored) when
 ``top < 1``. Block sparsity ``s`` lies in ``[g_i, g_{i+1}]``; each of the block's linears (``rows``
 output rows) takes ``r = round((s − g_i)/(g_{i+1} − g_i) · rows)`` rows (halves up) from level ``i+1``
@@ -71,10 +71,10 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calibration import LinearStats, StatsCollector, run_through_blocks
-from .errors import UserError
-from .models import model_linears
-from .pruners import Pruner, check_sparsities, get_pruner
+from evaluators.data.calibration import LinearStats, StatsCollector, run_through_blocks
+from evaluators.errors import UserError
+from evaluators.models.loading import model_linears
+from evaluators.pruning.pruners import Pruner, check_sparsities, get_pruner
 
 FORMAT = 1  # bump when the layout changes: part of the key
 META = "meta.json"
@@ -196,7 +196,7 @@ def _pruned(pruner: Pruner, lin: nn.Linear, level: float, stats: LinearStats | N
 
 def _dense_stats(model: nn.Module, linears: dict[str, nn.Linear], calib_ids: torch.Tensor, need_hessian: bool,
                  batch_size: int) -> dict[str, LinearStats]:
-    """:func:`evaluators.calibration.collect_stats` restricted to ``linears`` (the blocks still to build)."""
+    """:func:`evaluators.data.calibration.collect_stats` restricted to ``linears`` (the blocks still to build)."""
     with StatsCollector(linears, need_hessian) as collector:
         run_through_blocks(model, calib_ids, batch_size)
     return collector.stats()
@@ -291,7 +291,7 @@ def mixed_rows(s: float, lower: float, upper: float, rows: int) -> int:
 
 class LevelWeights:
     """A candidate's weights assembled from a :class:`LevelDatabase` (module doc), with the interface of
-    :class:`evaluators.masking.Masks`; keeps a dense copy of every linear for :meth:`restore`."""
+    :class:`evaluators.fitness.masking.Masks`; keeps a dense copy of every linear for :meth:`restore`."""
 
     masking = "levels"
 

@@ -1,7 +1,7 @@
 """95 % bootstrap intervals over token windows, for reported perplexities and for comparisons.
 
 Every window has the same number of tokens, so the log-perplexity of a split is the mean of its
-windows' NLLs (:func:`evaluators.perplexity.window_nlls`). The windows are the sampling unit (tokens
+windows' NLLs (:func:`evaluators.fitness.perplexity.window_nlls`). The windows are the sampling unit (tokens
 inside a window are not independent): an interval resamples windows with replacement.
 
 - :func:`perplexity_interval`: the percentile interval of ``exp(mean NLL)`` (one allocation).

@@ -15,8 +15,8 @@ from typing import Callable
 
 import torch
 
-from .calibration import LinearStats
-from .errors import UserError
+from evaluators.data.calibration import LinearStats
+from evaluators.errors import UserError
 
 PERCDAMP = 0.01
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .calibration import model_device
+from evaluators.data.calibration import model_device
 
 CHUNK = 512  # LM-head positions per step
 _SPLIT_OK = "_dsa_head_split_ok"  # model attribute: result of the one-time check

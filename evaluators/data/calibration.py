@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .models import decoder_blocks, model_linears
+from evaluators.models.loading import decoder_blocks, model_linears
 
 
 @dataclass
