@@ -37,3 +37,10 @@ def test_cli_md_shows_the_current_help():
     spec.loader.exec_module(cli_help)
     text = cli_help.CLI_MD.read_text()
     assert cli_help.rendered(text) == text, "docs/cli.md's --help blocks are stale: run python docs/cli_help.py"
+
+
+def test_every_baseline_is_in_the_baselines_table():
+    from evaluators.baselines import BASELINES
+    rows = (ROOT / "docs" / "baselines.md").read_text()
+    missing = [name for name in BASELINES if f"`{name}`" not in rows]
+    assert not missing, f"baselines missing from docs/baselines.md: {', '.join(missing)}"
