@@ -94,6 +94,9 @@ def read_record(source: str | Path) -> dict:
 def llmcompressor_recipe(record: dict) -> str:
     """A YAML recipe for llm-compressor's ``oneshot`` that prunes each decoder layer to its sparsity."""
     method = record["method"]
+    if record.get("nm"):
+        raise UserError(f"this allocation is in N:M patterns ({record['nm']}); N:M recipes for llm-compressor are "
+                        f"not written yet: use --to json")
     modifier_name = METHODS[method].modifier if method in METHODS else None
     if modifier_name is None:
         have = ", ".join(name for name, m in METHODS.items() if m.modifier)

@@ -17,6 +17,7 @@ from evaluators.models.saving import save_pruned
 from evaluators.fitness.intervals import perplexity_interval
 from evaluators.fitness.perplexity import window_nlls
 from evaluators.pruning.methods import get_method
+from evaluators.pruning.nm import dense_or_nm, mixed_nm
 from evaluators.pruning.pruners import measured_sparsity, prune
 from primitives import LayerAllocator
 
@@ -156,8 +157,9 @@ def resolve_allocation(spec: str, source: BlockScores, target: float, fitness=No
 
 
 def prune_model(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, allocation: str,
-                val_windows: int = 2, progress: bool = True):
-    """Load, allocate (tuned baselines: on the validation split) and prune (exact sequential mode)
+                val_windows: int = 2, progress: bool = True, nm: str | None = None):
+    """Load, allocate (tuned baselines: on the validation split), put the allocation on an N:M pattern
+    when ``nm`` is given (``"M"`` or ``"N:M"``, :func:`nm_allocation`) and prune (exact sequential mode)
     → (model, tokenizer, record)."""
     model, tokenizer = load_model(model_spec.model, model_spec.dtype, model_spec.device)
     method = prune_spec.method
@@ -177,19 +179,33 @@ def prune_model(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, al
     finally:
         if tuner is not None:
             tuner.close()
+    m = None
+    if nm:
+        sparsities, m = nm_allocation(nm, sparsities, source.counts, prune_spec.sparsity)
     del source, tuner
-    prune(model, method, sparsities, calib, progress=progress, batch_size=data.batch_size)
+    prune(model, method, sparsities, calib, progress=progress, batch_size=data.batch_size, m=m)
     record = allocation_record(allocation=allocation, formula=formula, method=method, target=prune_spec.sparsity,
                                model=model_name(model_spec), layers=block_names(model),
                                requested=sparsities, measured=measured_sparsity(model))
+    if nm:
+        record["nm"] = nm
     record["calibration"] = {"source": calib_source, "nsamples": data.nsamples, "seqlen": data.calib_seqlen,
                              "seed": data.seed} if calib is not None else None
     return model, tokenizer, record
 
 
+def nm_allocation(nm: str, sparsities: list[float], counts: list[int], target: float) -> tuple[list[float], int]:
+    """(per-block sparsities on the N:M pattern, M): ``"M"`` → mixed N:M with that M, ``"N:M"`` → dense or
+    N:M (:mod:`evaluators.pruning.nm`), both at mean ``target``."""
+    if ":" in nm:
+        n, m = (int(v) for v in nm.split(":"))
+        return dense_or_nm(sparsities, counts, target, n, m), m
+    return mixed_nm(sparsities, counts, target, int(nm)), int(nm)
+
+
 def prune_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, allocation: str, save: Path,
-                  val_windows: int = 2, progress: bool = True) -> None:
-    model, tokenizer, record = prune_model(model_spec, data, prune_spec, allocation, val_windows, progress)
+                  val_windows: int = 2, progress: bool = True, nm: str | None = None) -> None:
+    model, tokenizer, record = prune_model(model_spec, data, prune_spec, allocation, val_windows, progress, nm)
     save_pruned(model, tokenizer, save)
     write_record(save, record)
     mean = sum(record["measured"]) / len(record["measured"])
@@ -199,7 +215,7 @@ def prune_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, 
 def eval_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, allocation: str | None,
                  test_windows: int | None = None, tasks: list[str] | None = None, tasks_path: str | None = None,
                  zeroshot_limit: int | None = None, perplexity_too: bool = True, val_windows: int = 2,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, nm: str | None = None) -> dict:
     """Test-split perplexity and, with ``tasks``, lm-eval zero-shot accuracy (optionally after
     pruning): the numbers to report."""
     manager = None
@@ -207,7 +223,7 @@ def eval_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, a
         from .zeroshot import task_manager
         manager = task_manager(tasks, tasks_path)
     if allocation:
-        model, tokenizer, record = prune_model(model_spec, data, prune_spec, allocation, val_windows, progress)
+        model, tokenizer, record = prune_model(model_spec, data, prune_spec, allocation, val_windows, progress, nm)
     else:
         model, tokenizer = load_model(model_spec.model, model_spec.dtype, model_spec.device)
         record = {"allocation": None}

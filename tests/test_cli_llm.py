@@ -157,3 +157,33 @@ def test_prune_with_a_tuned_baseline_scores_the_model_once(tiny_dir, monkeypatch
     assert len(calls) == 1
     assert sum(record["requested"]) / len(record["requested"]) == pytest.approx(0.6)
     assert record["requested"] != [0.6] * len(record["requested"])  # a tuned ramp, not uniform
+
+
+@pytest.mark.parametrize("nm, sparsity, allocation, want", [
+    ("2:4", 0.25, "uniform", [0.0, 0.0, 0.5, 0.5]),  # dense or 2:4 on half the weights; ties: later blocks
+    ("4", 0.5, "atp:beta=0.1", [0.25, 0.5, 0.5, 0.75]),  # ATP's ramp 0.35, 0.45, 0.55, 0.65 on quarters
+])
+def test_prune_in_nm_patterns(tiny_dir, tmp_path, nm, sparsity, allocation, want):
+    pruned = tmp_path / "pruned"
+    out = dsa("prune", *data_args(tiny_dir), "--method", "wanda", "--allocation", allocation, "--sparsity", sparsity,
+              "--nm", nm, "--save", pruned, "--no-progress")
+    assert out.returncode == 0, out.stderr
+    record = json.loads((pruned / "allocation.json").read_text())
+    assert record["nm"] == nm and record["requested"] == want
+    m = int(nm.split(":")[-1])
+    model = AutoModelForCausalLM.from_pretrained(pruned)
+    for layer, s in zip(model.model.layers, want):
+        for lin in (mod for mod in layer.modules() if isinstance(mod, torch.nn.Linear)):
+            zeros = (lin.weight == 0).reshape(lin.weight.shape[0], -1, m).sum(-1)
+            assert (zeros == round(s * m)).all()  # the pattern holds in every group of every row
+    export = dsa("export", pruned, "--to", "llmcompressor")
+    assert export.returncode == 2 and "N:M" in export.stderr
+
+
+def test_prune_nm_bad_input(tiny_dir, tmp_path):
+    for extra, needle in ((["--nm", "3"], "M must divide 128"), (["--nm", "4:4"], "0 < N < M"),
+                          (["--nm", "2:4", "--sparsity", "0.7"], "at most mean sparsity 0.5")):
+        out = dsa("prune", *data_args(tiny_dir), "--allocation", "uniform", *extra, "--save", tmp_path / "x",
+                  "--no-progress")
+        assert out.returncode == 2 and needle in out.stderr and len(out.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "x").exists()

@@ -79,8 +79,9 @@ def test_threshold_mask_is_the_reference_rule():
     assert threshold_mask(scores, 0.95).all() and threshold_mask(scores, 1.0).all()
 
 
-def _reference_fasterprune(W, H, sparsity, blocksize=128, percdamp=PERCDAMP):
-    """SparseGPT's fasterprune (unstructured), written out directly from the algorithm's description."""
+def _reference_fasterprune(W, H, sparsity, blocksize=128, percdamp=PERCDAMP, prunen=0, prunem=0):
+    """SparseGPT's fasterprune (unstructured, or N:M with ``prunen`` of every ``prunem``), written out
+    directly from the algorithm's description."""
     W, H = W.clone().float(), H.clone()
     cols = W.shape[1]
     dead = torch.diag(H) == 0
@@ -92,10 +93,16 @@ def _reference_fasterprune(W, H, sparsity, blocksize=128, percdamp=PERCDAMP):
         i2 = min(i1 + blocksize, cols)
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
         Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
-        tmp = W1 ** 2 / (torch.diag(Hinv1).reshape(1, -1)) ** 2
-        thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
-        mask1 = tmp <= thresh
+        if prunen == 0:
+            tmp = W1 ** 2 / (torch.diag(Hinv1).reshape(1, -1)) ** 2
+            thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
+            mask1 = tmp <= thresh
+        else:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
         for i in range(i2 - i1):
+            if prunen != 0 and i % prunem == 0:
+                tmp = W1[:, i:(i + prunem)] ** 2 / (torch.diag(Hinv1)[i:(i + prunem)].reshape((1, -1))) ** 2
+                mask1.scatter_(1, i + torch.topk(tmp, prunen, dim=1, largest=False)[1], True)
             w, d = W1[:, i], Hinv1[i, i]
             q = w.clone()
             q[mask1[:, i]] = 0

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from evaluators.data.calibration import LinearStats, StatsCollector, capture_per_block_inputs, run_block
 from evaluators.errors import UserError
-from evaluators.pruning.selection import lowest_mask, prune_count, threshold_mask
+from evaluators.pruning.selection import lowest_mask, nm_count, nm_mask, prune_count, threshold_mask
 from evaluators.models.loading import decoder_blocks, model_linears
 from evaluators.pruning.scores import PERCDAMP, SCORERS, Scorer, inverse_hessian_factor
 
@@ -43,7 +43,10 @@ class Pruner:
     # its result, and an exact fitness needs the level database (:mod:`evaluators.fitness.leveldb`)
     updates_weights: bool = False
 
-    def prune_linear(self, linear: nn.Linear, sparsity: float, stats: LinearStats | None) -> None:
+    def prune_linear(self, linear: nn.Linear, sparsity: float, stats: LinearStats | None,
+                     m: int | None = None) -> None:
+        """Prune ``linear`` in place to ``sparsity``; with ``m``, in the N:M pattern (``sparsity = n/m``:
+        ``n`` of every ``m`` consecutive input weights of each row)."""
         raise NotImplementedError
 
 
@@ -56,7 +59,12 @@ class ScorePruner(Pruner):
         self.needs_calibration = scorer.needs_calibration
         self.needs_hessian = scorer.needs_hessian
 
-    def prune_linear(self, linear, sparsity, stats):
+    def prune_linear(self, linear, sparsity, stats, m=None):
+        if m is not None:
+            n = nm_count(sparsity, m)
+            if n:
+                linear.weight.masked_fill_(nm_mask(self.scorer.score(linear.weight, stats), n, m), 0)
+            return
         k = prune_count(sparsity, linear.in_features)
         if k:
             linear.weight.masked_fill_(lowest_mask(self.scorer.score(linear.weight, stats), k), 0)
@@ -86,10 +94,14 @@ class SparseGPTPruner(Pruner):
             return threshold_mask(scores, sparsity)
         return lowest_mask(scores, prune_count(sparsity, i2) - prune_count(sparsity, i1))
 
-    def prune_linear(self, linear, sparsity, stats):
+    def prune_linear(self, linear, sparsity, stats, m=None):
         cols = linear.in_features
-        if sparsity <= 0 or (self.mask == "row" and prune_count(sparsity, cols) == 0):
+        n = nm_count(sparsity, m) if m is not None else None
+        if sparsity <= 0 or n == 0 or (self.mask == "row" and prune_count(sparsity, cols) == 0):
             return
+        if m is not None and (cols % m or self.blocksize % m):
+            raise ValueError(f"N:M groups of {m} must divide the {cols} columns and the {self.blocksize}-column "
+                             f"blocks")
         hinv, dead = inverse_hessian_factor(stats.hessian.to(linear.weight.device), self.percdamp)
         W = linear.weight.detach().float().clone()
         W[:, dead] = 0.0
@@ -99,8 +111,14 @@ class SparseGPTPruner(Pruner):
             Q1 = torch.zeros_like(W1)
             Err1 = torch.zeros_like(W1)
             Hinv1 = hinv[i1:i2, i1:i2]
-            mask1 = self._block_mask(W1.square() / torch.diag(Hinv1).square()[None, :], sparsity, i1, i2)
+            if m is None:
+                mask1 = self._block_mask(W1.square() / torch.diag(Hinv1).square()[None, :], sparsity, i1, i2)
+            else:  # the reference's prunen/prunem: each group of m chosen as the OBS update reaches it
+                mask1 = torch.zeros_like(W1, dtype=torch.bool)
             for i in range(i2 - i1):
+                if m is not None and i % m == 0:
+                    group = W1[:, i:i + m].square() / torch.diag(Hinv1)[i:i + m].square()[None, :]
+                    mask1[:, i:i + m] = nm_mask(group, n, m)
                 w = W1[:, i]
                 q = w.masked_fill(mask1[:, i], 0.0)
                 Q1[:, i] = q
@@ -126,6 +144,21 @@ def get_pruner(method: str) -> Pruner:
     return PRUNERS[method]
 
 
+def check_nm(sparsities: Sequence[float], m: int, linears: list[dict[str, nn.Linear]]) -> None:
+    """UserError unless every block's sparsity is a whole number of ``m``-ths and every linear's input
+    width a multiple of ``m`` (and of SparseGPT's 128-column blocks' divisor)."""
+    if not (isinstance(m, int) and 2 <= m <= 128 and 128 % m == 0):
+        raise UserError(f"N:M needs M in 2, 4, 8, …, 128 (a divisor of 128), got {m!r}")
+    for l, s in enumerate(sparsities):
+        try:
+            nm_count(s, m)
+        except ValueError as exc:
+            raise UserError(f"block {l}: {exc}") from None
+    widths = sorted({lin.in_features for block in linears for lin in block.values() if lin.in_features % m})
+    if widths:
+        raise UserError(f"N:M with M = {m}: input widths {widths} are not multiples of {m}")
+
+
 def check_sparsities(sparsities: Sequence[float], n_blocks: int) -> list[float]:
     """Validate a per-block sparsity vector (length, values in [0, 1])."""
     values = [float(s) for s in sparsities]
@@ -138,17 +171,21 @@ def check_sparsities(sparsities: Sequence[float], n_blocks: int) -> list[float]:
 
 @torch.inference_mode()
 def prune(model: nn.Module, method: str, sparsities: Sequence[float], calib_ids: torch.Tensor | None = None,
-          progress: bool = False, batch_size: int = 1) -> None:
-    """Prune ``model`` in place, block ``l`` at ``sparsities[l]``, sequentially (see module doc)."""
+          progress: bool = False, batch_size: int = 1, m: int | None = None) -> None:
+    """Prune ``model`` in place, block ``l`` at ``sparsities[l]``, sequentially (see module doc). With
+    ``m``, every block in the N:M pattern: ``sparsities[l]`` must be ``n_l/m`` (``n_l`` of every ``m``
+    consecutive input weights pruned in each row; 0 = dense)."""
     pruner = get_pruner(method)
     blocks = decoder_blocks(model)
     linears = model_linears(model)
     sparsities = check_sparsities(sparsities, len(blocks))
+    if m is not None:
+        check_nm(sparsities, m, linears)
     bar = tqdm(total=len(blocks), desc=f"prune {method}", disable=not progress)
     if not pruner.needs_calibration:
         for s, block_lin in zip(sparsities, linears):
             for lin in block_lin.values():
-                pruner.prune_linear(lin, s, None)
+                pruner.prune_linear(lin, s, None, m)
             bar.update()
         bar.close()
         return
@@ -163,7 +200,7 @@ def prune(model: nn.Module, method: str, sparsities: Sequence[float], calib_ids:
                 run_block(block, hidden, block_kwargs[index])
         stats = collector.stats()
         for name, lin in block_lin.items():
-            pruner.prune_linear(lin, s, stats[name])
+            pruner.prune_linear(lin, s, stats[name], m)
         del stats
         captured = [(run_block(block, hidden, block_kwargs[index]), block_kwargs)
                     for hidden, block_kwargs in captured]

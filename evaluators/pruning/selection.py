@@ -103,3 +103,25 @@ def threshold_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
         return torch.ones_like(scores, dtype=torch.bool)
     thresh = torch.kthvalue(scores.reshape(-1), k + 1).values  # = sorted(...)[k]
     return scores <= thresh
+
+
+def nm_count(sparsity: float, m: int) -> int:
+    """Weights pruned in every group of ``m`` for an N:M sparsity ``sparsity = n/m``; a sparsity that is
+    not a whole number of ``m``-ths is refused (an N:M pattern has no other densities)."""
+    n = round(float(sparsity) * m)
+    if abs(n - float(sparsity) * m) > 1e-9 or not 0 <= n <= m:
+        raise ValueError(f"sparsity {sparsity:g} is not an N:M sparsity with M = {m} (a multiple of 1/{m})")
+    return n
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Boolean mask of the weights to prune in the N:M pattern (Wanda's and SparseGPT's ``prune_n``,
+    ``prune_m``): in every row, the ``n`` lowest scores of each group of ``m`` consecutive columns (ties:
+    the lower column first). ``cols`` must be a multiple of ``m``."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise ValueError(f"{cols} columns do not split into groups of {m}")
+    groups = scores.reshape(rows, cols // m, m)
+    order = torch.argsort(groups, dim=2, stable=True)
+    rank = torch.empty_like(order).scatter_(2, order, torch.arange(m, device=scores.device).expand_as(order))
+    return (rank < n).reshape(rows, cols)

@@ -1,0 +1,68 @@
+"""Allocations in N:M patterns: an allocation's per-block sparsities put on what N:M hardware runs.
+
+- **mixed N:M with a fixed M** (:func:`mixed_nm`; OWL's and ATP's N:M setting): block ``l`` prunes
+  ``n_l`` of every ``M`` consecutive input weights, ``n_l`` in ``0..M``. From the requested sparsities
+  ``s_l``: ``n_l = floor(s_l·M)``, then one more for the blocks with the largest remainders
+  ``s_l·M − n_l`` (ties: the earlier block) until the parameter-weighted mean of ``n_l/M`` reaches the target (largest remainder;
+  exact whenever the target is a whole number of ``min(counts)/(M·Σ counts)`` steps, e.g. every
+  ``j/(M·L)`` on equal blocks).
+- **dense or N:M** (:func:`dense_or_nm`; what GPUs run fast, 2:4): the blocks the allocation prunes
+  hardest become N:M, the others stay dense, until N:M holds ``share`` of the parameters, i.e. the mean
+  sparsity is ``share·N/M``; any allocation function ranks the blocks.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from evaluators.errors import UserError
+
+TOL = 1e-9
+
+
+def mixed_nm(sparsities: Sequence[float], counts: Sequence[int], target: float, m: int) -> list[float]:
+    """Per block ``n_l/m`` with parameter-weighted mean ``target`` (largest remainder; see module doc)."""
+    total = float(sum(counts))
+    n = [min(m, max(0, math.floor(float(s) * m + TOL))) for s in sparsities]
+    need = target * m * total - sum(c * k for c, k in zip(counts, n))  # in weights × (1/m)
+    order = sorted(range(len(n)), key=lambda l: (-(float(sparsities[l]) * m - n[l]), l))
+    moved = True
+    while need > TOL * total and moved:  # one more for each block in remainder order, pass after pass
+        moved = False
+        for l in order:
+            if need > TOL * total and n[l] < m and counts[l] <= need + TOL * total:
+                n[l], need, moved = n[l] + 1, need - counts[l], True
+    moved = True
+    while need < -TOL * total and moved:  # requested above the target: one less, smallest remainders first
+        moved = False
+        for l in reversed(order):
+            if need < -TOL * total and n[l] > 0 and counts[l] <= -need + TOL * total:
+                n[l], need, moved = n[l] - 1, need + counts[l], True
+    out = [k / m for k in n]
+    mean = sum(c * v for c, v in zip(counts, out)) / total
+    if abs(mean - target) > 1e-6:
+        raise UserError(f"mixed N:M with M = {m}: no choice of N per block gives mean sparsity {target:g} "
+                        f"(nearest {mean:.6g}); use a multiple of 1/{m * len(counts)}")
+    return out
+
+
+def dense_or_nm(sparsities: Sequence[float], counts: Sequence[int], target: float, n: int = 2,
+                m: int = 4) -> list[float]:
+    """``n/m`` for the blocks with the highest requested sparsity, 0 for the rest, with mean sparsity
+    ``target`` (so N:M holds ``target·m/n`` of the parameters); ties: the later block is pruned first."""
+    if not 0 < n < m:
+        raise UserError(f"dense or N:M needs 0 < N < M, got {n}:{m}")
+    total = float(sum(counts))
+    share = target * m / n
+    if share > 1 + TOL:
+        raise UserError(f"dense or {n}:{m} reaches at most mean sparsity {n / m:g}, asked for {target:g}")
+    out, left = [0.0] * len(counts), share * total
+    for l in sorted(range(len(counts)), key=lambda l: (-float(sparsities[l]), -l)):
+        if left < counts[l] - TOL * total:
+            break
+        out[l] = n / m
+        left -= counts[l]
+    if abs(left) > 1e-6 * total:
+        raise UserError(f"dense or {n}:{m}: whole blocks cannot hold {share:.4g} of the parameters (nearest "
+                        f"{share - left / total:.4g} below); use a multiple of {min(counts) / total:.4g}")
+    return out
