@@ -32,7 +32,7 @@ def data_spec(args) -> DataSpec:
 
 
 def prune_spec(args) -> PruneSpec:
-    return PruneSpec(args.method, args.sparsity, args.max_scores_per_layer or None)
+    return PruneSpec(args.method, args.sparsity, args.max_scores_per_layer or None, getattr(args, "nm", None))
 
 
 def evaluator_spec(args, given: set[str] = frozenset()) -> EvaluatorSpec:
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             from .llm import prune_command
             save = check_new_dir(args.save, "--save")
             model, data, prune = prune_or_eval(args, given_flags(argv))
-            prune_command(model, data, prune, args.allocation, save, args.val_windows, not args.no_progress, args.nm)
+            prune_command(model, data, prune, args.allocation, save, args.val_windows, not args.no_progress)
         elif args.command == "eval":
             eval_main(args, given_flags(argv))
     except (UserError, CheckpointError) as exc:
@@ -251,11 +251,10 @@ def eval_main(args, given: set[str]) -> None:
         from .zeroshot import parse_tasks
         tasks = parse_tasks(args.tasks)
     model, data, prune = prune_or_eval(args, given)
-    if args.nm and not args.allocation:
+    if prune.nm and not args.allocation:
         raise UserError("--nm prunes in N:M patterns: give an --allocation (e.g. uniform)")
     result = eval_command(model, data, prune, args.allocation, args.test_windows, tasks, args.tasks_path,
-                          args.zeroshot_limit, not args.no_perplexity, args.val_windows, not args.no_progress,
-                          args.nm)
+                          args.zeroshot_limit, not args.no_perplexity, args.val_windows, not args.no_progress)
     text = json.dumps(result, indent=1)
     print(text)  # printed first: a failing write must not lose the result
     if out is not None:

@@ -31,8 +31,9 @@ import torch
 
 from evaluators.data.text import load_split, token_windows
 from evaluators.fitness.intervals import paired_interval, perplexity_interval, verdict
-from evaluators.models.loading import weight_snapshot
 from evaluators.fitness.perplexity import perplexity_from_nlls, window_nlls
+from evaluators.models.loading import weight_snapshot
+from evaluators.pruning.nm import parse_nm
 from evaluators.pruning.pruners import prune
 from gp import SearchConfig
 from gp import checkpoint as checkpoints
@@ -170,9 +171,12 @@ class Runner:
         if "selection" in self.evaluator.splits:
             row["selection ppl"] = self.evaluator(alloc, split="selection")
         self.restore()
+        nm = self.c.spec.prune.nm
+        m = parse_nm(nm)[1] if nm else None
+        alloc = self.evaluator.on_pattern(alloc)  # what the evaluator scored: on the N:M pattern, if any
         try:
             prune(self.model, self.c.spec.prune.method, alloc, self.calib, progress=self.c.progress,
-                  batch_size=self.c.spec.data.batch_size)
+                  batch_size=self.c.spec.data.batch_size, m=m)
             row["test nlls"] = self.nlls()
         finally:
             self.restore()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from evaluators.errors import UserError
 from evaluators.fitness.masking import MASKING
+from evaluators.pruning.nm import parse_nm
 from gp import ConfigError, SearchConfig
 from gp.config import MAX_SEED
 from gp.direct import DirectConfig
@@ -35,14 +37,10 @@ def _number(kind, text: str, what: str):
 
 def nm_pattern(text: str) -> str:
     """``M`` (mixed N:M with a fixed M: N per block) or ``N:M`` (dense or N:M per block)."""
-    parts = text.split(":")
-    if len(parts) > 2 or not all(p.isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"expected M (e.g. 8) or N:M (e.g. 2:4), got {text!r}")
-    m = int(parts[-1])
-    if not (2 <= m <= 128 and 128 % m == 0):
-        raise argparse.ArgumentTypeError(f"M must divide 128 (2, 4, 8, …), got {m}")
-    if len(parts) == 2 and not 0 < int(parts[0]) < m:
-        raise argparse.ArgumentTypeError(f"N:M needs 0 < N < M, got {text}")
+    try:
+        parse_nm(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -188,6 +186,11 @@ def add_model_args(p: argparse.ArgumentParser, *, pruning: bool = True, lists: b
                                                               "on CUDA, 64 on CPU)")
         g.add_argument("--calib-seqlen", type=positive_int, help="calibration sample length (default: 2048 on "
                                                                  "CUDA, 512 on CPU)")
+        g.add_argument("--nm", type=nm_pattern, metavar="M|N:M",
+                       help="N:M patterns per block: M (e.g. 8) = mixed N:M, N chosen per block from the allocation "
+                            "with the exact mean --sparsity (OWL's and ATP's N:M setting); N:M (e.g. 2:4) = each "
+                            "block N:M or dense, the blocks the allocation prunes hardest N:M (N:M then holds "
+                            "--sparsity·M/N of the weights). Searches evaluate every candidate on its pattern")
         g.add_argument("--max-scores-per-layer", type=nonnegative_int, default=DEFAULT_MAX_SCORES,
                        help=f"score elements per layer that an allocation function reads: a seeded random "
                             f"subset (default {DEFAULT_MAX_SCORES}; 0 = all, exact but slow on CPU)")
@@ -335,11 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--allocation", type=nonempty, default="uniform", help=allocation_help)
     pr.add_argument("--val-windows", type=positive_int, default=2,
                     help="validation windows that tuned baselines (owl-tuned, atp-tuned) are tuned on (default 2)")
-    pr.add_argument("--nm", type=nm_pattern, metavar="M|N:M",
-                    help="N:M patterns per block: M (e.g. 8) = mixed N:M with that M, N chosen per block from the allocation "
-                         "with the exact mean --sparsity (OWL's and ATP's N:M setting); N:M (e.g. 2:4) = each block "
-                         "N:M or dense, the blocks the allocation prunes hardest N:M (mean sparsity --sparsity, so "
-                         "N:M holds --sparsity·M/N of the weights)")
     pr.add_argument("--save", required=True, type=nonempty, help="output folder (safetensors; loads with from_pretrained)")
     pr.add_argument("--no-progress", action="store_true")
 
@@ -348,7 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--allocation", type=nonempty, help="prune first with this allocation: " + allocation_help)
     ev.add_argument("--val-windows", type=positive_int, default=2,
                     help="validation windows that tuned baselines are tuned on (default 2)")
-    ev.add_argument("--nm", type=nm_pattern, metavar="M|N:M", help="prune in N:M patterns: as dsa prune's --nm")
     ev.add_argument("--test-windows", type=positive_int, help="limit the number of test windows (default: all)")
     ev.add_argument("--tasks", type=nonempty,
                     help="also zero-shot accuracy on these lm-eval tasks, comma-separated; 'paper' = the "

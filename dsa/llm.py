@@ -17,7 +17,7 @@ from evaluators.models.saving import save_pruned
 from evaluators.fitness.intervals import perplexity_interval
 from evaluators.fitness.perplexity import window_nlls
 from evaluators.pruning.methods import get_method
-from evaluators.pruning.nm import dense_or_nm, mixed_nm
+from evaluators.pruning.nm import on_pattern
 from evaluators.pruning.pruners import measured_sparsity, prune
 from primitives import LayerAllocator
 
@@ -85,7 +85,7 @@ def build_evaluator(spec: EvaluatorSpec, loaded: tuple | None = None,
     evaluator = PruningEvaluator(x.model, x.tokenizer, method=spec.prune.method, calib_ids=x.calib, val_windows=x.val,
                                  selection_windows=x.selection, fitness=spec.fitness, batch_size=spec.data.batch_size,
                                  max_scores_per_block=spec.prune.max_scores_per_layer, seed=spec.data.seed,
-                                 masking=spec.masking, **level_database(spec, x))
+                                 masking=spec.masking, nm=spec.prune.nm, **level_database(spec, x))
     setup = time.perf_counter() - start
     info = {
         "model": model_name(spec.model),
@@ -157,10 +157,10 @@ def resolve_allocation(spec: str, source: BlockScores, target: float, fitness=No
 
 
 def prune_model(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, allocation: str,
-                val_windows: int = 2, progress: bool = True, nm: str | None = None):
-    """Load, allocate (tuned baselines: on the validation split), put the allocation on an N:M pattern
-    when ``nm`` is given (``"M"`` or ``"N:M"``, :func:`nm_allocation`) and prune (exact sequential mode)
-    → (model, tokenizer, record)."""
+                val_windows: int = 2, progress: bool = True):
+    """Load, allocate (tuned baselines: on the validation split), put the allocation on the N:M pattern
+    ``prune_spec.nm`` if there is one (:func:`evaluators.pruning.nm.on_pattern`) and prune (exact
+    sequential mode) → (model, tokenizer, record)."""
     model, tokenizer = load_model(model_spec.model, model_spec.dtype, model_spec.device)
     method = prune_spec.method
     need_calib = get_method(method).needs_calibration or needs_wanda_metric(allocation)
@@ -170,7 +170,7 @@ def prune_model(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, al
         val = token_windows(tokenizer, load_split(data.data, "validation", data.data_dir), data.seqlen, val_windows)
         tuner = PruningEvaluator(model, tokenizer, method=method, calib_ids=calib, val_windows=val,
                                  batch_size=data.batch_size, max_scores_per_block=prune_spec.max_scores_per_layer,
-                                 seed=data.seed)
+                                 seed=data.seed, nm=prune_spec.nm)
         source = tuner.blocks
     else:
         source = score_source(model, method, calib, data.batch_size, prune_spec.max_scores_per_layer, data.seed)
@@ -180,32 +180,23 @@ def prune_model(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, al
         if tuner is not None:
             tuner.close()
     m = None
-    if nm:
-        sparsities, m = nm_allocation(nm, sparsities, source.counts, prune_spec.sparsity)
+    if prune_spec.nm:
+        sparsities, m = on_pattern(prune_spec.nm, sparsities, source.counts, prune_spec.sparsity)
     del source, tuner
     prune(model, method, sparsities, calib, progress=progress, batch_size=data.batch_size, m=m)
     record = allocation_record(allocation=allocation, formula=formula, method=method, target=prune_spec.sparsity,
                                model=model_name(model_spec), layers=block_names(model),
                                requested=sparsities, measured=measured_sparsity(model))
-    if nm:
-        record["nm"] = nm
+    if prune_spec.nm:
+        record["nm"] = prune_spec.nm
     record["calibration"] = {"source": calib_source, "nsamples": data.nsamples, "seqlen": data.calib_seqlen,
                              "seed": data.seed} if calib is not None else None
     return model, tokenizer, record
 
 
-def nm_allocation(nm: str, sparsities: list[float], counts: list[int], target: float) -> tuple[list[float], int]:
-    """(per-block sparsities on the N:M pattern, M): ``"M"`` → mixed N:M with that M, ``"N:M"`` → dense or
-    N:M (:mod:`evaluators.pruning.nm`), both at mean ``target``."""
-    if ":" in nm:
-        n, m = (int(v) for v in nm.split(":"))
-        return dense_or_nm(sparsities, counts, target, n, m), m
-    return mixed_nm(sparsities, counts, target, int(nm)), int(nm)
-
-
 def prune_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, allocation: str, save: Path,
-                  val_windows: int = 2, progress: bool = True, nm: str | None = None) -> None:
-    model, tokenizer, record = prune_model(model_spec, data, prune_spec, allocation, val_windows, progress, nm)
+                  val_windows: int = 2, progress: bool = True) -> None:
+    model, tokenizer, record = prune_model(model_spec, data, prune_spec, allocation, val_windows, progress)
     save_pruned(model, tokenizer, save)
     write_record(save, record)
     mean = sum(record["measured"]) / len(record["measured"])
@@ -215,7 +206,7 @@ def prune_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, 
 def eval_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, allocation: str | None,
                  test_windows: int | None = None, tasks: list[str] | None = None, tasks_path: str | None = None,
                  zeroshot_limit: int | None = None, perplexity_too: bool = True, val_windows: int = 2,
-                 progress: bool = True, nm: str | None = None) -> dict:
+                 progress: bool = True) -> dict:
     """Test-split perplexity and, with ``tasks``, lm-eval zero-shot accuracy (optionally after
     pruning): the numbers to report."""
     manager = None
@@ -223,7 +214,7 @@ def eval_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, a
         from .zeroshot import task_manager
         manager = task_manager(tasks, tasks_path)
     if allocation:
-        model, tokenizer, record = prune_model(model_spec, data, prune_spec, allocation, val_windows, progress, nm)
+        model, tokenizer, record = prune_model(model_spec, data, prune_spec, allocation, val_windows, progress)
     else:
         model, tokenizer = load_model(model_spec.model, model_spec.dtype, model_spec.device)
         record = {"allocation": None}

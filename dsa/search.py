@@ -189,6 +189,9 @@ def run_search(run: SearchRun, ev=None):
             raise UserError(str(exc)) from None
     else:
         check_level_step(run.spec.prune.sparsity, run.level_step)
+        if any(spec.prune.nm for spec in (run.tasks or (run.spec,))):
+            raise UserError("--nm: the direct search's levels are not N:M levels yet; search N:M allocations "
+                            "with the formula space (the default)")
     if run.init is not None:
         from .allocations import check_allocation
         check_allocation(run.init)

@@ -19,6 +19,7 @@ from pathlib import Path
 from evaluators.fitness.masking import MASKING
 from evaluators.fitness.evaluator import FITNESSES as FITNESS_RECORDS
 from evaluators.pruning.methods import METHODS as ALL_METHODS
+from evaluators.pruning.nm import parse_nm
 from gp.config import MAX_SEED
 from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY  # noqa: F401 (re-exported: the bounds' one home)
 
@@ -139,14 +140,25 @@ class DataSpec(Spec):
                 raise UserError(f"unsupported data file type {path.name} ({flag}): use {', '.join(DATA_SUFFIXES)}")
 
 
+def _nm_ok(text: str) -> bool:
+    try:
+        parse_nm(text)
+    except UserError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class PruneSpec(Spec):
     method: str = field(default="wanda", metadata=CARRIED)
     sparsity: float = field(default=0.7, metadata=CARRIED)
     # S_l: a seeded subset of this many scores; None = all
     max_scores_per_layer: int | None = field(default=DEFAULT_MAX_SCORES, metadata=CARRIED)
+    nm: str | None = field(default=None, metadata=CARRIED)  # N:M pattern per block ("8" or "2:4"); None: unstructured
 
     def check(self) -> None:
+        if self.nm is not None:
+            parse_nm(self.nm)
         if self.method not in METHODS:
             raise UserError(f"unknown pruning method {self.method!r}: choose one of {', '.join(METHODS)}")
         if not 0.0 < self.sparsity <= MAX_SPARSITY:
@@ -191,6 +203,7 @@ class EvaluatorSpec(Spec):
             (math.isfinite(prune.sparsity) and 0 < prune.sparsity <= MAX_SPARSITY,
              f"sparsity must be in (0, {MAX_SPARSITY}], got {prune.sparsity}"),
             (prune.max_scores_per_layer is None or prune.max_scores_per_layer >= 1, "max_scores_per_layer must be ≥ 1"),
+            (prune.nm is None or _nm_ok(prune.nm), f"nm must be M or N:M (M dividing 128), got {prune.nm!r:.40}"),
         ]
         return [text for ok, text in checks if not ok]
 

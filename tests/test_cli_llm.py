@@ -187,3 +187,20 @@ def test_prune_nm_bad_input(tiny_dir, tmp_path):
                   "--no-progress")
         assert out.returncode == 2 and needle in out.stderr and len(out.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "x").exists()
+
+
+def test_search_in_nm_patterns_and_prune_with_its_run(tiny_dir, tmp_path):
+    """dsa search --nm scores every candidate on its N:M pattern; the run folder passes the pattern on."""
+    run, pruned = tmp_path / "run", tmp_path / "pruned"
+    out = dsa("search", *data_args(tiny_dir), "--population", 4, "--generations", 1, "--val-windows", 2,
+              "--sparsity", 0.5, "--nm", 4, "--run-dir", run, "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert json.loads((run / "config.json").read_text())["evaluator"]["prune"]["nm"] == "4"
+    out = dsa("prune", *data_args(tiny_dir), "--allocation", run, "--save", pruned, "--no-progress")
+    assert out.returncode == 0, out.stderr
+    record = json.loads((pruned / "allocation.json").read_text())
+    assert record["nm"] == "4" and all(round(s * 4) == s * 4 for s in record["requested"])
+    assert sum(record["requested"]) / 4 == pytest.approx(0.5)
+    out = dsa("search", *data_args(tiny_dir), "--space", "direct", "--nm", 4, "--sparsity", 0.5,
+              "--run-dir", tmp_path / "direct", "--no-progress")
+    assert out.returncode == 2 and "N:M levels" in out.stderr and not (tmp_path / "direct").exists()

@@ -113,3 +113,14 @@ def test_paired_interval_resolves_what_unpaired_cannot():
     assert verdict(same) == "tie" and same.lo < 0 < same.hi
     with pytest.raises(ValueError):
         paired_interval(a, b[:10])
+
+
+def test_compare_in_nm_patterns_measures_each_row_on_its_pattern(tiny_dir, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "cmp"
+    assert compare(tiny_dir, out, "--sparsity", "0.5", "--nm", "4", "--searches", "none",
+                   "--baselines", "uniform,atp-tuned") == 0
+    rows = {r["name"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
+    for name in ("uniform", "atp-tuned"):
+        s = rows[name]["sparsities"]
+        assert all(round(v * 4) == v * 4 for v in s) and sum(s) / len(s) == pytest.approx(0.5)
+    assert rows["uniform"]["sparsities"] == [0.5] * 4

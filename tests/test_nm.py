@@ -108,3 +108,21 @@ def test_dense_or_24_makes_the_hardest_pruned_blocks_24():
         dense_or_nm([0.7] * 4, [1] * 4, 0.6)
     with pytest.raises(UserError, match="whole blocks"):
         dense_or_nm([0.7] * 4, [1] * 4, 0.3)
+
+
+@pytest.mark.parametrize("nm", ["4", "2:4"])
+def test_the_fitness_of_an_nm_allocation_is_the_exactly_pruned_models(tiny_llama, tiny_val, nm):
+    """With magnitude scores the evaluator's N:M masks are exact pruning's: the same perplexity."""
+    from evaluators.fitness.evaluator import PruningEvaluator
+    from evaluators.fitness.perplexity import perplexity
+    from evaluators.pruning.nm import on_pattern
+    ev = PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val, nm=nm)
+    alloc = [0.3, 0.45, 0.55, 0.7] if nm == "4" else [0.1, 0.2, 0.3, 0.4]  # means 0.5 and 0.25
+    fitness = ev(alloc)
+    pattern, m = on_pattern(nm, alloc, ev.blocks.counts)
+    assert pattern == ([0.25, 0.5, 0.5, 0.75] if nm == "4" else [0.0, 0.0, 0.5, 0.5])
+    ev.close()
+    prune(tiny_llama, "magnitude", pattern, m=m)
+    assert fitness == pytest.approx(perplexity(tiny_llama, tiny_val), rel=1e-6)
+    with pytest.raises(UserError, match="in place"):
+        PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val, nm=nm, masking="forward")

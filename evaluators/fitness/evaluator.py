@@ -38,6 +38,7 @@ from evaluators.errors import UserError
 from evaluators.fitness.leveldb import LevelDatabase, LevelWeights
 from evaluators.fitness.masking import Masks
 from evaluators.pruning.methods import get_method
+from evaluators.pruning.nm import on_pattern, parse_nm
 from evaluators.models.loading import model_linears
 from evaluators.fitness.perplexity import CHUNK, dense_reference, perplexity_from_nlls, window_kls, window_nlls
 from evaluators.pruning.pruners import check_sparsities
@@ -84,7 +85,7 @@ class PruningEvaluator:
                  val_windows: torch.Tensor, selection_windows: torch.Tensor | None = None, fitness: str = "ppl",
                  batch_size: int = 1, max_scores_per_block: int | None = None, seed: int = 0,
                  progress: bool = False, masking: str = "inplace", head_chunk: int | None = CHUNK,
-                 kl_top_k: int = KL_TOP_K, levels: LevelDatabase | None = None):
+                 kl_top_k: int = KL_TOP_K, levels: LevelDatabase | None = None, nm: str | None = None):
         """``max_scores_per_block``: keep only a seeded random subset of each block's scores in
         :attr:`blocks` (saves memory on large models; default: keep all, float32 on CPU).
         ``masking``: ``"inplace"`` (dense copy), ``"forward"`` (no copy, masks rebuilt in every forward
@@ -94,7 +95,9 @@ class PruningEvaluator:
         ``fitness``: ``"ppl"`` or ``"kl"`` (module doc). ``head_chunk``: LM-head positions per step
         (None: all logits at once; see :mod:`evaluators.fitness.perplexity`). ``levels``: a level database
         (:func:`evaluators.fitness.leveldb.open_levels`, built for this model): candidates are assembled from its
-        stored pruned weights instead of masks (``masking`` must then stay ``"inplace"``)."""
+        stored pruned weights instead of masks (``masking`` must then stay ``"inplace"``). ``nm``: an N:M
+        pattern (``"M"`` or ``"N:M"``, :mod:`evaluators.pruning.nm`): every candidate is put on it first and
+        pruned in N:M groups, as exact pruning with that pattern does (``masking="inplace"`` only)."""
         if fitness not in FITNESSES:
             raise UserError(f"fitness must be one of {', '.join(FITNESSES)}, got {fitness!r}")
         spec = get_method(method)
@@ -113,7 +116,12 @@ class PruningEvaluator:
         self.linears = model_linears(model)
         if levels is not None and masking != "inplace":
             raise UserError(f"a level database replaces masking: masking={masking!r} does not apply")
-        self.masks = Masks(model, self.linears, masking) if levels is None else LevelWeights(self.linears, levels)
+        self.nm = nm
+        m = parse_nm(nm)[1] if nm else None
+        if nm and levels is not None:
+            raise UserError(f"N:M ({nm}) with a pruner that updates weights needs a level database of N:M "
+                            f"levels, which is not built yet: search N:M allocations with wanda or magnitude")
+        self.masks = Masks(model, self.linears, masking, m) if levels is None else LevelWeights(self.linears, levels)
         # with calibration data, statistics are collected whatever the method: Wanda's metric (OWL, DLP,
         # DSA's released code) reads them for magnitude pruning too
         stats = collect_stats(model, calib_ids, spec.needs_hessian, batch_size) if calib_ids is not None else None
@@ -142,8 +150,14 @@ class PruningEvaluator:
 
     def apply(self, sparsities: Sequence[float]) -> None:
         """Prune block ``l`` at ``sparsities[l]`` (see :meth:`evaluators.fitness.masking.Masks.apply`, or
-        :meth:`evaluators.fitness.leveldb.LevelWeights.apply` with a level database)."""
-        self.masks.apply(check_sparsities(sparsities, self.n_blocks))
+        :meth:`evaluators.fitness.leveldb.LevelWeights.apply` with a level database); with an N:M pattern,
+        at :meth:`on_pattern`'s sparsities."""
+        self.masks.apply(self.on_pattern(check_sparsities(sparsities, self.n_blocks)))
+
+    def on_pattern(self, sparsities: Sequence[float]) -> list[float]:
+        """``sparsities`` on the evaluator's N:M pattern (:func:`evaluators.pruning.nm.on_pattern`, at the
+        allocation's own mean), or as they are without one."""
+        return on_pattern(self.nm, sparsities, self.blocks.counts)[0] if self.nm else list(sparsities)
 
     def restore(self) -> None:
         """Undo :meth:`apply` (bit-exact)."""

@@ -32,7 +32,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from evaluators.errors import UserError
-from evaluators.pruning.selection import LEVELS, level_mask, level_threshold, prune_count, row_levels, row_ranks
+from evaluators.pruning.selection import (LEVELS, group_ranks, level_mask, level_threshold, nm_count, prune_count,
+                                          row_levels, row_ranks)
 from evaluators.models.loading import decoder_blocks
 
 MASKING = ("inplace", "forward", "block")
@@ -95,10 +96,15 @@ class BlockMask:
 class Masks:
     """A model's rank tables and the masking mode that applies a candidate's per-block sparsities."""
 
-    def __init__(self, model: nn.Module, linears: list[dict[str, nn.Linear]], masking: str = "inplace"):
+    def __init__(self, model: nn.Module, linears: list[dict[str, nn.Linear]], masking: str = "inplace",
+                 m: int | None = None):
+        """``m``: N:M groups: ranks within each group of ``m`` consecutive inputs of a row (uint8), and a
+        block at sparsity ``n/m`` loses the ``n`` lowest of every group (``masking="inplace"`` only)."""
         if masking not in MASKING:
             raise UserError(f"masking must be one of {', '.join(MASKING)}, got {masking!r}")
-        self.masking, self.linears = masking, linears
+        if m is not None and masking != "inplace":
+            raise UserError(f"N:M masks are applied in place: masking={masking!r} does not apply")
+        self.masking, self.linears, self.m = masking, linears, m
         self._ranks: list[dict[str, torch.Tensor]] = [{} for _ in linears]  # int16/int32 ranks, or uint8 levels
         self._dense: list[dict[str, torch.Tensor]] = [{} for _ in linears]
         self._blocks = decoder_blocks(model) if masking == "block" else []
@@ -107,7 +113,12 @@ class Masks:
 
     def add(self, block: int, name: str, lin: nn.Linear, score: torch.Tensor) -> None:
         """Rank ``lin``'s weights by ``score`` (block ``block``, linear ``name``); the blocks in order."""
-        ranks = row_levels(score) if self.masking == "block" else row_ranks(score)
+        if self.m is not None:
+            if lin.in_features % self.m:
+                raise UserError(f"N:M with M = {self.m}: {name} has {lin.in_features} inputs, not a multiple of {self.m}")
+            ranks = group_ranks(score, self.m)
+        else:
+            ranks = row_levels(score) if self.masking == "block" else row_ranks(score)
         self._ranks[block][name] = ranks
         if self.masking == "inplace":
             self._dense[block][name] = lin.weight.detach().clone()
@@ -135,7 +146,7 @@ class Masks:
             return
         for s, block, ranks, dense in zip(values, self.linears, self._ranks, self._dense):
             for name, lin in block.items():
-                k = prune_count(s, lin.in_features)
+                k = prune_count(s, lin.in_features) if self.m is None else nm_count(s, self.m)
                 if not k:
                     continue
                 if self.masking == "forward":

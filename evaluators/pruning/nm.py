@@ -66,3 +66,31 @@ def dense_or_nm(sparsities: Sequence[float], counts: Sequence[int], target: floa
         raise UserError(f"dense or {n}:{m}: whole blocks cannot hold {share:.4g} of the parameters (nearest "
                         f"{share - left / total:.4g} below); use a multiple of {min(counts) / total:.4g}")
     return out
+
+
+def parse_nm(text: str) -> tuple[int | None, int]:
+    """``"M"`` → (None, M): mixed N:M with that M; ``"N:M"`` → (N, M): dense or N:M. M divides 128
+    (SparseGPT's column blocks), 0 < N < M."""
+    parts = str(text).split(":")
+    if len(parts) > 2 or not all(p.isdigit() for p in parts):
+        raise UserError(f"an N:M pattern is M (e.g. 8) or N:M (e.g. 2:4), got {text!r}")
+    m = int(parts[-1])
+    if not (2 <= m <= 128 and 128 % m == 0):
+        raise UserError(f"N:M: M must divide 128 (2, 4, 8, …), got {m}")
+    n = int(parts[0]) if len(parts) == 2 else None
+    if n is not None and not 0 < n < m:
+        raise UserError(f"N:M needs 0 < N < M, got {text}")
+    return n, m
+
+
+def on_pattern(nm: str, sparsities: Sequence[float], counts: Sequence[int],
+               target: float | None = None) -> tuple[list[float], int]:
+    """(per-block sparsities on the pattern ``nm``, M): ``"M"`` → :func:`mixed_nm`, ``"N:M"`` →
+    :func:`dense_or_nm`, at mean ``target`` (default: the allocation's own parameter-weighted mean)."""
+    n, m = parse_nm(nm)
+    if target is None:
+        target = sum(float(s) * c for s, c in zip(sparsities, counts)) / sum(counts)
+    if n is None:
+        return mixed_nm(sparsities, counts, target, m), m
+    return dense_or_nm(sparsities, counts, target, n, m), m
+

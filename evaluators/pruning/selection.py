@@ -118,10 +118,15 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Boolean mask of the weights to prune in the N:M pattern (Wanda's and SparseGPT's ``prune_n``,
     ``prune_m``): in every row, the ``n`` lowest scores of each group of ``m`` consecutive columns (ties:
     the lower column first). ``cols`` must be a multiple of ``m``."""
+    return group_ranks(scores, m) < n
+
+
+def group_ranks(scores: torch.Tensor, m: int) -> torch.Tensor:
+    """``rank[i, j]`` = position of column ``j`` within its group of ``m`` consecutive columns of row ``i``,
+    sorted ascending by score (stable; uint8). ``cols`` must be a multiple of ``m`` (≤ 128)."""
     rows, cols = scores.shape
     if cols % m:
         raise ValueError(f"{cols} columns do not split into groups of {m}")
-    groups = scores.reshape(rows, cols // m, m)
-    order = torch.argsort(groups, dim=2, stable=True)
-    rank = torch.empty_like(order).scatter_(2, order, torch.arange(m, device=scores.device).expand_as(order))
-    return (rank < n).reshape(rows, cols)
+    order = torch.argsort(scores.reshape(rows, cols // m, m), dim=2, stable=True)
+    positions = torch.arange(m, dtype=torch.uint8, device=scores.device).expand_as(order)
+    return torch.empty(order.shape, dtype=torch.uint8, device=scores.device).scatter_(2, order, positions).reshape(rows, cols)
