@@ -131,7 +131,7 @@ def text(levels) -> str:
 class DirectSearch(GenerationLoop):
     """``DirectSearch(space, fitness, config, run_dir).run(resume=False)`` → :class:`~gp.SearchResult`.
 
-    ``fitness(sparsities)`` scores on all ``all_windows`` validation windows, ``fitness(sparsities,
+    ``fitness(decoded)`` scores on all ``all_windows`` validation windows, ``fitness(decoded,
     windows=n)`` on the first ``n``; ``map_fn`` evaluates a batch (the builtin, or Ray workers). The
     logbook counts evaluations and the windows they read (``windows_used``: the budget in tokens)."""
 
@@ -224,7 +224,7 @@ class DirectSearch(GenerationLoop):
                         "seconds": round(time.perf_counter() - t0, 3)})
 
     def rows(self, hof: dict) -> list[dict]:
-        """The hall of fame as the engine's rows (``tree``: the levels; ``output``: the sparsities)."""
+        """The hall of fame as the engine's rows (``tree``: the levels; ``output``: what they decode to)."""
         return [{"rank": rank, "fitness": value, "tree": text(levels), "formula": self.describe, "latex": self.describe,
                  "size": len(levels), "height": 0, "output": self.space.decode(levels).tolist()}
                 for rank, (levels, value) in enumerate(sorted(hof.items(), key=lambda kv: kv[1]), 1)]

@@ -143,7 +143,7 @@ def _levels(value, where: str, max_level: int, space, length: int | None) -> lis
         low, high = (space.low[layer], space.high[layer]) if space is not None else (-max_level, max_level)
         _integer(level, f"{where}[{layer}]", low, high)
     if sum(levels) != 0:
-        _fail(where, "must sum to 0 (level switches keep the mean sparsity at the target)")
+        _fail(where, "must sum to 0 (level switches keep the sum of the levels)")
     return levels
 
 
