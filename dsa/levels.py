@@ -41,6 +41,24 @@ class LevelSpace:
         return out.clamp(self.lo, self.hi)
 
 
+class PatternLevels:
+    """Levels on an N:M pattern (``--nm``; a :class:`gp.direct.IntegerSpace`): block ``l`` is at step
+    ``base[l] + level[l]`` in ``0..top``, sparsity ``step·unit``. Mixed N:M with a fixed M: ``unit = 1/M``,
+    ``top = M`` (a level moves N by one); dense or N:M: ``unit = N/M``, ``top = 1`` (a level switch swaps a
+    dense block with an N:M one). On blocks of equal size, level switches keep the mean sparsity exactly."""
+
+    def __init__(self, base: list[int], unit: float, top: int, max_level: int):
+        self.base, self.unit = [int(b) for b in base], float(unit)
+        self.low = [max(-max_level, -b) for b in self.base]
+        self.high = [min(max_level, top - b) for b in self.base]
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def decode(self, levels) -> torch.Tensor:
+        return torch.tensor([(b + int(v)) * self.unit for b, v in zip(self.base, levels)], dtype=torch.float64)
+
+
 def level_step(target: float, step: float | None = None) -> float:
     """The direct search's sparsity per level: ``step`` if given, else EvoPress's resolution
     ``min(s, 1 − s)/16`` (the one home of this default: ``dsa search`` and ``dsa compare`` read it)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 import gp
+from evaluators.pruning.nm import on_pattern, parse_nm
 from gp import CheckpointError, ConfigError, Search, SearchConfig, schema
 from gp import checkpoint as checkpoints
 from gp.direct import DirectConfig, DirectSearch
@@ -21,7 +22,7 @@ from primitives import build_pset
 from .allocations import SEARCH_BASELINES
 from .multitask import MultiTaskFitness, first_allocation
 from .distributed import evaluation
-from .levels import LevelSpace, check_level_step, level_step
+from .levels import LevelSpace, PatternLevels, check_level_step, level_step
 from .errors import UserError
 from .plots import plot_allocations, plot_fitness
 from .problem import allocation_problem, has_reduction
@@ -189,9 +190,8 @@ def run_search(run: SearchRun, ev=None):
             raise UserError(str(exc)) from None
     else:
         check_level_step(run.spec.prune.sparsity, run.level_step)
-        if any(spec.prune.nm for spec in (run.tasks or (run.spec,))):
-            raise UserError("--nm: the direct search's levels are not N:M levels yet; search N:M allocations "
-                            "with the formula space (the default)")
+        if run.tasks and any(spec.prune.nm for spec in run.tasks):
+            raise UserError("--nm with --space direct: one task at a time")
     if run.init is not None:
         from .allocations import check_allocation
         check_allocation(run.init)
@@ -287,8 +287,18 @@ def direct_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> Dir
     if run.init is not None:
         from .allocations import allocate
         base = torch.as_tensor(allocate(run.init, allocator)[0], dtype=torch.float64)
-    step = level_step(target, run.level_step)
-    space = LevelSpace(base, allocator.ctx.weights, step, run.config.max_level, allocator.ctx.lo, allocator.ctx.hi)
+    nm = run.spec.prune.nm
+    if nm:  # levels on the pattern, around the base allocation put on it
+        counts = [float(c) for c in torch.as_tensor(allocator.ctx.weights).tolist()]
+        if len(set(counts)) > 1:
+            raise UserError("--nm with --space direct: N:M levels keep the mean only on blocks of equal size")
+        n, m = parse_nm(nm)
+        unit, top = (1 / m, m) if n is None else (n / m, 1)
+        pattern = on_pattern(nm, [float(v) for v in base], counts, target)[0]
+        space = PatternLevels([round(s / unit) for s in pattern], unit, top, run.config.max_level)
+    else:
+        step = level_step(target, run.level_step)
+        space = LevelSpace(base, allocator.ctx.weights, step, run.config.max_level, allocator.ctx.lo, allocator.ctx.hi)
     windows = info.get("val_windows", 1)
     return DirectSearch(space, fitness, windows, run.config, run.run_dir, map_fn=map_fn, progress=run.progress,
                         identity=run.identity(),

@@ -201,6 +201,11 @@ def test_search_in_nm_patterns_and_prune_with_its_run(tiny_dir, tmp_path):
     record = json.loads((pruned / "allocation.json").read_text())
     assert record["nm"] == "4" and all(round(s * 4) == s * 4 for s in record["requested"])
     assert sum(record["requested"]) / 4 == pytest.approx(0.5)
-    out = dsa("search", *data_args(tiny_dir), "--space", "direct", "--nm", 4, "--sparsity", 0.5,
-              "--run-dir", tmp_path / "direct", "--no-progress")
-    assert out.returncode == 2 and "N:M levels" in out.stderr and not (tmp_path / "direct").exists()
+    # the direct search on the pattern: levels move N by one per block, from the GP run's allocation
+    out = dsa("search", *data_args(tiny_dir), "--space", "direct", "--nm", 4, "--sparsity", 0.5, "--generations", 2,
+              "--offspring", 4, "--val-windows", 2, "--init", run, "--run-dir", tmp_path / "direct", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads((tmp_path / "direct" / "hall_of_fame.json").read_text())
+    assert all(all(round(v * 4) == v * 4 for v in r["output"]) and sum(r["output"]) / 4 == pytest.approx(0.5)
+               for r in rows)
+    assert any(r["output"] == record["requested"] for r in rows)  # the start: the GP run's allocation on the pattern
