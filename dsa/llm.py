@@ -17,7 +17,7 @@ from evaluators.models.saving import save_pruned
 from evaluators.fitness.intervals import perplexity_interval
 from evaluators.fitness.perplexity import window_nlls
 from evaluators.pruning.methods import get_method
-from evaluators.pruning.nm import on_pattern
+from evaluators.pruning.nm import on_pattern, parse_nm
 from evaluators.pruning.pruners import measured_sparsity, prune
 from primitives import LayerAllocator
 
@@ -114,7 +114,12 @@ def level_database(spec: EvaluatorSpec, x: Inputs) -> dict:
         return {}
     from evaluators.fitness.leveldb import open_levels
     key = level_key(spec.model, spec.data)
-    levels = open_levels(x.model, x.calib, spec.prune.method, key, progress=True, batch_size=spec.data.batch_size)
+    grid, m = None, None
+    if spec.prune.nm:  # the pattern's levels: n/M for every n (mixed), or 0 and N/M (dense or N:M)
+        n, m = parse_nm(spec.prune.nm)
+        grid = [k / m for k in range(m)] if n is None else [0.0, n / m]
+    levels = open_levels(x.model, x.calib, spec.prune.method, key, grid=grid, progress=True,
+                         batch_size=spec.data.batch_size, m=m)
     print(levels.describe())
     return {"levels": levels}
 

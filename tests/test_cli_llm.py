@@ -209,3 +209,11 @@ def test_search_in_nm_patterns_and_prune_with_its_run(tiny_dir, tmp_path):
     assert all(all(round(v * 4) == v * 4 for v in r["output"]) and sum(r["output"]) / 4 == pytest.approx(0.5)
                for r in rows)
     assert any(r["output"] == record["requested"] for r in rows)  # the start: the GP run's allocation on the pattern
+
+
+def test_sparsegpt_search_in_nm_patterns_reads_nm_levels(tiny_dir, tmp_path):
+    run = tmp_path / "run"
+    out = dsa("search", *data_args(tiny_dir), "--method", "sparsegpt", "--nm", "2:4", "--sparsity", 0.25,
+              "--population", 4, "--generations", 1, "--val-windows", 2, "--run-dir", run, "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert "level database: 4 blocks × 1 levels" in out.stdout  # the pattern's one stored level: 2:4

@@ -50,9 +50,9 @@ def counted(monkeypatch):
     calls = []
     original = SparseGPTPruner.prune_linear
 
-    def prune_linear(self, linear, sparsity, stats):
+    def prune_linear(self, linear, sparsity, stats, m=None):
         calls.append(sparsity)
-        return original(self, linear, sparsity, stats)
+        return original(self, linear, sparsity, stats, m)
 
     monkeypatch.setattr(SparseGPTPruner, "prune_linear", prune_linear)
     return calls
@@ -263,3 +263,33 @@ def test_files_land_only_under_root(tmp_path, monkeypatch):
     assert leveldb.default_root() == tmp_path / "cache" / "leveldb"
     monkeypatch.delenv("DSA_CACHE_DIR")
     assert leveldb.default_root() == tmp_path / "home" / ".cache" / "dsa-gp" / "leveldb"
+
+
+@pytest.mark.parametrize("nm", ["4", "2:4"])
+def test_nm_levels_are_the_reference_nm_sparsegpt_and_the_fitness_exact(db_root, nm):
+    """With --nm the database stores SparseGPT pruned in N:M groups at the pattern's levels (n/M, or 0 and
+    N/M); the evaluator puts every candidate on the pattern, so it assembles stored levels only, each the
+    reference N:M SparseGPT output on the dense model's statistics, bit for bit."""
+    from evaluators.pruning.nm import parse_nm
+    n, m = parse_nm(nm)
+    grid = [k / m for k in range(m)] if n is None else [0.0, n / m]
+    model = make_tiny_llama()
+    dense = _weights(model)
+    db = open_levels(model, _calib(), "sparsegpt", KEY, grid=grid, root=db_root, m=m)
+    assert db.nm_group == m and db.grid == grid
+    ev = PruningEvaluator(model, None, method="sparsegpt", calib_ids=_calib(), val_windows=_calib()[:2],
+                          levels=db, nm=nm)
+    alloc = [0.3, 0.45, 0.55, 0.7] if n is None else [0.1, 0.2, 0.3, 0.4]
+    pattern = ev.on_pattern(alloc)
+    stats = collect_stats(model, _calib(), need_hessian=True)
+    ev.apply(alloc)
+    for s, block in zip(pattern, model_linears(model)):
+        for name, lin in block.items():
+            ref = nn.Linear(lin.in_features, lin.out_features, bias=False)
+            ref.weight.data = dense[name].clone()
+            with torch.no_grad():
+                PRUNERS["sparsegpt"].prune_linear(ref, s, stats[name], m)
+            assert torch.equal(lin.weight, ref.weight), name
+    ev.restore()
+    with pytest.raises(UserError, match="unstructured"):
+        PruningEvaluator(model, None, method="sparsegpt", calib_ids=_calib(), val_windows=_calib()[:2], levels=db)

@@ -118,9 +118,9 @@ class PruningEvaluator:
             raise UserError(f"a level database replaces masking: masking={masking!r} does not apply")
         self.nm = nm
         m = parse_nm(nm)[1] if nm else None
-        if nm and levels is not None:
-            raise UserError(f"N:M ({nm}) with a pruner that updates weights needs a level database of N:M "
-                            f"levels, which is not built yet: search N:M allocations with wanda or magnitude")
+        if levels is not None and levels.nm_group != m:
+            raise UserError(f"the level database holds {'N:M levels, M = ' + str(levels.nm_group) if levels.nm_group else 'unstructured levels'}"
+                            f", not {'N:M with M = ' + str(m) if m else 'unstructured ones'} (--nm {nm})")
         self.masks = Masks(model, self.linears, masking, m) if levels is None else LevelWeights(self.linears, levels)
         # with calibration data, statistics are collected whatever the method: Wanda's metric (OWL, DLP,
         # DSA's released code) reads them for magnitude pruning too

@@ -130,6 +130,7 @@ class LevelDatabase:
         self.path, self.meta, self.reused = Path(path), meta, reused
         self.grid: list[float] = list(meta["grid"])
         self.method: str = meta["key"]["method"]
+        self.nm_group: int | None = meta["key"].get("nm_group")  # N:M levels in groups of this many
         self.names: list[list[str]] = meta["names"]
         self.shapes: dict[str, list[int]] = meta["shapes"]
         self.dtype: str = meta["dtype"]
@@ -185,12 +186,13 @@ def _write_atomic(path: Path, write) -> None:
 
 
 @torch.no_grad()
-def _pruned(pruner: Pruner, lin: nn.Linear, level: float, stats: LinearStats | None) -> torch.Tensor:
-    """``lin``'s weight pruned at ``level`` by ``pruner``, on a clone in a temporary linear (the model is
-    never written); on the CPU."""
+def _pruned(pruner: Pruner, lin: nn.Linear, level: float, stats: LinearStats | None,
+            m: int | None = None) -> torch.Tensor:
+    """``lin``'s weight pruned at ``level`` by ``pruner`` (in N:M groups of ``m`` when given), on a clone in
+    a temporary linear (the model is never written); on the CPU."""
     tmp = nn.Linear(lin.in_features, lin.out_features, bias=False, device="meta")
     tmp.weight = nn.Parameter(lin.weight.detach().clone(), requires_grad=False)
-    pruner.prune_linear(tmp, level, stats)
+    pruner.prune_linear(tmp, level, stats, m)
     return tmp.weight.detach().cpu().contiguous()
 
 
@@ -203,7 +205,8 @@ def _dense_stats(model: nn.Module, linears: dict[str, nn.Linear], calib_ids: tor
 
 
 def _build(path: Path, key: dict, model: nn.Module, linears: list[dict[str, nn.Linear]], pruner: Pruner,
-           calib_ids: torch.Tensor | None, grid: list[float], progress: bool, batch_size: int) -> None:
+           calib_ids: torch.Tensor | None, grid: list[float], progress: bool, batch_size: int,
+           m: int | None = None) -> None:
     """Write the block files still missing under ``path``, then ``meta.json``."""
     start = time.perf_counter()
     path.mkdir(parents=True, exist_ok=True)
@@ -222,7 +225,7 @@ def _build(path: Path, key: dict, model: nn.Module, linears: list[dict[str, nn.L
         tensors = {}
         for name, lin in linears[l].items():
             for i, level in enumerate(grid[1:], 1):
-                tensors[f"{name}@{i}"] = _pruned(pruner, lin, level, stats.get(name))
+                tensors[f"{name}@{i}"] = _pruned(pruner, lin, level, stats.get(name), m)
             stats.pop(name, None)  # free its hessian
         _write_atomic(_block_file(path, l), lambda tmp, t=tensors: save_file(t, str(tmp), metadata={"key": key_text}))
         del tensors
@@ -244,18 +247,20 @@ def _read_meta(path: Path) -> dict | None:
 
 def open_levels(model: nn.Module, calib_ids: torch.Tensor | None, method: str, key: dict,
                 grid: Sequence[float] | None = None, root: str | os.PathLike | None = None,
-                progress: bool = False, batch_size: int = 1) -> LevelDatabase:
+                progress: bool = False, batch_size: int = 1, m: int | None = None) -> LevelDatabase:
     """Open the level database of ``model`` pruned by ``method`` at every ``grid`` level (default
     :func:`level_grid`), building what is missing (module doc). ``key``: what identifies the run
     (model id, dtype, calibration source, sizes and seed, …; JSON-serialisable); method, grid, pruner
     settings, a calibration digest and a weight fingerprint are added. ``root``: the cache folder
-    (default :func:`default_root`). The model's weights are left as they are."""
+    (default :func:`default_root`). ``m``: every level pruned in N:M groups of ``m`` (the grid's levels
+    then multiples of ``1/m``; an N:M allocation lands on them, so nothing is mixed). The model's weights
+    are left as they are."""
     pruner = get_pruner(method)
     grid = [float(g) for g in (level_grid() if grid is None else grid)]
     if len(grid) < 2 or grid[0] != 0.0 or any(b <= a for a, b in zip(grid, grid[1:])) or grid[-1] > 1.0:
         raise UserError(f"a level grid starts at 0, increases and ends at most at 1, got {grid}")
     linears = model_linears(model)
-    full_key = {"run": key, "method": method, "grid": grid, "pruner": _pruner_params(pruner),
+    full_key = {"run": key, "method": method, "grid": grid, "pruner": _pruner_params(pruner), "nm_group": m,
                 "calib_tokens": None if calib_ids is None else _bytes_digest([calib_ids]),
                 "weights": _bytes_digest([lin.weight[[0, -1]] for block in linears for lin in block.values()]),
                 "format": FORMAT}
@@ -272,7 +277,7 @@ def open_levels(model: nn.Module, calib_ids: torch.Tensor | None, method: str, k
         (path / META).unlink(missing_ok=True)
         for l in range(len(names)):
             _block_file(path, l).unlink(missing_ok=True)
-    _build(path, full_key, model, linears, pruner, calib_ids, grid, progress, batch_size)
+    _build(path, full_key, model, linears, pruner, calib_ids, grid, progress, batch_size, m)
     return LevelDatabase(path, _read_meta(path), reused=False)
 
 
