@@ -19,7 +19,7 @@ from .settings import MAX_SPARSITY, EvaluatorSpec, carried_settings
 WANDA_METRIC = tuple(name for name, b in BASELINES.items() if b.wanda_metric)  # read it whatever the pruner
 SEARCH_BASELINES = search_baselines()  # scored at the start of every search (Baseline.search)
 # dsa compare measures every baseline that runs without a parameter chosen by hand (atp needs its β)
-COMPARE_BASELINES = tuple(name for name in BASELINES if name != "atp")
+COMPARE_BASELINES = tuple(name for name, base in BASELINES.items() if base.compared)
 TARGET_TOL = 1e-6  # an allocation's weighted mean this close to the target is the target
 
 

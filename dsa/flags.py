@@ -330,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--top", type=positive_int)
     sh.add_argument("--notation", choices=("formula", "latex", "tree"), default="formula")
 
-    allocation_help = (f"a baseline ({', '.join(COMPARE_BASELINES)}; atp with its beta, atp:beta=0.004), "
+    allocation_help = (f"a baseline ({', '.join(COMPARE_BASELINES)}; atp with its beta, atp:beta=0.004; owl-nm, "
+                       "OWL's own N:M rule, for --nm 8), "
                        "a run folder (its best formula, applied with the run's settings unless given here) "
                        "or a formula")
     pr = commands["prune"]

@@ -217,3 +217,11 @@ def test_sparsegpt_search_in_nm_patterns_reads_nm_levels(tiny_dir, tmp_path):
               "--population", 4, "--generations", 1, "--val-windows", 2, "--run-dir", run, "--no-progress")
     assert out.returncode == 0, out.stderr
     assert "level database: 4 blocks × 1 levels" in out.stdout  # the pattern's one stored level: 2:4
+
+
+def test_prune_with_owls_nm_rule(tiny_dir, tmp_path):
+    out = dsa("prune", *data_args(tiny_dir), "--allocation", "owl-nm", "--nm", 8, "--sparsity", 0.5,
+              "--save", tmp_path / "p", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    record = json.loads((tmp_path / "p" / "allocation.json").read_text())
+    assert all(round(v * 8) == v * 8 for v in record["requested"]) and sum(record["requested"]) / 4 == 0.5

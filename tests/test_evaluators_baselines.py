@@ -54,6 +54,10 @@ def test_baselines_valid(blocks, name, target):
         with pytest.raises(UserError):
             BASELINES[name](blocks, target, **params)
         return
+    if name == "owl-nm" and abs(target * 8 - round(target * 8)) > 1e-9:  # n of every 8: multiples of 1/8 only
+        with pytest.raises(UserError, match="multiple of 1/8"):
+            BASELINES[name](blocks, target, **params)
+        return
     if name == "er-plus" and blocks.counts[-1] > (1 - target) * sum(blocks.counts):  # the last block alone
         with pytest.raises(UserError, match="density"):  # keeps more than the target allows
             BASELINES[name](blocks, target, **params)
@@ -318,8 +322,8 @@ def test_baseline_records_hold_what_the_tool_reads():
         "dsa(t_reciprocal(r_mean(S)), 0.15)",
         "dsa(sub(mul(r_mean(S), 0.0), d), 0.1)")
     assert SEARCH_BASELINES == ("uniform", "owl", "atp-tuned", "dsa-code", "dlp")
-    assert WANDA_METRIC == ("owl", "owl-tuned", "dsa-code", "dsa-paper", "dlp")
-    assert COMPARE_BASELINES == tuple(name for name in BASELINES if name != "atp")
+    assert WANDA_METRIC == ("owl", "owl-tuned", "owl-nm", "dsa-code", "dsa-paper", "dlp")
+    assert COMPARE_BASELINES == tuple(name for name in BASELINES if name not in ("atp", "owl-nm"))
     assert BASELINES["owl"].defaults == {"m": 5.0, "lam": 0.08} and BASELINES["dlp"].defaults == {"alpha": 0.15}
     assert BASELINES["dsa-code"].defaults == BASELINES["dsa-paper"].defaults == {"lam": 0.08}
     from dsa.flags import build_parser
@@ -382,3 +386,16 @@ def test_er_reads_the_model_shapes(blocks):
     assert er_plus(blocks, 0.7)[-1] == 0.0
     with pytest.raises(UserError, match="shapes"):
         er(BlockScores([torch.zeros(1)], [1]), 0.5)
+
+
+def test_owl_nm_by_hand():
+    """OWL's N:M rule (prune_wanda_outlier_structure, README: Lamda 2, 5:8): ratios 1…6 → min-max × 2 =
+    0, .4, .8, 1.2, 1.6, 2; minus the mean 1 → −1, −.6, −.2, .2, .6, 1; np.round (half to even) → −1, −1, 0,
+    0, 1, 1; n − that = 6, 6, 5, 5, 4, 4 of every 8 (sum 30 = 5·6: the target is kept as is)."""
+    from evaluators.baselines.owl import owl_nm
+    blocks = BlockScores([torch.zeros(1)] * 6, [10] * 6)
+    got = owl_nm(blocks, 5 / 8, ratios=[1, 2, 3, 4, 5, 6])
+    assert got == [6 / 8, 6 / 8, 5 / 8, 5 / 8, 4 / 8, 4 / 8]
+    # ratios 1, 2, 4: scaled 0, 2/3, 2 → centred −8/9, −2/9, 10/9 → rounded −1, 0, 1 → 5, 4, 3 (sum 12 = 4·3)
+    assert owl_nm(BlockScores([torch.zeros(1)] * 3, [10] * 3), 0.5, ratios=[1, 2, 4]) == [5 / 8, 4 / 8, 3 / 8]
+

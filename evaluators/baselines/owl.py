@@ -12,6 +12,8 @@ from primitives.reduction import OWL_M  # Hyper_m of every README script (the CL
 
 from evaluators.pruning.blockscores import BlockScores
 from evaluators.baselines.common import check_target, constant_statistic, finish, floor_nonpositive, wanda_metric
+from evaluators.errors import UserError
+from evaluators.pruning.nm import mixed_nm
 
 OWL_LAMBDA = 0.08  # Lamda: the CLI default and every README script
 OWL_GRID = [{"m": m, "lam": lam} for m in (3.0, 5.0, 7.0, 10.0) for lam in (0.02, 0.05, 0.08, 0.1, 0.2)]  # EvoPress's
@@ -62,3 +64,29 @@ def owl_prepare(blocks: BlockScores, grid: list[dict]):
     one pass; returns ``params → extra keyword arguments``."""
     table = outlier_ratios(blocks, sorted({float(p.get("m", OWL_M)) for p in grid}))
     return lambda params: {"ratios": table[float(params.get("m", OWL_M))]}
+
+
+OWL_NM_DEFAULTS = {"m": 8, "lam": 2.0, "hyper_m": 6.0}  # the README's N:M script: --Lamda 2 --Hyper_m 6, 5:8
+
+
+def owl_nm(blocks: BlockScores, target: float, lo: float = MIN_SPARSITY, hi: float = MAX_SPARSITY, m: int = 8,
+           lam: float = 2.0, hyper_m: float = 6.0, ratios: Sequence[float] | None = None,
+           sequences: int | None = None) -> list[float]:
+    """OWL's mixed N:M allocation (luuyin/OWL ``prune_wanda_outlier_structure``): outlier ratios (M =
+    ``hyper_m``) min-max scaled to ``[0, lam]``, centred on their plain mean, rounded half to even
+    (``np.round``), and block ``l`` prunes ``n − rounded_l`` of every ``m``, where ``n = target·m``. The
+    reference's rounding can leave the mean off ``n/m``; the largest-remainder step of
+    :func:`evaluators.pruning.nm.mixed_nm` then restores it exactly (equal blocks: a block or two moved by one)."""
+    check_target(target, lo, hi)
+    n = target * m
+    if abs(n - round(n)) > 1e-9:
+        raise UserError(f"owl-nm prunes n of every {m}: the target {target:g} is not a multiple of 1/{m}")
+    if ratios is None:
+        ratios = outlier_ratios(blocks, [hyper_m], sequences)[hyper_m]
+    r = torch.tensor(ratios, dtype=torch.float64)
+    if float(r.max() - r.min()) == 0.0:
+        return finish([float(target)] * len(ratios), blocks, target, lo, hi)
+    d = (r - r.min()) * (1 / (r.max() - r.min()) * lam)
+    counts = (round(n) - torch.round(d - d.mean())).clamp(0, m)
+    return finish(mixed_nm((counts / m).tolist(), blocks.counts, target, m), blocks, target, lo, hi)
+

@@ -18,7 +18,7 @@ from evaluators.baselines.alpha import alphapruning
 from evaluators.baselines.depth import DLP_ALPHA, atp, atp_grid, dlp
 from evaluators.baselines.dsa import DSA_LAMBDA, dsa_code, dsa_paper
 from evaluators.baselines.er import er, er_plus
-from evaluators.baselines.owl import OWL_GRID, OWL_LAMBDA, OWL_M, owl, owl_prepare
+from evaluators.baselines.owl import OWL_GRID, OWL_LAMBDA, OWL_M, OWL_NM_DEFAULTS, owl, owl_nm, owl_prepare
 from evaluators.baselines.simple import global_threshold, uniform
 
 Fitness = Callable[[list[float]], float]
@@ -41,6 +41,7 @@ class Baseline:
     search: int | None = None  # its place among the baselines every search scores at its start (None: not one)
     seeds: tuple[str, ...] = ()  # itself as formulas of the GP grammar, ``{param}`` filled from ``defaults``
     seed_rank: int = 0  # the seeds' place in the initial population (as the search has always placed them)
+    compared: bool = True  # in dsa compare's default list (not: atp, which needs its β; owl-nm, N:M targets only)
 
     def seed_formulas(self) -> tuple[str, ...]:
         """:attr:`seeds` with this baseline's default parameters filled in (``{lam}`` → ``0.08``)."""
@@ -130,9 +131,10 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in (
     Baseline("alphapruning", alphapruning, {"epsilon": None, "fix_fingers": "xmin_peak"}),  # ε None: per pruner
     Baseline("owl", owl, OWL_DEFAULTS, _owl_grid, owl_prepare, wanda_metric=True, search=1, seeds=OWL_SEEDS),
     Baseline("owl-tuned", owl, OWL_DEFAULTS, _owl_grid, owl_prepare, tuned=True, wanda_metric=True),
+    Baseline("owl-nm", owl_nm, OWL_NM_DEFAULTS, wanda_metric=True, compared=False),  # OWL's own N:M rule (its README's 5:8 run)
     Baseline("dsa-code", dsa_code, {"lam": DSA_LAMBDA}, wanda_metric=True, search=3, seeds=DSA_SEEDS, seed_rank=1),
     Baseline("dsa-paper", dsa_paper, {"lam": DSA_LAMBDA}, wanda_metric=True),
-    Baseline("atp", atp, {"beta": None}, atp_grid, seeds=ATP_SEEDS, seed_rank=3),  # β None: required (no default)
+    Baseline("atp", atp, {"beta": None}, atp_grid, seeds=ATP_SEEDS, seed_rank=3, compared=False),  # β None: required (no default)
     # atp-tuned (its β grid, ~10 evaluations) is the strongest simple yardstick a search starts with
     Baseline("atp-tuned", atp, {"beta": None}, atp_grid, tuned=True, search=2),
     Baseline("dlp", dlp, {"alpha": DLP_ALPHA}, wanda_metric=True, search=4, seeds=DLP_SEEDS, seed_rank=2),
