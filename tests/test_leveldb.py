@@ -73,6 +73,18 @@ def test_pruners_say_whether_they_update_weights():
     assert isinstance(PRUNERS["wanda"], ScorePruner)
 
 
+def _reference_pairs(model, dense, stats, sparsities, m=None):
+    """(name, the model's linear, the reference SparseGPT on a clone of its dense weight at the block's
+    sparsity with the dense model's statistics) for every linear."""
+    for s, block in zip(sparsities, model_linears(model)):
+        for name, lin in block.items():
+            ref = nn.Linear(lin.in_features, lin.out_features, bias=False)
+            ref.weight.data = dense[name].clone()
+            with torch.no_grad():
+                PRUNERS["sparsegpt"].prune_linear(ref, s, stats[name], m)
+            yield name, lin, ref
+
+
 def test_grid_levels_equal_reference_sparsegpt_bit_for_bit(db_root):
     """(a) At a grid level, every linear is the reference pruner's output on a clone of the dense linear with
     stats from collect_stats on the dense model (EvoPress's one-shot protocol), bit for bit."""
@@ -84,14 +96,9 @@ def test_grid_levels_equal_reference_sparsegpt_bit_for_bit(db_root):
     alloc = [0.1, 0.5, 0.9, 0.99]
     weights = LevelWeights(model_linears(model), db)
     weights.apply(alloc)
-    for s, block in zip(alloc, model_linears(model)):
-        for name, lin in block.items():
-            ref = nn.Linear(lin.in_features, lin.out_features, bias=False)
-            ref.weight.data = dense[name].clone()
-            with torch.no_grad():
-                PRUNERS["sparsegpt"].prune_linear(ref, s, stats[name])
-            assert torch.equal(lin.weight, ref.weight), name
-            assert not torch.equal(lin.weight, dense[name] * (lin.weight != 0))  # the OBS update moved weights
+    for name, lin, ref in _reference_pairs(model, dense, stats, alloc):
+        assert torch.equal(lin.weight, ref.weight), name
+        assert not torch.equal(lin.weight, dense[name] * (lin.weight != 0))  # the OBS update moved weights
     weights.restore()
     assert all(torch.equal(w, dense[n]) for n, w in _weights(model).items())
 
@@ -283,13 +290,8 @@ def test_nm_levels_are_the_reference_nm_sparsegpt_and_the_fitness_exact(db_root,
     pattern = ev.on_pattern(alloc)
     stats = collect_stats(model, _calib(), need_hessian=True)
     ev.apply(alloc)
-    for s, block in zip(pattern, model_linears(model)):
-        for name, lin in block.items():
-            ref = nn.Linear(lin.in_features, lin.out_features, bias=False)
-            ref.weight.data = dense[name].clone()
-            with torch.no_grad():
-                PRUNERS["sparsegpt"].prune_linear(ref, s, stats[name], m)
-            assert torch.equal(lin.weight, ref.weight), name
+    for name, lin, ref in _reference_pairs(model, dense, stats, pattern, m):
+        assert torch.equal(lin.weight, ref.weight), name
     ev.restore()
     with pytest.raises(UserError, match="unstructured"):
         PruningEvaluator(model, None, method="sparsegpt", calib_ids=_calib(), val_windows=_calib()[:2], levels=db)
