@@ -92,6 +92,7 @@ def test_grid_levels_equal_reference_sparsegpt_bit_for_bit(db_root):
     dense = _weights(model)
     db = open_levels(model, _calib(), "sparsegpt", KEY, grid=GRID, root=db_root)
     assert db.reused and db.grid == GRID and db.n_blocks == 4
+    assert "nm_group" not in db.meta["key"]  # unstructured keys as before N:M levels existed: old databases stay valid
     stats = collect_stats(model, _calib(), need_hessian=True)
     alloc = [0.1, 0.5, 0.9, 0.99]
     weights = LevelWeights(model_linears(model), db)

@@ -130,7 +130,7 @@ class LevelDatabase:
         self.path, self.meta, self.reused = Path(path), meta, reused
         self.grid: list[float] = list(meta["grid"])
         self.method: str = meta["key"]["method"]
-        self.nm_group: int | None = meta["key"].get("nm_group")  # N:M levels in groups of this many
+        self.nm_group: int | None = meta["key"].get("nm_group")  # N:M levels in groups of this many (else absent)
         self.names: list[list[str]] = meta["names"]
         self.shapes: dict[str, list[int]] = meta["shapes"]
         self.dtype: str = meta["dtype"]
@@ -260,7 +260,8 @@ def open_levels(model: nn.Module, calib_ids: torch.Tensor | None, method: str, k
     if len(grid) < 2 or grid[0] != 0.0 or any(b <= a for a, b in zip(grid, grid[1:])) or grid[-1] > 1.0:
         raise UserError(f"a level grid starts at 0, increases and ends at most at 1, got {grid}")
     linears = model_linears(model)
-    full_key = {"run": key, "method": method, "grid": grid, "pruner": _pruner_params(pruner), "nm_group": m,
+    full_key = {"run": key, "method": method, "grid": grid, "pruner": _pruner_params(pruner),
+                **({"nm_group": m} if m is not None else {}),  # absent for unstructured: older databases stay valid
                 "calib_tokens": None if calib_ids is None else _bytes_digest([calib_ids]),
                 "weights": _bytes_digest([lin.weight[[0, -1]] for block in linears for lin in block.values()]),
                 "format": FORMAT}
