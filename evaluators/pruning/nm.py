@@ -68,15 +68,21 @@ def dense_or_nm(sparsities: Sequence[float], counts: Sequence[int], target: floa
     return out
 
 
+def check_group(m: int) -> int:
+    """``m`` when it is an N:M group size this tool prunes with (a divisor of 128, SparseGPT's column
+    blocks, from 2 up); UserError otherwise."""
+    if not (isinstance(m, int) and not isinstance(m, bool) and 2 <= m <= 128 and 128 % m == 0):
+        raise UserError(f"N:M: M must divide 128 (a divisor of 128: 2, 4, 8, …), got {m!r}")
+    return m
+
+
 def parse_nm(text: str) -> tuple[int | None, int]:
     """``"M"`` → (None, M): mixed N:M with that M; ``"N:M"`` → (N, M): dense or N:M. M divides 128
     (SparseGPT's column blocks), 0 < N < M."""
     parts = str(text).split(":")
     if len(parts) > 2 or not all(p.isdigit() for p in parts):
         raise UserError(f"an N:M pattern is M (e.g. 8) or N:M (e.g. 2:4), got {text!r}")
-    m = int(parts[-1])
-    if not (2 <= m <= 128 and 128 % m == 0):
-        raise UserError(f"N:M: M must divide 128 (2, 4, 8, …), got {m}")
+    m = check_group(int(parts[-1]))
     n = int(parts[0]) if len(parts) == 2 else None
     if n is not None and not 0 < n < m:
         raise UserError(f"N:M needs 0 < N < M, got {text}")

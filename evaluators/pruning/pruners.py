@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from evaluators.data.calibration import LinearStats, StatsCollector, capture_per_block_inputs, run_block
 from evaluators.errors import UserError
+from evaluators.pruning.nm import check_group
 from evaluators.pruning.selection import lowest_mask, nm_count, nm_mask, prune_count, threshold_mask
 from evaluators.models.loading import decoder_blocks, model_linears
 from evaluators.pruning.scores import PERCDAMP, SCORERS, Scorer, inverse_hessian_factor
@@ -147,8 +148,7 @@ def get_pruner(method: str) -> Pruner:
 def check_nm(sparsities: Sequence[float], m: int, linears: list[dict[str, nn.Linear]]) -> None:
     """UserError unless every block's sparsity is a whole number of ``m``-ths and every linear's input
     width a multiple of ``m`` (and of SparseGPT's 128-column blocks' divisor)."""
-    if not (isinstance(m, int) and 2 <= m <= 128 and 128 % m == 0):
-        raise UserError(f"N:M needs M in 2, 4, 8, …, 128 (a divisor of 128), got {m!r}")
+    check_group(m)
     for l, s in enumerate(sparsities):
         try:
             nm_count(s, m)
