@@ -208,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
             from .llm import prune_command
             save = check_new_dir(args.save, "--save")
             model, data, prune = prune_or_eval(args, given_flags(argv))
-            prune_command(model, data, prune, args.allocation, save, args.val_windows, not args.no_progress)
+            if args.format == "compressed-tensors":
+                from evaluators.models.compressed import check_available
+                check_available(prune.nm)
+            prune_command(model, data, prune, args.allocation, save, args.val_windows, not args.no_progress,
+                          args.format)
         elif args.command == "eval":
             eval_main(args, given_flags(argv))
     except (UserError, CheckpointError) as exc:

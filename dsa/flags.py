@@ -6,6 +6,7 @@ import argparse
 
 from evaluators.errors import UserError
 from evaluators.fitness.masking import MASKING
+from evaluators.models.compressed import SAVE_FORMATS
 from evaluators.pruning.nm import parse_nm
 from gp import ConfigError, SearchConfig
 from gp.config import MAX_SEED
@@ -340,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--val-windows", type=positive_int, default=2,
                     help="validation windows that tuned baselines (owl-tuned, atp-tuned) are tuned on (default 2)")
     pr.add_argument("--save", required=True, type=nonempty, help="output folder (safetensors; loads with from_pretrained)")
+    pr.add_argument("--format", choices=SAVE_FORMATS, default=SAVE_FORMATS[0],
+                    help="how --save stores the weights: plain safetensors (default), or, for --nm 2:4, "
+                         "compressed-tensors' 2:4 bitmask (needs compressed-tensors<=0.14.0.1; loads back with "
+                         "transformers 4.56-4.57)")
     pr.add_argument("--no-progress", action="store_true")
 
     ev = commands["eval"]

@@ -13,6 +13,7 @@ from evaluators.data.calibration import collect_stats
 from evaluators.data.text import calibration_batch, load_split, token_windows
 from evaluators.fitness.evaluator import FITNESSES, PruningEvaluator
 from evaluators.models.loading import block_names, default_model, load_model
+from evaluators.models.compressed import sparsity_compressor
 from evaluators.models.saving import save_pruned
 from evaluators.fitness.intervals import perplexity_interval
 from evaluators.fitness.perplexity import window_nlls
@@ -200,9 +201,11 @@ def prune_model(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, al
 
 
 def prune_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, allocation: str, save: Path,
-                  val_windows: int = 2, progress: bool = True) -> None:
+                  val_windows: int = 2, progress: bool = True, fmt: str = "safetensors") -> None:
+    """Prune and save to ``save`` (``fmt``: plain safetensors, or compressed-tensors' sparse formats)."""
     model, tokenizer, record = prune_model(model_spec, data, prune_spec, allocation, val_windows, progress)
-    save_pruned(model, tokenizer, save)
+    compressor = sparsity_compressor(model, prune_spec.nm, prune_spec.sparsity) if fmt == "compressed-tensors" else None
+    save_pruned(model, tokenizer, save, compressor)
     write_record(save, record)
     mean = sum(record["measured"]) / len(record["measured"])
     print(f"saved {save}/ ({len(record['measured'])} blocks, measured mean sparsity {mean:.4f})")

@@ -1,7 +1,8 @@
 """Evaluators: load models and data, prune (exact, layer by layer), and score allocations fast.
 
 - ``models``: loading (``load_model``: causal LMs, GGUF files, LLaVA-style image-text models;
-  ``decoder_blocks``, ``model_linears``), ``saving`` (``save_pruned``, an atomic HF folder), ``hub``
+  ``decoder_blocks``, ``model_linears``), ``saving`` (``save_pruned``, an atomic HF folder), ``compressed``
+  (the compressed-tensors sparse formats), ``hub``
 - ``data``: ``text`` (``load_split``: hub, a data folder or the bundled copy in ``data/bundled/``;
   ``token_windows``, ``calibration_batch``), ``calibration`` (``collect_stats``, block-input capture)
 - ``pruning``: ``scores`` (``SCORERS``), ``selection`` (which weights a per-row or per-block quota

@@ -119,9 +119,12 @@ def remove_stale_work_dirs(parent: str | Path) -> list[Path]:
     return done
 
 
-def save_pruned(model, tokenizer, out_dir: str | Path) -> Path:
+def save_pruned(model, tokenizer, out_dir: str | Path, compressor=None) -> Path:
     """Save a standard HF folder (config + safetensors + tokenizer, and the processor of an image-text
-    model loaded by :func:`load_model`) loadable by ``from_pretrained``.
+    model loaded by :func:`load_model`) loadable by ``from_pretrained``. With ``compressor`` (a
+    compressed-tensors ``ModelCompressor``, :func:`evaluators.models.compressed.sparsity_compressor`) the
+    weights are written in its compressed form and its config is added to ``config.json``; the model in
+    memory is not changed.
 
     Written to a hidden sibling folder ``.NAME.PID@MACHINE.*.tmp`` and renamed at the end, so a failure
     leaves nothing half-written; an existing ``out_dir`` folder is replaced. The folder and its files get
@@ -136,7 +139,12 @@ def save_pruned(model, tokenizer, out_dir: str | Path) -> Path:
     remove_stale_work_dirs(out.parent)
     tmp = _work_dir(out, "tmp")
     try:
-        _plain_model(model).save_pretrained(tmp, safe_serialization=True)
+        plain = _plain_model(model)
+        if compressor is None:
+            plain.save_pretrained(tmp, safe_serialization=True)
+        else:
+            plain.save_pretrained(tmp, safe_serialization=True, state_dict=compressor.compress(plain))
+            compressor.update_config(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         processor = getattr(model, "dsa_processor", None)  # an image-text model's, from load_model
