@@ -82,11 +82,29 @@ def main() -> None:
                          "best": result.logbook[-1]["best"], "best formula": result.hall_of_fame[0]["formula"]})
             print(rows[-1], flush=True)
             report(args, rows, curves, spec.model.device, spec.val_windows)
+    if rows:
+        report(args, rows, curves, spec.model.device, spec.val_windows)  # also when --resume found every run done
 
 
 def evaluations_to_reach(curve: list[tuple[int, float]], value: float) -> float:
     """The number of evaluations after which the best so far is ≤ ``value`` (inf if never)."""
     return next((n for n, best in curve if best <= value), math.inf)
+
+
+def verdict(variant: str, rows: list[dict], curves: dict, random_best: dict) -> str:
+    """The claim in words: ``variant`` reaches random search's final best in at most half the evaluations
+    random search spent (median over the seeds both finished), and ends lower (on how many seeds)."""
+    seeds = sorted(s for s in random_best if (variant, s) in curves)
+    if not seeds:
+        return ""
+    spent = {r["seed"]: r["evaluations"] for r in rows if r["variant"] == "random"}
+    ratio = statistics.median(evaluations_to_reach(curves[(variant, s)], random_best[s]) / spent[s] for s in seeds)
+    mine = {r["seed"]: r["best"] for r in rows if r["variant"] == variant}
+    lower = sum(mine[s] < random_best[s] for s in seeds)
+    ok = ratio <= 0.5 and lower == len(seeds)
+    return (f"**{variant}**: reaches random search's final best after a median {ratio:.0%} of random search's "
+            f"evaluations (claim: ≤ 50 %) and ends lower on {lower} of {len(seeds)} seeds → claim "
+            f"{'met' if ok else 'not met'}.")
 
 
 def seeds_done(rows: list[dict], requested: int) -> str:
@@ -112,13 +130,14 @@ def report(args, rows: list[dict], curves: dict, device: str, n_val: int) -> Non
                             ", ".join("never" if math.isinf(e) else str(e) for e in reach),
                         "median": statistics.median(reach) if reach else None})
     plot(curves, RESULTS / f"{args.name}.png", args.fitness)
+    verdicts = "\n".join(verdict(v, rows, curves, random_best) for v in variants if v != "random")
     what = FITNESSES[args.fitness].description
     table = (f"{args.model or 'SmolLM2-135M'} on {device}, {args.method}, {args.sparsity:.0%}; "
              f"calibration C4 {args.nsamples}×{args.calib_seqlen}; fitness = {what} on {n_val}×{args.seqlen} "
              f"tokens; population {args.population}, budget {args.budget} evaluations per run, seeds "
              f"{seeds_done(rows, args.seeds)}. 'Reach': evaluations each variant needed to get to the same seed's random-search "
              f"final best (random itself: its budget).\n\n"
-             + markdown_table(summary, list(summary[0])) + "\n\n"
+             + markdown_table(summary, list(summary[0])) + "\n\n" + (verdicts + "\n\n" if verdicts else "")
              + markdown_table(rows, ["variant", "seed", "evaluations", "best", "best formula"])
              + f"\n\n![convergence]({args.name}.png)")
     write(args.name, {"args": vars(args), "summary": summary, "runs": rows,
