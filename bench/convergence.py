@@ -69,10 +69,12 @@ def main() -> None:
     old = json.loads(saved.read_text()) if args.resume and saved.exists() else {}
     rows, curves = old.get("runs", []), {tuple(k.rsplit("/", 1)): v for k, v in old.get("curves", {}).items()}
     curves = {(v, int(s)): [tuple(p) for p in c] for (v, s), c in curves.items()}
+    ran = False
     for seed in range(args.seeds):  # seed-major: a run stopped early still compares every variant
         for variant in args.variants.split(","):
             if (variant, seed) in curves:
                 continue
+            ran = True
             run_dir = folder / f"{variant}-seed{seed}"
             run = SearchRun("llm", spec, config(variant, args, seed), run_dir, resume=checkpoints.exists(run_dir),
                             progress=False, baselines=("uniform",))
@@ -82,8 +84,8 @@ def main() -> None:
                          "best": result.logbook[-1]["best"], "best formula": result.hall_of_fame[0]["formula"]})
             print(rows[-1], flush=True)
             report(args, rows, curves, spec.model.device, spec.val_windows)
-    if rows:
-        report(args, rows, curves, spec.model.device, spec.val_windows)  # also when --resume found every run done
+    if rows and not ran:  # --resume found every run done: the report with this version's table
+        report(args, rows, curves, spec.model.device, spec.val_windows)
 
 
 def evaluations_to_reach(curve: list[tuple[int, float]], value: float) -> float:

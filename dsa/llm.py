@@ -202,9 +202,10 @@ def prune_model(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, al
 
 def prune_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, allocation: str, save: Path,
                   val_windows: int = 2, progress: bool = True, fmt: str = "safetensors") -> None:
-    """Prune and save to ``save`` (``fmt``: plain safetensors, or compressed-tensors' sparse formats)."""
+    """Prune and save to ``save`` (``fmt``: plain safetensors, or compressed-tensors' 2:4 bitmask)."""
     model, tokenizer, record = prune_model(model_spec, data, prune_spec, allocation, val_windows, progress)
-    compressor = sparsity_compressor(model, prune_spec.nm, prune_spec.sparsity) if fmt == "compressed-tensors" else None
+    compressor = (sparsity_compressor(model, prune_spec.nm, record["requested"], prune_spec.sparsity)
+                  if fmt == "compressed-tensors" else None)
     save_pruned(model, tokenizer, save, compressor)
     write_record(save, record)
     mean = sum(record["measured"]) / len(record["measured"])

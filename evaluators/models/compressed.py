@@ -40,16 +40,18 @@ def check_available(nm: str | None) -> None:
         raise UserError(f"{NEEDS}: the installed compressed-tensors has no sparse-24-bitmask format")
 
 
-def sparsity_compressor(model, nm: str | None, target: float):
-    """compressed-tensors' ``ModelCompressor`` for the pruned dense-or-2:4 ``model``: the 2:4 bitmask over
-    its pruned linears; ``target`` is the mean sparsity (the config's ``global_sparsity``)."""
+def sparsity_compressor(model, nm: str | None, sparsities: list[float], target: float):
+    """compressed-tensors' ``ModelCompressor`` for the dense-or-2:4 ``model`` pruned with the per-block
+    ``sparsities``: the 2:4 bitmask over the linears of its pruned blocks (the allocation says which; a
+    dense block's weights may hold zeros of their own); ``target`` is the mean sparsity (the config's
+    ``global_sparsity``)."""
     check_available(nm)
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.config import SparsityCompressionConfig
 
     from evaluators.models.loading import model_linears
 
-    targets = [name for block in model_linears(model) for name, lin in block.items() if bool((lin.weight == 0).any())]
+    targets = [name for block, s in zip(model_linears(model), sparsities, strict=True) if s > 0 for name in block]
     if not targets:
         raise UserError("--format compressed-tensors: the model has no pruned linear to compress")
     config = SparsityCompressionConfig.load_from_registry("sparse-24-bitmask", targets=targets,
