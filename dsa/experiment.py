@@ -40,7 +40,7 @@ from gp import checkpoint as checkpoints
 from gp.checkpoint import read_json
 from gp.direct import DirectConfig
 
-from .allocations import SEARCH_BASELINES, allocate, baseline_candidates, best_row, run_folder
+from .allocations import SEARCH_BASELINES, allocate, baseline_candidates, best_row, check_allocation, run_folder
 from .distributed import LocalEvaluation
 from .errors import UserError
 from .llm import allocator_for, build_evaluator, load_inputs
@@ -110,6 +110,12 @@ def run_comparison(c: Comparison, resume: bool = False) -> Path:
         changed = sorted(k for k in mine if not _same({k: old.get(k)}, {k: mine[k]}))
         if changed:
             raise UserError(f"cannot resume {c.out}: its settings differ ({', '.join(changed)})")
+    if "warm" in c.searches and "gp" not in c.searches:  # warm from GP runs the folder already holds
+        for seed in c.seeds:
+            gp_dir = c.out / "runs" / f"gp-seed{seed}"
+            if not gp_dir.is_dir():
+                raise UserError(f"--searches warm starts from the GP run {gp_dir}, which is not there: add gp")
+            check_allocation(str(gp_dir))
     c.out.mkdir(parents=True, exist_ok=True)
     return Runner(c, rows).run()
 

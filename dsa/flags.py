@@ -111,8 +111,6 @@ def search_list(text: str) -> tuple[str, ...]:
     bad = [n for n in names if n not in SEARCHES]
     if not names or bad:
         raise argparse.ArgumentTypeError(f"expected {', '.join(SEARCHES)} (comma-separated) or none, got {text!r}")
-    if "warm" in names and "gp" not in names:
-        raise argparse.ArgumentTypeError("warm starts from the GP search's allocation: add gp")
     return names
 
 
@@ -300,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--searches", type=search_list, default=("gp",),
                    help=f"which searches: {', '.join(SEARCHES)} (gp: dsa search; direct: the direct search with the GP "
                         f"run's number of evaluations, else --budget; warm: the direct search from the GP's chosen "
-                        f"allocation), comma-separated, or none (default gp)")
+                        f"allocation; without gp: from the finished GP run already in OUT/runs/gp-seedN), comma-separated, "
+                        f"or none (default gp)")
     c.add_argument("--budget", type=positive_int, default=40,
                    help="direct search evaluations when no GP search runs (default 40)")
     d = c.add_argument_group("direct search")

@@ -1,6 +1,7 @@
 """``dsa compare`` runs ``dsa search``'s code; the two seeds; intervals (tiny random LLaMA, CPU, seconds)."""
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -66,6 +67,20 @@ def test_compare_resume_and_changed_settings(tiny_dir, tmp_path, capsys):  # noq
     assert grown[:-1] == rows and grown[-1]["name"] == "dlp"
     assert compare(tiny_dir, out, "--seeds", "0,1", "--searches", "gp,warm", "--resume", "--data-seed", "2") == 2
     assert "settings differ (evaluator)" in capsys.readouterr().err
+    # warm without gp starts from the finished GP run a folder already holds (e.g. copied from this one),
+    # with --budget evaluations; a seed without one fails in one line before any work
+    hybrid = tmp_path / "hybrid"
+    shutil.copytree(out / "runs" / "gp-seed0", hybrid / "runs" / "gp-seed0")
+    assert compare(tiny_dir, hybrid, "--seeds", "0,1", "--searches", "warm", "--budget", "30") == 2
+    assert "gp-seed1, which is not there: add gp" in capsys.readouterr().err
+    assert not (hybrid / "compare.json").exists()
+    assert compare(tiny_dir, hybrid, "--seeds", "0", "--searches", "direct,warm", "--budget", "30") == 0
+    rows = {r["name"]: r for r in json.loads((hybrid / "compare.json").read_text())["rows"]}
+    assert "GP search (seed 0)" not in rows
+    assert rows["direct search (seed 0)"]["evaluations"] >= 30
+    assert rows["direct search from GP (seed 0)"]["evaluations"] >= 30
+    start = json.loads((hybrid / "runs" / "warm-seed0" / "config.json").read_text())["init"]
+    assert start == str(hybrid / "runs" / "gp-seed0")
 
 
 def test_seed_and_data_seed_are_separate(tiny_dir, tmp_path, capsys):  # noqa: F811
