@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deap import gp as dgp  # noqa: E402
 
 from bench.common import add_model_args, agreement, load_inputs, markdown_table, weight_snapshot, write  # noqa: E402
-from dsa.allocations import allocate, baseline_candidates  # noqa: E402
+from dsa.allocations import allocate, baseline_candidates, split_list  # noqa: E402
 from dsa.problem import has_reduction  # noqa: E402
 from evaluators.data.text import load_split, token_windows  # noqa: E402
 from evaluators.fitness.evaluator import PruningEvaluator  # noqa: E402
@@ -51,7 +51,7 @@ def main() -> None:
     candidates: list[tuple[str, list[float]]] = []
     for name, cands in baseline_candidates(tuple(args.baselines.split(",")), ev.blocks, args.sparsity).items():
         candidates += [(f"{name} {p}" if len(cands) > 1 else name, a) for p, a in cands]
-    for spec in filter(None, args.formulas.split(",")):
+    for spec in split_list(args.formulas):
         candidates.append((f"found: {Path(spec).name}", allocate(spec, allocator)[0]))
     random.seed(args.data_seed)
     while sum(n.startswith("random") for n, _ in candidates) < args.random:

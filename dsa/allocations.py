@@ -27,6 +27,19 @@ def names() -> list[str]:
     return list(BASELINES)
 
 
+def split_list(text: str) -> tuple[str, ...]:
+    """A comma-separated list of allocations, split only at commas outside parentheses, so formulas keep
+    theirs: ``"owl, dsa(r_mean(S), 0.1)"`` → ``("owl", "dsa(r_mean(S), 0.1)")``."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return tuple(item.strip() for item in items if item.strip())
+
+
 def split_spec(spec: str) -> tuple[str, dict]:
     """``"owl:m=7,lam=0.1"`` → ``("owl", {"m": 7.0, "lam": 0.1})``; a plain name → ``(name, {})``."""
     name, _, rest = spec.partition(":")

@@ -160,11 +160,10 @@ def compare_command(args, given: set[str]) -> None:
     gp_config = search_config(args, given, args.generations)
     direct = direct_config(argparse.Namespace(**{**vars(args), "offspring": args.direct_offspring,
                                                  "stages": args.direct_stages, "generations": 10_000}))
-    formulas = tuple(f.strip() for f in args.formulas.split(",") if f.strip())
-    if formulas:
-        from .allocations import check_allocation
-        for f in formulas:
-            check_allocation(f)
+    from .allocations import check_allocation, split_list
+    formulas = split_list(args.formulas)
+    for f in formulas:
+        check_allocation(f)
     out = check_output_dir(args.out, "--out")
     run_comparison(Comparison(spec, out, gp_config, direct, args.level_step, tuple(args.baselines.split(",")),
                               formulas, args.searches, args.seeds, args.budget, args.test_windows,

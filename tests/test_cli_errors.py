@@ -530,3 +530,13 @@ def test_top_level_help_loads_nothing_heavy_and_is_the_full_parsers_help():
     assert first == "0 []"
     from dsa.flags import build_parser
     assert text == build_parser().format_help()
+
+
+def test_compare_formulas_split_only_outside_parentheses(tmp_path, capsys):
+    """``--formulas`` is comma-separated, and formulas have commas of their own: the list splits only at
+    top-level commas, so a formula reaches the check whole and only the bad item is named."""
+    from dsa.allocations import split_list
+    assert split_list(" owl, dsa(r_mean(S), 0.1),rank(t_log(r_var(S)), 0.2) ,") == (
+        "owl", "dsa(r_mean(S), 0.1)", "rank(t_log(r_var(S)), 0.2)")
+    expect_bad(["compare", "--formulas", "dsa(r_mean(S), 0.1), nope(S)", "--out", tmp_path / "cmp", "--no-progress"],
+               "'nope(S)'", capsys, tmp_path)
