@@ -20,8 +20,12 @@ def test_row_ranks_is_stable_inverse_permutation():
     assert prune_count(0.5, 7) == 4 and prune_count(0.0, 7) == 0 and prune_count(1.0, 7) == 7
 
 
-def test_collect_stats_shapes(tiny_llama, tiny_calib):
+def test_collect_stats_shapes(tiny_llama, tiny_calib, capsys):
     stats = collect_stats(tiny_llama, tiny_calib, need_hessian=True)
+    assert "calibration" not in capsys.readouterr().err
+    again = collect_stats(tiny_llama, tiny_calib, need_hessian=False, batch_size=1, progress=True)
+    assert "calibration: 100%" in capsys.readouterr().err  # one step per calibration batch, shown on request
+    assert torch.equal(again["model.layers.0.self_attn.q_proj"].sq_norm, stats["model.layers.0.self_attn.q_proj"].sq_norm)
     assert set(stats) == {n for block in model_linears(tiny_llama) for n in block}
     q = stats["model.layers.0.self_attn.q_proj"]
     assert q.nsamples == tiny_calib.numel() and q.sq_norm.shape == (64,)

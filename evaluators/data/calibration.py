@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from evaluators.models.loading import decoder_blocks, model_linears
 
@@ -79,10 +80,11 @@ def _batches(ids: torch.Tensor, batch_size: int):
         yield ids[start:start + batch_size]
 
 
-def _forward_batches(model: nn.Module, calib_ids: torch.Tensor, batch_size: int, handle) -> None:
+def _forward_batches(model: nn.Module, calib_ids: torch.Tensor, batch_size: int, handle,
+                     progress: bool = False) -> None:
     """Run the model on each batch until ``handle``'s hook raises ``_Stop``; then remove the hook."""
     try:
-        for batch in _batches(calib_ids, batch_size):
+        for batch in tqdm(list(_batches(calib_ids, batch_size)), desc="calibration", disable=not progress):
             try:
                 model(batch.to(model_device(model)), use_cache=False)
             except _Stop:
@@ -92,18 +94,19 @@ def _forward_batches(model: nn.Module, calib_ids: torch.Tensor, batch_size: int,
 
 
 @torch.inference_mode()
-def run_through_blocks(model: nn.Module, calib_ids: torch.Tensor, batch_size: int = 1) -> None:
+def run_through_blocks(model: nn.Module, calib_ids: torch.Tensor, batch_size: int = 1,
+                       progress: bool = False) -> None:
     """Forward the calibration windows up to the end of the last decoder block (no LM head)."""
     last = decoder_blocks(model)[-1]
 
     def stop(module, args, output):
         raise _Stop
 
-    _forward_batches(model, calib_ids, batch_size, last.register_forward_hook(stop))
+    _forward_batches(model, calib_ids, batch_size, last.register_forward_hook(stop), progress)
 
 
 def collect_stats(model: nn.Module, calib_ids: torch.Tensor, need_hessian: bool,
-                  batch_size: int = 1) -> dict[str, LinearStats]:
+                  batch_size: int = 1, progress: bool = False) -> dict[str, LinearStats]:
     """Input statistics of every decoder-block linear of the (dense) model, in one forward pass.
 
     Keys are qualified linear names (``model.layers.0.self_attn.q_proj``). The hessians take
@@ -112,7 +115,7 @@ def collect_stats(model: nn.Module, calib_ids: torch.Tensor, need_hessian: bool,
     """
     linears = {k: v for block in model_linears(model) for k, v in block.items()}
     with StatsCollector(linears, need_hessian) as collector:
-        run_through_blocks(model, calib_ids, batch_size)
+        run_through_blocks(model, calib_ids, batch_size, progress)
     return collector.stats()
 
 

@@ -124,7 +124,7 @@ class PruningEvaluator:
         self.masks = Masks(model, self.linears, masking, m) if levels is None else LevelWeights(self.linears, levels)
         # with calibration data, statistics are collected whatever the method: Wanda's metric (OWL, DLP,
         # DSA's released code) reads them for magnitude pruning too
-        stats = collect_stats(model, calib_ids, spec.needs_hessian, batch_size) if calib_ids is not None else None
+        stats = collect_stats(model, calib_ids, spec.needs_hessian, batch_size, progress) if calib_ids is not None else None
         self.blocks = block_scores(model, method, stats, max_scores_per_block, seed,
                                    int(calib_ids.shape[0]) if stats else None,
                                    each=self.masks.add if levels is None else None)
