@@ -148,10 +148,11 @@ def llm_task(spec: EvaluatorSpec, baselines: tuple[str, ...], built: tuple | Non
 
 
 def score_source(model, method: str, calib: torch.Tensor | None, batch_size: int = 1,
-                 max_per_block: int | None = None, seed: int = 0) -> BlockScores:
+                 max_per_block: int | None = None, seed: int = 0, progress: bool = False) -> BlockScores:
     """The model's :class:`~evaluators.pruning.blockscores.BlockScores` for ``method``, subsampled exactly as
     the search evaluator does (same seed); with calibration data, Wanda's metric is available too."""
-    stats = collect_stats(model, calib, get_method(method).needs_hessian, batch_size) if calib is not None else None
+    stats = (collect_stats(model, calib, get_method(method).needs_hessian, batch_size, progress)
+             if calib is not None else None)
     return block_scores(model, method, stats, max_per_block, seed, calib.shape[0] if calib is not None else None)
 
 
@@ -179,7 +180,8 @@ def prune_model(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, al
                                  seed=data.seed, nm=prune_spec.nm)
         source = tuner.blocks
     else:
-        source = score_source(model, method, calib, data.batch_size, prune_spec.max_scores_per_layer, data.seed)
+        source = score_source(model, method, calib, data.batch_size, prune_spec.max_scores_per_layer, data.seed,
+                              progress)
     try:
         sparsities, formula = resolve_allocation(allocation, source, prune_spec.sparsity, tuner)
     finally:

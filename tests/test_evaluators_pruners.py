@@ -26,6 +26,9 @@ def test_collect_stats_shapes(tiny_llama, tiny_calib, capsys):
     again = collect_stats(tiny_llama, tiny_calib, need_hessian=False, batch_size=1, progress=True)
     assert "calibration: 100%" in capsys.readouterr().err  # one step per calibration batch, shown on request
     assert torch.equal(again["model.layers.0.self_attn.q_proj"].sq_norm, stats["model.layers.0.self_attn.q_proj"].sq_norm)
+    from dsa.llm import score_source  # dsa prune/eval's scores: the same bar through their progress flag
+    score_source(tiny_llama, "wanda", tiny_calib, progress=True)
+    assert "calibration: 100%" in capsys.readouterr().err
     assert set(stats) == {n for block in model_linears(tiny_llama) for n in block}
     q = stats["model.layers.0.self_attn.q_proj"]
     assert q.nsamples == tiny_calib.numel() and q.sq_norm.shape == (64,)
