@@ -7,6 +7,7 @@ allocator's bounds, with parameter-weighted mean the target."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from evaluators.baselines import BASELINES, search_baselines
@@ -29,7 +30,8 @@ def names() -> list[str]:
 
 def split_list(text: str) -> tuple[str, ...]:
     """A comma-separated list of allocations, split only at commas outside parentheses, so formulas keep
-    theirs: ``"owl, dsa(r_mean(S), 0.1)"`` → ``("owl", "dsa(r_mean(S), 0.1)")``."""
+    theirs and a baseline its parameters: ``"owl:m=7,lam=0.1, dsa(r_mean(S), 0.1)"`` →
+    ``("owl:m=7,lam=0.1", "dsa(r_mean(S), 0.1)")``."""
     items, depth, start = [], 0, 0
     for i, ch in enumerate(text):
         depth += {"(": 1, ")": -1}.get(ch, 0)
@@ -37,10 +39,16 @@ def split_list(text: str) -> tuple[str, ...]:
             items.append(text[start:i])
             start = i + 1
     items.append(text[start:])
-    return tuple(item.strip() for item in items if item.strip())
+    merged: list[str] = []
+    for item in (item.strip() for item in items):
+        if merged and ":" in merged[-1] and re.match(r"[A-Za-z_]\w*\s*=", item):
+            merged[-1] += "," + item  # a baseline's next parameter: "owl:m=7,lam=0.1" stays one item
+        elif item:
+            merged.append(item)
+    return tuple(merged)
 
 
-def split_spec(spec: str) -> tuple[str, dict]:
+def split_spec(spec: str, flag: str = "--allocation") -> tuple[str, dict]:
     """``"owl:m=7,lam=0.1"`` → ``("owl", {"m": 7.0, "lam": 0.1})``; a plain name → ``(name, {})``."""
     name, _, rest = spec.partition(":")
     params = {}
@@ -51,26 +59,26 @@ def split_spec(spec: str) -> tuple[str, dict]:
         except ValueError:
             eq = ""
         if not eq:
-            raise UserError(f"--allocation {spec!r}: parameters are key=number pairs, e.g. owl:m=7,lam=0.1")
+            raise UserError(f"{flag} {spec!r}: parameters are key=number pairs, e.g. owl:m=7,lam=0.1")
     for key, value in params.items():  # spreads, β, α, ε are ≥ 0; OWL's M·mean threshold needs M > 0
         if not math.isfinite(value) or value < 0 or (key == "m" and value == 0):
-            raise UserError(f"--allocation {spec!r}: {key} must be a finite number "
+            raise UserError(f"{flag} {spec!r}: {key} must be a finite number "
                             f"{'> 0' if key == 'm' else '≥ 0'}, got {value:g}")
     return name, params
 
 
-def _baseline(spec: str):
-    """(Baseline, params) when ``spec`` names one, else None."""
-    name, params = split_spec(spec)
+def _baseline(spec: str, flag: str = "--allocation"):
+    """(Baseline, params) when ``spec`` names one, else None; errors name ``flag``."""
+    name, params = split_spec(spec, flag)
     if name not in BASELINES:
         return None
     base = BASELINES[name]
     unknown = set(params) - set(base.defaults)
     if unknown:
-        raise UserError(f"--allocation {spec!r}: {name} takes {', '.join(base.defaults) or 'no parameters'}, "
+        raise UserError(f"{flag} {spec!r}: {name} takes {', '.join(base.defaults) or 'no parameters'}, "
                         f"not {', '.join(sorted(unknown))}")
     if base.tuned and params:
-        raise UserError(f"--allocation {spec!r}: {name} chooses its parameters itself; give them to "
+        raise UserError(f"{flag} {spec!r}: {name} chooses its parameters itself; give them to "
                         f"{name.removesuffix('-tuned')} instead")
     return base, params
 
@@ -175,9 +183,9 @@ def run_settings(spec: str) -> dict:
     return out
 
 
-def check_allocation(spec: str) -> None:
-    """Fail early (before any model is loaded) on an allocation that cannot be used."""
-    if _baseline(spec) is not None:
+def check_allocation(spec: str, flag: str = "--allocation") -> None:
+    """Fail early (before any model is loaded) on an allocation that cannot be used; errors name ``flag``."""
+    if _baseline(spec, flag) is not None:
         return
     path = run_folder(spec)
     if path is not None:
@@ -186,14 +194,14 @@ def check_allocation(spec: str) -> None:
         text = best_formula(path)
     else:
         text = spec
-    _parse(text, spec, build_pset())
+    _parse(text, spec, build_pset(), flag)
 
 
-def _parse(text: str, spec: str, pset):
+def _parse(text: str, spec: str, pset, flag: str = "--allocation"):
     try:
         return parse_tree(text, pset)
     except FormulaError as exc:
-        raise UserError(f"--allocation {spec!r:.100} is neither a known name ({', '.join(names())}), "
+        raise UserError(f"{flag} {spec!r:.100} is neither a known name ({', '.join(names())}), "
                         f"a run folder, nor a valid formula: {exc}") from None
 
 

@@ -163,7 +163,7 @@ def compare_command(args, given: set[str]) -> None:
     from .allocations import check_allocation, split_list
     formulas = split_list(args.formulas)
     for f in formulas:
-        check_allocation(f)
+        check_allocation(f, "--formulas item")
     out = check_output_dir(args.out, "--out")
     run_comparison(Comparison(spec, out, gp_config, direct, args.level_step, tuple(args.baselines.split(",")),
                               formulas, args.searches, args.seeds, args.budget, args.test_windows,

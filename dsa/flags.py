@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"baselines, each tuned on the search's validation windows as its authors tuned it "
                         f"(default {','.join(COMPARE_BASELINES)})")
     c.add_argument("--formulas", type=str, default="",
-                   help="found functions to measure too: run folders or formulas, comma-separated")
+                   help="found functions to measure too: run folders or formulas (or a baseline with its "
+                        "parameters, owl:m=7,lam=0.1), comma-separated")
     c.add_argument("--test-windows", type=nonnegative_int,
                    help="test windows (default: 128 × 512 tokens on CPU, all 2048-token windows on CUDA; 0 = all)")
     c.add_argument("--out", required=True, type=nonempty,

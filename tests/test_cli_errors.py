@@ -538,5 +538,8 @@ def test_compare_formulas_split_only_outside_parentheses(tmp_path, capsys):
     from dsa.allocations import split_list
     assert split_list(" owl, dsa(r_mean(S), 0.1),rank(t_log(r_var(S)), 0.2) ,") == (
         "owl", "dsa(r_mean(S), 0.1)", "rank(t_log(r_var(S)), 0.2)")
+    assert split_list("owl:m=7,lam=0.1, uniform,atp:beta=0.05") == ("owl:m=7,lam=0.1", "uniform", "atp:beta=0.05")
     expect_bad(["compare", "--formulas", "dsa(r_mean(S), 0.1), nope(S)", "--out", tmp_path / "cmp", "--no-progress"],
-               "'nope(S)'", capsys, tmp_path)
+               "--formulas item 'nope(S)'", capsys, tmp_path)
+    expect_bad(["compare", "--formulas", "owl:m=7,lam=0.1,beta=2", "--out", tmp_path / "cmp", "--no-progress"],
+               "--formulas item 'owl:m=7,lam=0.1,beta=2': owl takes", capsys, tmp_path)
