@@ -4,6 +4,7 @@ import math
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from conftest import TINY_VOCAB, make_tiny_llama
 
+ROOT = Path(__file__).resolve().parents[1]
 WORDS = [f"w{i}" for i in range(TINY_VOCAB - 1)]
 SMALL = ["--seqlen", "32", "--nsamples", "2", "--calib-seqlen", "32", "--batch-size", "2"]
 
@@ -178,6 +180,35 @@ def test_prune_in_nm_patterns(tiny_dir, tmp_path, nm, sparsity, allocation, want
             assert (zeros == round(s * m)).all()  # the pattern holds in every group of every row
     export = dsa("export", pruned, "--to", "llmcompressor")
     assert export.returncode == 2 and "N:M" in export.stderr
+
+
+def test_speed24_finds_the_2_4_linears_and_says_what_it_needs(tiny_dir, tmp_path):
+    """bench/speed_24.py (the GPU timing of a dense-or-2:4 model): it moves exactly the pruned blocks'
+    linears to the 2:4 kernels, refuses a weight off the pattern, a folder that is not dense-or-2:4 and,
+    without a CUDA GPU, runs nothing: one line, exit 2, nothing written."""
+    sys.path.insert(0, str(ROOT))
+    from bench.speed_24 import check_folder, sparse_linears
+    from dsa.errors import UserError
+    pruned, plain = tmp_path / "pruned", tmp_path / "plain"
+    for folder, extra in ((pruned, ["--nm", "2:4", "--sparsity", 0.25]), (plain, ["--sparsity", 0.5])):
+        out = dsa("prune", *data_args(tiny_dir), "--allocation", "uniform", *extra, "--save", folder, "--no-progress")
+        assert out.returncode == 0, out.stderr
+    record = check_folder(pruned)
+    model = AutoModelForCausalLM.from_pretrained(pruned)
+    found = sparse_linears(model, record["requested"])  # uniform at 25 %: blocks 2 and 3 in 2:4
+    assert sorted({name.split(".")[2] for name in found}) == ["2", "3"] and len(found) == 14
+    with torch.no_grad():
+        next(iter(found.values())).weight[0, :4] = 1.0
+    with pytest.raises(UserError, match="not 2:4"):
+        sparse_linears(model, record["requested"])
+    script = [sys.executable, str(ROOT / "bench" / "speed_24.py")]
+    results = sorted((ROOT / "bench" / "results").iterdir())
+    bad = subprocess.run([*script, str(plain)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "not a dense-or-2:4 model" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    if not torch.cuda.is_available():
+        out = subprocess.run([*script, str(pruned)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and "need a CUDA GPU" in out.stderr and len(out.stderr.splitlines()) == 1
+    assert sorted((ROOT / "bench" / "results").iterdir()) == results
 
 
 def test_prune_nm_bad_input(tiny_dir, tmp_path):

@@ -89,3 +89,24 @@ def test_ray_actors_share_one_gpu(tiny_dir, monkeypatch):  # noqa: F811
     finally:
         ray.shutdown()
     assert got == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 8,
+                    reason="2:4 kernels need compute capability >= 8.0")
+def test_sparse_24_kernels_keep_the_outputs(tiny_val):
+    """bench/speed_24.py's swap: the pruned blocks' linears on torch's semi-structured 2:4 kernels give the
+    dense kernels' logits (fp16) on the same weights."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.speed_24 import sparse_linears, to_sparse_kernels
+    model, sparsities = make_tiny_llama(), [0.0, 0.0, 0.5, 0.5]
+    prune(model, "magnitude", sparsities, m=4)
+    model = model.half().cuda()
+    before = model(tiny_val[:1].cuda()).logits.float()
+    linears = sparse_linears(model, sparsities)
+    to_sparse_kernels(linears)
+    from torch.sparse import SparseSemiStructuredTensor
+    assert all(isinstance(lin.weight, SparseSemiStructuredTensor) for lin in linears.values())
+    after = model(tiny_val[:1].cuda()).logits.float()
+    assert torch.allclose(after, before, atol=2e-2, rtol=2e-2)

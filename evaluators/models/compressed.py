@@ -42,16 +42,15 @@ def check_available(nm: str | None) -> None:
 
 def sparsity_compressor(model, nm: str | None, sparsities: list[float], target: float):
     """compressed-tensors' ``ModelCompressor`` for the dense-or-2:4 ``model`` pruned with the per-block
-    ``sparsities``: the 2:4 bitmask over the linears of its pruned blocks (the allocation says which; a
-    dense block's weights may hold zeros of their own); ``target`` is the mean sparsity (the config's
-    ``global_sparsity``)."""
+    ``sparsities``: the 2:4 bitmask over the linears of its pruned blocks (the allocation says which);
+    ``target`` is the mean sparsity (the config's ``global_sparsity``)."""
     check_available(nm)
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.config import SparsityCompressionConfig
 
-    from evaluators.models.loading import model_linears
+    from evaluators.models.loading import pruned_linears
 
-    targets = [name for block, s in zip(model_linears(model), sparsities, strict=True) if s > 0 for name in block]
+    targets = list(pruned_linears(model, sparsities))
     if not targets:
         raise UserError("--format compressed-tensors: the model has no pruned linear to compress")
     config = SparsityCompressionConfig.load_from_registry("sparse-24-bitmask", targets=targets,

@@ -194,6 +194,13 @@ def model_linears(model: nn.Module) -> list[dict[str, nn.Linear]]:
             for prefix, block in zip(block_names(model), decoder_blocks(model))]
 
 
+def pruned_linears(model: nn.Module, sparsities) -> dict[str, nn.Linear]:
+    """The linears of the blocks that per-block ``sparsities`` prune (sparsity > 0), by qualified name: in a
+    dense-or-2:4 model, its 2:4 linears (a dense block's weights may hold zeros of their own)."""
+    return {name: lin for block, s in zip(model_linears(model), sparsities, strict=True) if s > 0
+            for name, lin in block.items()}
+
+
 def weight_snapshot(model, device=None):
     """Copy every decoder linear's weight (to ``device``, default: where it is); returns ``restore()``."""
     saved = [{n: lin.weight.detach().to(device or lin.weight.device, copy=True) for n, lin in block.items()}
