@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import markdown_table, write  # noqa: E402
 from dsa.errors import UserError  # noqa: E402
 from dsa.exports import read_record  # noqa: E402
-from evaluators.models.loading import load_model, pruned_linears  # noqa: E402
+from evaluators.models.loading import load_model, model_linears, pruned_linears  # noqa: E402
 
 TOKEN_COUNTS = (1, 16, 256, 2048)  # rows of the activation matrix: decode steps up to a long prefill
 
@@ -151,8 +151,8 @@ def main() -> None:
     agree = {"max |logit difference|": float((dense_out["logits"] - sparse_out["logits"]).abs().max()),
              **{f"greedy tokens equal, batch {b}": float((dense_out[f"tokens{b}"] == sparse_out[f"tokens{b}"])
                                                          .float().mean()) for b in batches}}
-    every = pruned_linears(model, [1.0] * len(record["requested"]))
-    share = sum(lin.weight.numel() for lin in linears.values()) / sum(lin.weight.numel() for lin in every.values())
+    share = sum(lin.weight.numel() for lin in linears.values()) / sum(
+        lin.weight.numel() for block in model_linears(model) for lin in block.values())
     table = (f"Model {record.get('model')} from {args.folder}, fp16, {len(linears)} linears in 2:4 "
              f"({share:.0%} of the decoder's linear weights), the rest dense; GPU "
              f"{torch.cuda.get_device_name()}, torch {torch.__version__}.\n\n"
