@@ -97,21 +97,54 @@ def run_folder(spec: str) -> Path | None:
         return None
 
 
+def baseline_spec(name: str, params: dict) -> str:
+    """The ``--allocation`` spec that gives a baseline's allocation with these parameters: a tuned baseline
+    as its plain form with the values its tuning chose (``atp-tuned`` β 0.008 → ``atp:beta=0.008``)."""
+    base = BASELINES[name]
+    plain = name.removesuffix("-tuned") if base.tuned else name
+    numbers = {k: v for k, v in params.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and v != base.defaults.get(k)}
+    return plain + (":" + ",".join(f"{k}={v:g}" for k, v in numbers.items()) if numbers else "")
+
+
+def shipped_baseline(run_dir: Path, config: dict | None = None) -> str | None:
+    """The baseline spec a run folder ships instead of a found function (its choice rule found none that
+    beats the strongest baseline on the selection split, :func:`dsa.search.decide`), else None."""
+    config = read_run(run_dir)["config"] if config is None else config
+    selection = config.get("selection")
+    shipped = selection.get("shipped") if isinstance(selection, dict) else None
+    if shipped is None or shipped == "found":
+        return None
+    if not isinstance(shipped, str) or split_spec(shipped, "the run's choice")[0] not in BASELINES:
+        raise UserError(f"{run_dir}/config.json is damaged: it ships {str(shipped)!r:.60}, not a baseline")
+    return shipped
+
+
 def best_row(run_dir: Path) -> tuple[dict, dict]:
-    """A run folder's best valid hall-of-fame row (the one chosen on the selection split, where the run
-    re-scored its hall of fame there), and its config."""
+    """A run folder's choice and its config: the valid hall-of-fame row its choice rule shipped (the one
+    chosen on the selection split where the run re-scored it there), or, where it ships the strongest
+    baseline instead, that baseline as a row (``tree`` its spec, ``output`` its allocation, ``baseline``
+    its name)."""
     run = read_run(run_dir)
+    config = run["config"]
+    shipped = shipped_baseline(run_dir, config)
+    if shipped is not None:
+        name = config["selection"].get("strongest")
+        setting = (config.get("baseline_settings") or {}).get(name) or {}
+        return {"rank": None, "tree": shipped, "formula": shipped, "output": setting.get("allocation"),
+                "fitness": (config.get("baselines") or {}).get(name), "baseline": name}, config
     valid = [r for r in run["hall_of_fame"] if r["fitness"] != float("inf")]
     if not valid:
         raise UserError(f"{run_dir} has no valid candidate in its hall of fame")
-    selection = run["config"].get("selection")
+    selection = config.get("selection")
     chosen = selection.get("best_rank") if isinstance(selection, dict) else None
-    return next((r for r in valid if r["rank"] == chosen), valid[0]), run["config"]
+    return next((r for r in valid if r["rank"] == chosen), valid[0]), config
 
 
 def best_formula(run_dir: Path) -> str:
+    """The formula a run folder ships, or the spec of the baseline it ships instead."""
     row, config = best_row(run_dir)
-    if config.get("space") == "direct":
+    if config.get("space") == "direct" and "baseline" not in row:
         raise UserError(f"{run_dir} is a direct search: it holds an allocation, not a formula")
     return row["tree"]
 
@@ -189,6 +222,8 @@ def check_allocation(spec: str, flag: str = "--allocation") -> None:
         return
     path = run_folder(spec)
     if path is not None:
+        if (shipped := shipped_baseline(path)) is not None:
+            return check_allocation(shipped, flag)
         if _direct_row(path) is not None:
             return
         text = best_formula(path)
@@ -218,6 +253,13 @@ def allocate(spec: str, allocator: LayerAllocator, blocks=None, fitness=None) ->
             raise UserError(f"{spec} needs the model (use it with dsa prune/eval)")
         return check_sparsities(base(blocks, allocator.ctx.target, fitness=fitness, **params), allocator, spec), None
     path = run_folder(spec)
+    if path is not None and (shipped := shipped_baseline(path)) is not None:  # the run's choice: a baseline
+        if blocks is None and shipped != "uniform":  # no model here: the allocation the run stored for it
+            stored = best_row(path)[0]["output"]
+            if not isinstance(stored, list):
+                raise UserError(f"{path}/config.json is damaged: no allocation stored for {shipped}")
+            return check_sparsities(stored, allocator, f"{path}'s {shipped}"), None
+        return allocate(shipped, allocator, blocks, fitness)
     if path is not None and (values := direct_allocation(path, allocator)) is not None:
         return values, None
     text = best_formula(path) if path is not None else spec

@@ -19,7 +19,8 @@ from gp.direct import DirectConfig
 from .errors import UserError
 from .flags import DEFAULTS, DIRECT, DIRECT_ONLY, GP_ONLY, LLM_ONLY, build_parser, given_flags
 from .problem import baseline_seeds
-from .settings import DataSpec, EvaluatorSpec, ModelSpec, PruneSpec, check_output_dir, check_output_file
+from .settings import (SELECTION_WINDOWS, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec, check_output_dir,
+                       check_output_file)
 
 
 def model_spec(args) -> ModelSpec:
@@ -38,7 +39,7 @@ def prune_spec(args) -> PruneSpec:
 def evaluator_spec(args, given: set[str] = frozenset()) -> EvaluatorSpec:
     """The search's fitness settings, checked, with window and calibration sizes filled in for the device."""
     model = model_spec(args)
-    selection = args.val_windows if args.selection_windows is None else args.selection_windows
+    selection = SELECTION_WINDOWS if args.selection_windows is None else args.selection_windows
     data = data_spec(args)
     if args.masking == "block" and "batch_size" not in given:  # masks built once per evaluation
         data = replace(data, batch_size=args.val_windows)

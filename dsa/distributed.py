@@ -111,10 +111,12 @@ class EvaluatorActor:
         return {"blocks": self.evaluator.blocks.summary(), "info": self.info,
                 "candidates": baseline_candidates(baselines, self.evaluator.blocks, target)}
 
-    def evaluate(self, sparsities: list[float], windows: int | None = None, split: str = "search") -> float:
-        """The fitness of one allocation (on the first ``windows`` windows of ``split``)."""
+    def evaluate(self, sparsities: list[float], windows: int | None = None, split: str = "search",
+                 per_window: bool = False):
+        """The fitness of one allocation (on the first ``windows`` windows of ``split``; ``per_window``: each
+        window's log-perplexity, as a list)."""
         self._check()
-        return self.evaluator(sparsities, windows=windows, split=split)
+        return self.evaluator(sparsities, windows=windows, split=split, per_window=per_window)
 
 
 class LocalEvaluation:
@@ -191,14 +193,15 @@ class RayEvaluation:
                 raise UserError(str(exc.cause)) from None
             raise
 
-    def map(self, fn: Callable | None, outputs: Iterable) -> list[float]:
-        """Fitness of each allocation, in input order. The actors hold the fitness: ``fn`` only passes its
+    def map(self, fn: Callable | None, outputs: Iterable) -> list:
+        """Fitness of each allocation (or its per-window list), in input order. The actors hold the fitness: ``fn`` only passes its
         keyword arguments on (``functools.partial(fitness, windows=n, split=…)``)."""
         import ray
         items = [plain(o) for o in outputs]
         kwargs = getattr(fn, "keywords", None) or {}
         try:
-            return [float(v) for v in self.pool.map(lambda actor, item: actor.evaluate.remote(item, **kwargs), items)]
+            return [v if isinstance(v, list) else float(v)
+                    for v in self.pool.map(lambda actor, item: actor.evaluate.remote(item, **kwargs), items)]
         except ray.exceptions.RayActorError as exc:
             raise WorkerError(f"an allocation killed its worker more often than the {FLAGS} retries allow: "
                               f"{' '.join(str(exc).split())[:300]}") from None

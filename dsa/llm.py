@@ -10,7 +10,7 @@ import torch
 
 from evaluators.pruning.blockscores import BlockScores, block_scores
 from evaluators.data.calibration import collect_stats
-from evaluators.data.text import calibration_batch, load_split, token_windows
+from evaluators.data.text import calibration_batch, load_split, marker_tokens, token_windows
 from evaluators.fitness.evaluator import FITNESSES, PruningEvaluator
 from evaluators.models.loading import block_names, default_model, load_model
 from evaluators.models.compressed import sparsity_compressor
@@ -57,6 +57,7 @@ class Inputs:
     calib: torch.Tensor | None
     data_source: str | None
     calib_source: str | None
+    ignore: dict | None = None  # per split, the marker (<unk>) tokens, for a fitness that leaves them out
 
 
 def load_inputs(spec: EvaluatorSpec, loaded: tuple | None = None) -> Inputs:
@@ -69,9 +70,13 @@ def load_inputs(spec: EvaluatorSpec, loaded: tuple | None = None) -> Inputs:
         raise UserError(f"the validation text has {windows.shape[0]} windows of {spec.data.seqlen} tokens: fewer than "
                         f"--val-windows {spec.val_windows} + --selection-windows {spec.selection_windows}")
     val, selection = windows[:spec.val_windows], windows[spec.val_windows:] if spec.selection_windows else None
+    ignore = None
+    if FITNESSES[spec.fitness].markers:
+        marks = marker_tokens(tokenizer, texts, spec.data.seqlen, windows.shape[0])
+        ignore = {"search": marks[:spec.val_windows], "selection": marks[spec.val_windows:]}
     # Wanda's metric (OWL, DSA's code, DLP baselines) needs calibration inputs even for magnitude pruning
     calib, calib_source = calibration(spec.data, tokenizer)
-    return Inputs(model, tokenizer, val, selection, calib, source_of(texts), calib_source)
+    return Inputs(model, tokenizer, val, selection, calib, source_of(texts), calib_source, ignore)
 
 
 def build_evaluator(spec: EvaluatorSpec, loaded: tuple | None = None,
@@ -86,7 +91,7 @@ def build_evaluator(spec: EvaluatorSpec, loaded: tuple | None = None,
     evaluator = PruningEvaluator(x.model, x.tokenizer, method=spec.prune.method, calib_ids=x.calib, val_windows=x.val,
                                  selection_windows=x.selection, fitness=spec.fitness, batch_size=spec.data.batch_size,
                                  max_scores_per_block=spec.prune.max_scores_per_layer, seed=spec.data.seed,
-                                 masking=spec.masking, nm=spec.prune.nm, **level_database(spec, x))
+                                 masking=spec.masking, nm=spec.prune.nm, ignore=x.ignore, **level_database(spec, x))
     setup = time.perf_counter() - start
     info = {
         "model": model_name(spec.model),

@@ -19,7 +19,9 @@ from gp import checkpoint as checkpoints
 from gp.direct import DirectConfig, DirectSearch
 from primitives import build_pset
 
-from .allocations import SEARCH_BASELINES
+from evaluators.fitness.intervals import paired_interval, verdict
+
+from .allocations import SEARCH_BASELINES, baseline_spec
 from .multitask import MultiTaskFitness, first_allocation
 from .distributed import evaluation
 from .levels import LevelSpace, PatternLevels, check_level_step, level_step
@@ -27,7 +29,7 @@ from .errors import UserError
 from .plots import plot_allocations, plot_fitness
 from .problem import allocation_problem, has_reduction
 from .runs import finite_number, new_run_dir, read_json_file, write_json
-from .settings import MAX_SPARSITY, SPACES, EvaluatorSpec, usable_path
+from .settings import MAX_SPARSITY, MIN_DECISION_WINDOWS, SPACES, EvaluatorSpec, usable_path
 from .show import show
 
 CONFIG_VERSION = 2
@@ -253,7 +255,10 @@ def _search(run: SearchRun, ev):
     # the tables as the result has them: a resumed run with no generation left rewrites them too
     checkpoints.write_tables(run.run_dir, result.hall_of_fame, list(result.logbook), result.pareto_front)
     if run.task == "llm" and run.spec.selection_windows:
-        config["selection"] = rescore_on_selection(run.run_dir, result.hall_of_fame, baselines, fitness, map_fn)
+        if run.tasks:
+            config["selection"] = rescore_on_selection(run.run_dir, result.hall_of_fame, baselines, fitness, map_fn)
+        else:
+            config["selection"] = decide(run.run_dir, result.hall_of_fame, baselines, fitness, map_fn)
         write_json(config_path, config)
     plot_fitness(list(result.logbook), run.run_dir / "fitness.png", ylabel=info.get("fitness", "fitness"))
     best = result.hall_of_fame[0]
@@ -303,6 +308,48 @@ def direct_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> Dir
     return DirectSearch(space, fitness, windows, run.config, run.run_dir, map_fn=map_fn, progress=run.progress,
                         identity=run.identity(),
                         describe=f"direct (EvoPress levels{', from ' + run.init if run.init else ''})")
+
+
+RULE = "paired-95"  # the choice rule's name in config.json
+
+
+def decide(run_dir: Path, rows: list[dict], baselines: dict, fitness, map_fn=map) -> dict:
+    """The run's choice, a statistical decision on the selection split (validation windows the search
+    never read): the hall of fame's best (by the search's own fitness) ships only where the paired 95 %
+    interval of its log-perplexity difference from the strongest baseline (the lowest fitness among the
+    baselines scored at the start, uniform included) lies below 0 (:func:`choice`); otherwise the run
+    ships that baseline. The candidate's row gets its selection perplexity and, where it does not ship,
+    a ``flag``; the hall of fame is rewritten; returns what config.json records."""
+    scored = [r for r in rows if r["output"] is not None and r["fitness"] != gp.WORST]
+    named = {n: b for n, b in baselines.items() if b.get("allocation") is not None}
+    if not scored or not named:
+        return {"rule": RULE, "best_rank": scored[0]["rank"] if scored else None, "shipped": "found"}
+    strongest = min(named, key=lambda n: named[n]["fitness"])
+    candidate = scored[0]
+    per_window = functools.partial(fitness, split="selection", per_window=True)
+    cand, base = map_fn(per_window, [torch.as_tensor(a, dtype=torch.float64)
+                                     for a in (candidate["output"], named[strongest]["allocation"])])
+    made = choice(cand, base)
+    candidate["selection"] = math.exp(sum(cand) / len(cand))
+    shipped = "found" if made["verdict"] == "beats" else baseline_spec(strongest, named[strongest].get("params") or {})
+    if shipped != "found":
+        candidate["flag"] = (f"does not beat {strongest} on {len(cand)} held-out windows "
+                             f"(Δ {made['delta'][0]:+.3f} [{made['delta'][1]:+.3f}, {made['delta'][2]:+.3f}]): "
+                             f"the run ships {shipped}")
+    checkpoints.write_atomic(run_dir / "hall_of_fame.json", json.dumps(rows, indent=1, default=float).encode())
+    return {"rule": RULE, **made, "candidate_rank": candidate["rank"], "strongest": strongest, "shipped": shipped,
+            "best_rank": candidate["rank"] if shipped == "found" else None,
+            "baselines": {strongest: math.exp(sum(base) / len(base))}}
+
+
+def choice(candidate: list[float], baseline: list[float], min_windows: int = MIN_DECISION_WINDOWS) -> dict:
+    """The choice rule on per-window log-perplexities of the same windows: the candidate *beats* the
+    baseline only where the paired 95 % bootstrap interval of their mean difference lies below 0
+    (:func:`evaluators.fitness.intervals.paired_interval`); with fewer than ``min_windows`` windows it
+    never does (too few to resolve a difference). Returns the verdict, the interval and the windows."""
+    interval = paired_interval(candidate, baseline)
+    verdict_ = verdict(interval) if len(candidate) >= min_windows else "too few windows"
+    return {"verdict": verdict_, "delta": [interval.value, interval.lo, interval.hi], "windows": len(candidate)}
 
 
 def rescore_on_selection(run_dir: Path, rows: list[dict], baselines: dict, fitness, map_fn) -> dict:

@@ -36,6 +36,11 @@ DEFAULT_MAX_SCORES = 2**18
 PAPER_SIZES = {"nsamples": 128, "calib_seqlen": 2048, "seqlen": 2048}  # Wanda/SparseGPT/DSA, on a GPU
 CPU_SIZES = {"nsamples": 64, "calib_seqlen": 512, "seqlen": 512}
 TEST_WINDOWS = {"cuda": None, "cpu": 128}
+# held-out validation windows a search's choice is decided on (dsa.search.decide): paired per-window
+# log-ppl differences between allocations spread with σ ≈ 0.1–0.15 (the committed comparisons' test windows),
+# so 32 windows resolve a difference of 0.05 (5 % perplexity) with ~80 % power at σ = 0.1
+SELECTION_WINDOWS = 32
+MIN_DECISION_WINDOWS = 8  # fewer held-out windows never resolve a win (a bootstrap over < 8 windows is coarse)
 NAMED_DATA = ("wikitext2", "c4")
 DATA_SUFFIXES = (".txt", ".parquet", ".json", ".jsonl", ".json.gz", ".jsonl.gz")
 

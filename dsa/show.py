@@ -39,6 +39,24 @@ def hall_of_fame_table(rows: list[dict], top: int | None = None, notation: str =
     return "\n".join(lines)
 
 
+def choice_line(selection: dict) -> str:
+    """The run's choice rule in words: the candidate against the strongest baseline on the held-out windows,
+    and what the run ships."""
+    value, lo, hi = (float(x) for x in selection["delta"])
+    strongest, shipped = escape(selection.get("strongest")), escape(selection.get("shipped"))
+    head = (f"choice: rank {selection.get('candidate_rank')} against the strongest baseline, {strongest}, on "
+            f"{selection.get('windows')} held-out validation windows: Δ log-ppl {value:+.4f} [{lo:+.4f}, {hi:+.4f}], "
+            f"{escape(selection.get('verdict'))}")
+    if selection.get("shipped") == "found":
+        return head + f" → ships rank {selection.get('candidate_rank')}"
+    return head + f" → no found function beats {strongest}: the run ships {shipped}"
+
+
+def escape(value) -> str:
+    """Text from a record, shown with no control character (a shared folder may hold anything)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))[:80]
+
+
 def show(run_dir: str, top: int | None = None, notation: str = "formula") -> str:
     run = read_run(run_dir)
     cfg = run["config"]
@@ -59,7 +77,9 @@ def show(run_dir: str, top: int | None = None, notation: str = "formula") -> str
             extra = on_selection.get(name)
             extra = f", selection split {extra:.4f}" if isinstance(extra, (int, float)) else ""
             head.append(f"baseline {name}: fitness {value:.4f}{extra}")
-    if selection.get("best_rank") is not None:
+    if selection.get("rule") == "paired-95" and isinstance(selection.get("delta"), list):
+        head.append(choice_line(selection))
+    elif selection.get("best_rank") is not None:
         verdict = f" — {selection['best_flag']}: not a win" if selection.get("best_flag") else \
             " (beats every baseline there)"
         head.append(f"best, chosen on the selection split (windows the search never read): rank "

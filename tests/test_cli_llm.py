@@ -51,22 +51,29 @@ def test_search_prune_eval(tiny_dir, tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert set(config["baselines"]) == {"uniform", "owl", "atp-tuned", "dsa-code", "dlp"}
     rows = json.loads((run / "hall_of_fame.json").read_text())
-    # the hall of fame re-scored on the selection split (2 more validation windows, disjoint from the
-    # search's); the best is chosen there, and what loses there to a baseline is flagged
-    assert all("selection" in r for r in rows if r["fitness"] != float("inf"))
-    assert set(config["selection"]["baselines"]) == set(config["baselines"])
-    best = next(r for r in rows if r["rank"] == config["selection"]["best_rank"])
-    assert len(best["output"]) == 4 and abs(sum(best["output"]) / 4 - 0.7) < 1e-6
+    # the choice: the hall of fame's best against the strongest baseline on the selection split (the next
+    # 32 validation windows, disjoint from the search's), shipped only where the paired interval is below 0
+    choice = config["selection"]
+    strongest = min(config["baselines"], key=config["baselines"].get)
+    assert choice["rule"] == "paired-95" and choice["windows"] == 32 and choice["strongest"] == strongest
+    candidate = rows[0]
+    assert candidate["rank"] == choice["candidate_rank"] == 1 and "selection" in candidate
+    shipped_found = choice["verdict"] == "beats"
+    assert choice["shipped"] == ("found" if shipped_found else strongest.removesuffix("-tuned")
+                                 + choice["shipped"][len(strongest.removesuffix("-tuned")):])
+    assert ("flag" in candidate) != shipped_found
     assert (run / "allocation.png").stat().st_size > 0
+    want = candidate["output"] if shipped_found else config["baseline_settings"][strongest]["allocation"]
+    assert len(want) == 4 and abs(sum(want) / 4 - 0.7) < 1e-6
 
     pruned = tmp_path / "pruned"
     out = dsa("prune", *data_args(tiny_dir), "--allocation", run, "--sparsity", 0.7, "--save", pruned, "--no-progress")
     assert out.returncode == 0, out.stderr
     record = json.loads((pruned / "allocation.json").read_text())
-    assert record["formula"] == best["tree"]
-    # the run's seed (5) and score subset (5000 per layer) are taken from the run folder: the formula gives
-    # the very allocation the search scored, not only the same text
-    assert record["requested"] == pytest.approx(best["output"], abs=1e-12)
+    assert record["formula"] == (candidate["tree"] if shipped_found else None)
+    # the run's seed (5) and score subset (5000 per layer) are taken from the run folder: the formula (or the
+    # baseline it ships) gives the very allocation the search scored, not only the same text
+    assert record["requested"] == pytest.approx(want, abs=1e-12)
     assert record["calibration"]["seed"] == 5
     model = AutoModelForCausalLM.from_pretrained(pruned)
     for layer, want in zip(model.model.layers, record["requested"]):

@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
+from dsa.allocations import best_row
 from dsa.cli import main
 from evaluators.fitness.intervals import paired_interval, perplexity_interval, verdict
 from test_cli_llm import data_args, tiny_dir  # noqa: F401 (the fixture)
@@ -30,7 +31,7 @@ def test_compare_gp_row_is_a_dsa_search_run(tiny_dir, tmp_path, capsys):  # noqa
     theirs = json.loads((tmp_path / "cmp" / "runs" / "gp-seed3" / "hall_of_fame.json").read_text())
     assert mine == theirs  # the same search: same trees, fitness, selection values and flags
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    best = next(r for r in mine if r["rank"] == config["selection"]["best_rank"])
+    best, _ = best_row(tmp_path / "run")  # what the run ships: its best formula, or the strongest baseline
     result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     row = next(r for r in result["rows"] if r["kind"] == "gp")
     assert row["name"] == "GP search (seed 3)" and row["formula"] == best["tree"]

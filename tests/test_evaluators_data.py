@@ -179,3 +179,36 @@ def test_bundled_equals_shared_data(offline, word_tokenizer):
     a = calibration_batch(word_tokenizer, load_split("c4", "validation"), 4, 32, seed=0)
     b = calibration_batch(word_tokenizer, load_split("c4", "validation", data_dir=str(SHARED)), 4, 32, seed=0)
     assert a.equal(b)
+
+
+def test_marker_tokens_mark_exactly_the_unk_pieces(word_tokenizer):
+    # the word-level tokenizer cuts "<unk>" into "<", "unk", ">", three out-of-vocabulary pieces ([UNK]), as a
+    # subword tokenizer cuts it into several costly ones; every other word of these texts is in its vocabulary
+    texts = ["the film <unk> was a", "series <unk> of the a", "his film is <unk>"] * 4
+    windows = token_windows(word_tokenizer, texts, 8)
+    marks = data.marker_tokens(word_tokenizer, texts, 8)
+    assert marks.shape == windows.shape and marks.dtype == torch.bool
+    stream = word_tokenizer("\n\n".join(texts)).tokens()
+    want = [t == "[UNK]" for t in stream][:windows.numel()]
+    assert marks.flatten().tolist() == want and 0 < sum(want) < len(want)
+    assert data.marker_tokens(word_tokenizer, texts, 8, max_windows=2).equal(marks[:2])
+    assert not data.marker_tokens(word_tokenizer, ["the film was a series of"] * 8, 8).any()
+
+
+def test_heldout_docs_are_the_ones_calibration_never_reads(word_tokenizer):
+    docs = _docs(40, 50) + _docs(40, 5, seed=1)
+    import random
+    random.Random(7).shuffle(docs)
+    batch = calibration_batch(word_tokenizer, docs, nsamples=6, seqlen=32, seed=3)
+    held = data.heldout_docs(word_tokenizer, docs, nsamples=6, seqlen=32, seed=3)
+    assert 0 < len(held) < len(docs) - 6
+    used = [d for d in docs if d not in held]
+    used_ids = [word_tokenizer(d).input_ids for d in used]
+    # every calibration sample is a slice of a document that is not held out
+    for row in batch.tolist():
+        assert any(any(ids[i:i + 32] == row for i in range(len(ids) - 31)) for ids in used_ids)
+    # the held-out ones are the tail of calibration's visiting order: a larger calibration reads into them
+    more = data.heldout_docs(word_tokenizer, docs, nsamples=12, seqlen=32, seed=3)
+    assert set(more) < set(held)
+    with pytest.raises(UserError, match="none is held out"):
+        data.heldout_docs(word_tokenizer, docs, nsamples=60, seqlen=32, seed=3)

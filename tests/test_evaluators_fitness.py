@@ -9,7 +9,7 @@ from evaluators.errors import UserError
 from evaluators.pruning.blockscores import subsample_scores
 from evaluators.fitness.evaluator import PruningEvaluator
 from evaluators.models.loading import model_linears
-from evaluators.fitness.perplexity import dense_reference, perplexity, window_kls, window_nlls
+from evaluators.fitness.perplexity import dense_reference, perplexity, token_scores, window_kls, window_nlls
 from evaluators.pruning.pruners import measured_sparsity, prune
 
 SPARSITIES = [0.3, 0.5, 0.65, 0.8]
@@ -341,4 +341,53 @@ def test_fitness_is_a_plug_in(tiny_llama, tiny_calib, tiny_val, monkeypatch):
     ev = PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val, fitness="windows")
     assert ev([0.5] * ev.n_blocks) == float(tiny_val.shape[0])
     assert ev([0.5] * ev.n_blocks, windows=1) == 1.0
-    assert CLI_FITNESSES == ("ppl", "kl")
+    assert CLI_FITNESSES == ("ppl", "ppl-known", "kl")
+
+
+# --- the fitness that leaves out the text's <unk> markers, and per-window values for the choice rule ---
+
+@pytest.mark.parametrize("chunk", [None, 16])
+def test_token_scores_agree_with_window_nlls_and_kls(tiny_llama, tiny_val, chunk):
+    ref = dense_reference(tiny_llama, tiny_val, k=8, chunk=chunk)
+    tokens, kls = token_scores(tiny_llama, tiny_val, ref, chunk=chunk)
+    assert tokens.shape == (tiny_val.shape[0], tiny_val.shape[1] - 1)
+    assert torch.allclose(tokens.mean(dim=1), window_nlls(tiny_llama, tiny_val, chunk=chunk), rtol=1e-6, atol=1e-9)
+    assert torch.allclose(kls, window_kls(tiny_llama, tiny_val, ref, chunk=chunk), rtol=1e-6, atol=1e-9)
+
+
+def test_ppl_known_leaves_out_exactly_the_marked_targets(tiny_llama, tiny_val):
+    ignore = torch.zeros_like(tiny_val, dtype=torch.bool)
+    ignore[:, 10:14] = True   # a 4-token marker in every window: targets 10–13 leave the loss
+    ignore[1, 40] = True
+    ev = PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val, fitness="ppl-known",
+                          ignore={"search": ignore})
+    got = ev(SPARSITIES)
+    ev.apply(SPARSITIES)
+    tokens = token_scores(tiny_llama, tiny_val)[0]
+    plain = perplexity(tiny_llama, tiny_val)
+    ev.restore()
+    keep = ~ignore[:, 1:]  # column t of the token NLLs predicts token t + 1
+    assert keep.sum() == tiny_val.numel() - tiny_val.shape[0] - 4 * tiny_val.shape[0] - 1
+    assert got == pytest.approx(math.exp(float(tokens[keep].sum() / keep.sum())), rel=1e-9)
+    assert got != pytest.approx(plain, rel=1e-6)
+    # nothing marked: the plain perplexity
+    none = PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val, fitness="ppl-known",
+                            ignore={"search": torch.zeros_like(ignore)})
+    assert none(SPARSITIES) == pytest.approx(plain, rel=1e-9)
+    # per window (what the choice rule pairs): each window's mean over its kept targets
+    per = ev(SPARSITIES, per_window=True)
+    assert per == pytest.approx([float(tokens[w][keep[w]].mean()) for w in range(tiny_val.shape[0])], rel=1e-9)
+    with pytest.raises(UserError, match="marker tokens"):
+        PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val, fitness="ppl-known")
+
+
+def test_per_window_values_of_the_plain_fitnesses(tiny_llama, tiny_val):
+    search, selection = tiny_val[:2], tiny_val[2:]
+    for fitness in ("ppl", "kl"):  # KL searches decide on perplexity too
+        ev = PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=search, selection_windows=selection,
+                              fitness=fitness)
+        per = ev(SPARSITIES, split="selection", per_window=True)
+        ev.apply(SPARSITIES)
+        want = window_nlls(tiny_llama, selection).tolist()
+        ev.restore()
+        assert per == pytest.approx(want, rel=1e-12)

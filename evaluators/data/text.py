@@ -29,6 +29,7 @@ import json
 import lzma
 import os
 import random
+import re
 import warnings
 from pathlib import Path
 
@@ -215,6 +216,63 @@ def token_windows(tokenizer, texts: list[str], seqlen: int, max_windows: int | N
     if n == 0:
         raise UserError(f"the text has {ids.numel()} tokens, fewer than one window of {seqlen}")
     return ids[: n * seqlen].reshape(n, seqlen).clone()
+
+
+UNK = "<unk>"  # WikiText-2's tokenized release writes every out-of-vocabulary word as this literal marker
+
+
+def marker_tokens(tokenizer, texts: list[str], seqlen: int, max_windows: int | None = None,
+                  marker: str = UNK) -> torch.Tensor:
+    """BoolTensor ``[n, seqlen]``, aligned with :func:`token_windows` on the same arguments: True where a
+    token covers part of a literal ``marker`` in the text.
+
+    The bundled WikiText-2 validation split is the tokenized release: about 5 % of its words are ``<unk>``,
+    which the raw test split never contains and which a subword tokenizer cuts into several costly pieces.
+    A fitness that leaves these targets out (``ppl-known``) scores the model on the words the text really
+    has. Needs a fast tokenizer (character offsets)."""
+    text = "\n\n".join(texts)
+    try:
+        enc = tokenizer(text, return_offsets_mapping=True, verbose=False)
+    except (NotImplementedError, TypeError, ValueError) as exc:
+        raise UserError(f"finding {marker!r} in the text needs a fast tokenizer with character offsets "
+                        f"({type(exc).__name__})") from None
+    inside = torch.zeros(len(text) + 1, dtype=torch.int64)
+    for match in re.finditer(re.escape(marker), text):
+        inside[match.start() + 1:match.end() + 1] = 1
+    covered = inside.cumsum(0)  # covered[e] − covered[s]: marker characters in text[s:e]
+    spans = torch.tensor(enc["offset_mapping"], dtype=torch.int64).reshape(-1, 2)
+    hit = (covered[spans[:, 1]] - covered[spans[:, 0]]) > 0
+    n = hit.numel() // seqlen if max_windows is None else min(hit.numel() // seqlen, max_windows)
+    if n == 0:
+        raise UserError(f"the text has {hit.numel()} tokens, fewer than one window of {seqlen}")
+    return hit[: n * seqlen].reshape(n, seqlen).clone()
+
+
+def heldout_docs(tokenizer, docs: list[str], nsamples: int, seqlen: int, seed: int = 0) -> list[str]:
+    """The documents :func:`calibration_batch` with the same arguments never reads (in its visiting order):
+    text of the calibration domain that neither calibration nor a fitness on these has seen. A
+    UserError when calibration had to read every document."""
+    order, used = _calibration_visit(tokenizer, docs, nsamples, seqlen, seed)
+    if used is None:
+        raise UserError(f"calibration with {nsamples} × {seqlen} tokens reads every one of the {len(docs)} "
+                        f"documents: none is held out")
+    return [docs[i] for i in order[used:]]
+
+
+def _calibration_visit(tokenizer, docs: list[str], nsamples: int, seqlen: int, seed: int):
+    """(document order, documents read) of :func:`calibration_batch`'s first pass; None read when the pass
+    ends short and every document is used."""
+    rng = random.Random(seed)
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    found, chunk = 0, 32
+    for start in range(0, len(order), chunk):
+        for k, ids in enumerate(tokenizer([docs[i] for i in order[start:start + chunk]], verbose=False).input_ids):
+            if len(ids) > seqlen:  # a document that gives calibration_batch a window
+                found += 1
+                if found == nsamples:
+                    return order, start + k + 1
+    return order, None
 
 
 def calibration_batch(tokenizer, docs: list[str], nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:

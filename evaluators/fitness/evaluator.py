@@ -40,7 +40,8 @@ from evaluators.fitness.masking import Masks
 from evaluators.pruning.methods import get_method
 from evaluators.pruning.nm import on_pattern, parse_nm
 from evaluators.models.loading import model_linears
-from evaluators.fitness.perplexity import CHUNK, dense_reference, perplexity_from_nlls, window_kls, window_nlls
+from evaluators.fitness.perplexity import (CHUNK, dense_reference, known_nlls, perplexity_from_nlls, token_scores,
+                                          window_kls, window_nlls)
 from evaluators.pruning.pruners import check_sparsities
 
 
@@ -51,16 +52,34 @@ KL_TOP_K = 256  # dense tokens kept per position for the KL fitness (plus the re
 class Fitness:
     """One fitness: ``score(evaluator, windows, split)`` of the model as it is now (lower is better).
     ``reference``: it compares with the dense model, whose outputs on a split are cached before any
-    candidate's masks go on (:meth:`PruningEvaluator.reference`). A new fitness is one record here."""
+    candidate's masks go on (:meth:`PruningEvaluator.reference`). ``windows``: per window, the
+    log-perplexity a choice between two allocations is made on (paired over windows). ``markers``: it
+    leaves out the targets ``ignore`` marks. A new fitness is one record here."""
 
     name: str
     description: str  # as the run's info and the plots say it
     score: Callable[["PruningEvaluator", torch.Tensor, str], float]
     reference: bool = False
+    # per window, the log-perplexity whose paired differences decide a search's choice (dsa.search.decide)
+    windows: Callable[["PruningEvaluator", torch.Tensor, str], torch.Tensor] | None = None
+    markers: bool = False  # reads ``ignore``: the targets of each split that are a marker (<unk>)
 
 
-def _perplexity(ev: "PruningEvaluator", tokens: torch.Tensor, split: str) -> float:
-    return perplexity_from_nlls(window_nlls(ev.model, tokens, ev.batch_size, ev.progress, ev.head_chunk))
+def _window_nlls(ev: "PruningEvaluator", tokens: torch.Tensor, split: str) -> torch.Tensor:
+    return window_nlls(ev.model, tokens, ev.batch_size, ev.progress, ev.head_chunk)
+
+
+def _known_window_nlls(ev: "PruningEvaluator", tokens: torch.Tensor, split: str) -> torch.Tensor:
+    """Per window, the mean NLL over the targets that are not a marker (``ignore[split]``)."""
+    total, count = known_nlls(token_scores(ev.model, tokens, None, ev.batch_size, ev.progress, ev.head_chunk)[0],
+                              ev.ignore[split][:tokens.shape[0]])
+    return total / count.clamp_min(1.0)
+
+
+def _known_perplexity(ev: "PruningEvaluator", tokens: torch.Tensor, split: str) -> float:
+    total, count = known_nlls(token_scores(ev.model, tokens, None, ev.batch_size, ev.progress, ev.head_chunk)[0],
+                              ev.ignore[split][:tokens.shape[0]])
+    return perplexity_from_nlls((total.sum() / count.sum().clamp_min(1.0)).reshape(1))
 
 
 def _kl(ev: "PruningEvaluator", tokens: torch.Tensor, split: str) -> float:
@@ -69,8 +88,13 @@ def _kl(ev: "PruningEvaluator", tokens: torch.Tensor, split: str) -> float:
 
 
 FITNESSES: dict[str, Fitness] = {f.name: f for f in (
-    Fitness("ppl", "validation perplexity", _perplexity),
-    Fitness("kl", "validation KL from the dense model", _kl, reference=True),  # EvoPress's
+    Fitness("ppl", "validation perplexity", lambda ev, t, s: perplexity_from_nlls(_window_nlls(ev, t, s)),
+            windows=_window_nlls),
+    # WikiText-2's tokenized validation release writes 5-10 % of its targets as the literal "<unk>", which the
+    # raw test text never has (evaluators.data.text.marker_tokens): left out of the loss
+    Fitness("ppl-known", "validation perplexity, <unk> targets left out", _known_perplexity,
+            windows=_known_window_nlls, markers=True),
+    Fitness("kl", "validation KL from the dense model", _kl, reference=True, windows=_window_nlls),  # EvoPress's
 )}
 
 
@@ -85,7 +109,8 @@ class PruningEvaluator:
                  val_windows: torch.Tensor, selection_windows: torch.Tensor | None = None, fitness: str = "ppl",
                  batch_size: int = 1, max_scores_per_block: int | None = None, seed: int = 0,
                  progress: bool = False, masking: str = "inplace", head_chunk: int | None = CHUNK,
-                 kl_top_k: int = KL_TOP_K, levels: LevelDatabase | None = None, nm: str | None = None):
+                 kl_top_k: int = KL_TOP_K, levels: LevelDatabase | None = None, nm: str | None = None,
+                 ignore: dict[str, torch.Tensor] | None = None):
         """``max_scores_per_block``: keep only a seeded random subset of each block's scores in
         :attr:`blocks` (saves memory on large models; default: keep all, float32 on CPU).
         ``masking``: ``"inplace"`` (dense copy), ``"forward"`` (no copy, masks rebuilt in every forward
@@ -97,7 +122,9 @@ class PruningEvaluator:
         (:func:`evaluators.fitness.leveldb.open_levels`, built for this model): candidates are assembled from its
         stored pruned weights instead of masks (``masking`` must then stay ``"inplace"``). ``nm``: an N:M
         pattern (``"M"`` or ``"N:M"``, :mod:`evaluators.pruning.nm`): every candidate is put on it first and
-        pruned in N:M groups, as exact pruning with that pattern does (``masking="inplace"`` only)."""
+        pruned in N:M groups, as exact pruning with that pattern does (``masking="inplace"`` only).
+        ``ignore``: per split, a bool ``[n, seqlen]`` of the tokens that are a marker
+        (:func:`evaluators.data.text.marker_tokens`), left out as targets by the ``ppl-known`` fitness."""
         if fitness not in FITNESSES:
             raise UserError(f"fitness must be one of {', '.join(FITNESSES)}, got {fitness!r}")
         spec = get_method(method)
@@ -110,6 +137,12 @@ class PruningEvaluator:
                 raise UserError(f"the evaluator's {name} windows must be a [n, seqlen] tensor with n ≥ 1")
         self.model, self.tokenizer, self.method, self.fitness = model, tokenizer, method, fitness
         self.splits = {name: w for name, w in splits.items() if w is not None}
+        self.ignore = dict(ignore or {})
+        for name, windows in self.splits.items():
+            mask = self.ignore.get(name)
+            if FITNESSES[fitness].markers and (mask is None or mask.shape != windows.shape):
+                raise UserError(f"the {fitness} fitness needs the marker tokens of the {name} windows "
+                                f"(a [n, seqlen] mask like its windows)")
         self.val_windows = val_windows
         self.batch_size, self.seed, self.progress, self.head_chunk = batch_size, seed, progress, head_chunk
         self.kl_top_k = kl_top_k
@@ -184,14 +217,20 @@ class PruningEvaluator:
                                                      self.batch_size, self.head_chunk)
         return self._reference[split]
 
-    def __call__(self, sparsities: Sequence[float], windows: int | None = None, split: str = "search") -> float:
+    def __call__(self, sparsities: Sequence[float], windows: int | None = None, split: str = "search",
+                 per_window: bool = False):
         """The fitness (perplexity, or KL from the dense model) of the model pruned at ``sparsities`` on the
-        first ``windows`` windows of ``split`` (all by default); +inf if not finite; weights restored after."""
+        first ``windows`` windows of ``split`` (all by default); +inf if not finite; weights restored after.
+        ``per_window``: instead, the list of each window's log-perplexity as the fitness counts it (its
+        ``windows`` function: the paired numbers a choice between two allocations is made on)."""
         start = time.perf_counter()
-        if FITNESSES[self.fitness].reference:
+        record = FITNESSES[self.fitness]
+        if record.reference and not per_window:
             self.reference(split)  # before the masks go on
         try:
             self.apply(sparsities)
+            if per_window:
+                return [float(v) for v in record.windows(self, self._windows(split, windows), split)]
             value = self._score(split, windows)
         finally:
             self.restore()

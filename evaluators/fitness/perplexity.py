@@ -114,6 +114,40 @@ def window_nlls(model, windows: torch.Tensor, batch_size: int = 1, progress: boo
     return torch.cat(out)
 
 
+@torch.inference_mode()
+def token_scores(model, windows: torch.Tensor, reference: list | None = None, batch_size: int = 1,
+                 progress: bool = False, chunk: int | None = CHUNK) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One pass over ``windows``: every next-token NLL (float64 ``[n, seqlen − 1]``; column ``t`` predicts
+    token ``t + 1``) and, with a ``reference`` (:func:`dense_reference` on the same windows), each window's
+    mean KL(dense ‖ model) as :func:`window_kls` computes it (else None). What a fitness that weighs
+    tokens differently (:func:`known_nlls`) or several fitnesses at once read."""
+    nlls, kls = [], []
+    for start, batch, parts in _batches(model, windows, batch_size, chunk, progress, "scores"):
+        rows = torch.zeros(batch.shape[0], batch.shape[1] - 1, dtype=torch.float64)
+        total = torch.zeros(batch.shape[0], dtype=torch.float64)
+        for i, j, logits in _logits(model, parts, batch, chunk):
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, i + 1:j + 1].reshape(-1),
+                                  reduction="none")
+            rows[:, i:j] = nll.view(batch.shape[0], -1).double().cpu()
+            if reference is not None:
+                logq = torch.log_softmax(logits.double(), dim=-1)
+                top_p = torch.stack([reference[start + b][0][i:j] for b in range(batch.shape[0])]).to(logq.device)
+                ids = torch.stack([reference[start + b][1][i:j] for b in range(batch.shape[0])]).to(logq.device)
+                q = logq.gather(-1, ids)
+                rest_p, rest_q = _log_rest(top_p), _log_rest(q)
+                total += ((top_p.exp() * (top_p - q)).sum(dim=-1) + rest_p.exp() * (rest_p - rest_q)).sum(dim=1).cpu()
+        nlls.append(rows)
+        kls.append(total / (batch.shape[1] - 1))
+    return torch.cat(nlls), (torch.cat(kls) if reference is not None else None)
+
+
+def known_nlls(token_nlls: torch.Tensor, ignore: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(NLL sum, token count) per window over the targets that ``ignore`` (bool ``[n, seqlen]``, e.g.
+    :func:`evaluators.data.text.marker_tokens`) does not mark; ``token_nlls`` from :func:`token_scores`."""
+    keep = ~ignore[:, 1:].to(torch.bool)
+    return (token_nlls * keep).sum(dim=1), keep.sum(dim=1).to(torch.float64)
+
+
 def _log_rest(logp_top: torch.Tensor) -> torch.Tensor:
     """log(1 − Σ exp(logp_top)) over the last dimension: the log-mass outside the top tokens."""
     return torch.log((1.0 - logp_top.exp().sum(dim=-1)).clamp_min(1e-30))

@@ -1,0 +1,182 @@
+"""The choice rule against test, on every committed comparison: what would each search (or found function) ship,
+and does the shipped allocation lose to the strongest baseline on test?
+
+Per comparison folder (``compare.json``: its settings and every row's per-window test NLLs), the search's
+evaluator is rebuilt with its settings and ``--windows`` held-out validation windows (after the search's own):
+exactly what :func:`dsa.search.decide` reads. Per search row, the candidate is its run's hall-of-fame best (rank 1
+by the search's own fitness) and the strongest baseline is the run's (lowest fitness among the baselines the
+search scored); per ``found:`` row (a function applied without a new search) the strongest baseline is the
+comparison's on validation. The rule ships the candidate only where the paired 95 % interval on the held-out
+windows lies below 0, else the baseline; the test verdict compares the shipped allocation with the strongest
+baseline on the comparison's test windows (an allocation without test NLLs in the folder is measured here,
+exact sequential pruning as ``dsa compare``). Rows are appended to ``bench/results/NAME.jsonl`` as they finish
+(``--resume`` skips them); the table is rewritten after each.
+
+    python -m bench.choice_audit --name choice_audit_cpu --folders compare_cpu_smollm2_wanda70_v2,... --resume
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bench.common import RESULTS, machine, markdown_table
+from dsa.llm import build_evaluator, load_inputs
+from dsa.runs import read_run
+from dsa.search import choice
+from dsa.settings import SELECTION_WINDOWS, EvaluatorSpec
+from evaluators.data.text import load_split, token_windows
+from evaluators.fitness.intervals import paired_interval, verdict
+from evaluators.fitness.perplexity import window_nlls
+from evaluators.models.loading import weight_snapshot
+from evaluators.pruning.nm import parse_nm
+from evaluators.pruning.pruners import prune
+
+SEARCH_KINDS = ("gp", "warm", "direct")
+
+
+def same(a, b, tol: float = 1e-9) -> bool:
+    return a is not None and b is not None and len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+def cases(folder: Path, rows: list[dict]) -> list[dict]:
+    """(row, candidate allocation, strongest baseline's name and allocation) per search or found row."""
+    base = [r for r in rows if r["kind"] == "baseline"]
+    compare_strongest = min(base, key=lambda r: r["val ppl"]) if base else None
+    out = []
+    for r in rows:
+        if r["kind"] in SEARCH_KINDS and r.get("run"):
+            run = read_run(folder / r["run"])
+            valid = [h for h in run["hall_of_fame"] if h["fitness"] != math.inf and h["output"] is not None]
+            config = run["config"]
+            scored = {n: s["allocation"] for n, s in config["baseline_settings"].items() if s.get("allocation")}
+            name = min(scored, key=lambda n: config["baselines"][n])
+            out.append({"row": r["name"], "candidate": valid[0]["output"], "rank": valid[0]["rank"],
+                        "strongest": name, "params": config["baseline_settings"][name].get("params") or {},
+                        "baseline": scored[name]})
+        elif r["kind"] == "found" and compare_strongest is not None:
+            out.append({"row": r["name"], "candidate": r["sparsities"], "rank": None,
+                        "strongest": compare_strongest["name"], "params": compare_strongest.get("params") or {},
+                        "baseline": compare_strongest["sparsities"]})
+    return out
+
+
+class Folder:
+    """One comparison folder's model, evaluator (with held-out decision windows) and test windows."""
+
+    def __init__(self, folder: Path, windows: int):
+        saved = json.loads((folder / "compare.json").read_text())
+        self.rows = saved["rows"]
+        self.spec = replace(EvaluatorSpec.from_dict(saved["settings"]["evaluator"]), selection_windows=windows)
+        inputs = load_inputs(self.spec)
+        self.model, self.calib = inputs.model, inputs.calib
+        self.test = token_windows(inputs.tokenizer, load_split(self.spec.data.data, "test", self.spec.data.data_dir),
+                                  self.spec.data.seqlen, len(self.rows[0]["test nlls"]))
+        self.restore = weight_snapshot(self.model)
+        self.ev, _ = build_evaluator(self.spec, inputs=inputs)
+
+    def held_out(self, alloc) -> list[float]:
+        return self.ev(alloc, split="selection", per_window=True)
+
+    def test_nlls(self, alloc) -> tuple[list[float], str]:
+        """The test NLLs of ``alloc`` (on the evaluator's N:M pattern): a row of the folder, else measured."""
+        alloc = self.ev.on_pattern([float(x) for x in alloc])
+        row = next((r for r in self.rows if same(r.get("sparsities"), alloc)), None)
+        if row is not None:
+            return row["test nlls"], f"row {row['name']}"
+        nm = self.spec.prune.nm
+        self.restore()
+        try:
+            prune(self.model, self.spec.prune.method, alloc, self.calib, m=parse_nm(nm)[1] if nm else None)
+            return window_nlls(self.model, self.test).tolist(), "measured here"
+        finally:
+            self.restore()
+
+    def close(self) -> None:
+        self.ev.close()
+
+
+def audit(folder: Path, f: Folder, case: dict) -> dict:
+    t0 = time.perf_counter()
+    cand, base = f.held_out(case["candidate"]), f.held_out(case["baseline"])
+    made = choice(cand, base)
+    from dsa.allocations import baseline_spec
+    ships_found = made["verdict"] == "beats"
+    shipped = case["candidate"] if ships_found else case["baseline"]
+    shipped_test, source = f.test_nlls(shipped)
+    base_test, base_source = f.test_nlls(case["baseline"])
+    cand_test, cand_source = f.test_nlls(case["candidate"]) if not ships_found else (shipped_test, source)
+    on_test = paired_interval(shipped_test, base_test)
+    found_test = paired_interval(cand_test, base_test)
+    return {"folder": folder.name, "row": case["row"], "candidate rank": case["rank"], "strongest": case["strongest"],
+            "decision Δ": made["delta"], "decision": made["verdict"], "windows": made["windows"],
+            "ships": "found" if ships_found else baseline_spec(case["strongest"], case["params"]),
+            "found on test": [found_test.value, found_test.lo, found_test.hi], "found verdict": verdict(found_test),
+            "shipped on test": [on_test.value, on_test.lo, on_test.hi], "shipped verdict": verdict(on_test),
+            "test sources": [cand_source, base_source], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def interval(v) -> str:
+    return f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
+
+
+def report(name: str, rows: list[dict], windows: int) -> None:
+    table = [{"comparison": r["folder"].removeprefix("compare_cpu_"), "row": r["row"], "strongest": r["strongest"],
+              "held-out Δ (decision)": interval(r["decision Δ"]), "rule": r["decision"], "ships": r["ships"],
+              "found fn on test": f"{interval(r['found on test'])} {r['found verdict']}",
+              "shipped on test": f"{interval(r['shipped on test'])} {r['shipped verdict']}"} for r in rows]
+    losses = sum(r["shipped verdict"] == "loses" for r in rows)
+    found_losses = sum(r["found verdict"] == "loses" for r in rows)
+    wins_kept = sum(r["ships"] == "found" and r["found verdict"] == "beats" for r in rows)
+    wins = sum(r["found verdict"] == "beats" for r in rows)
+    m = machine()
+    text = (f"# The choice rule against test\n\nMachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, CUDA: "
+            f"{m['cuda']}; {m['date']}\n\nRule: the search's best ships only where the paired 95 % interval of its "
+            f"per-window log-perplexity difference from the strongest baseline on {windows} held-out validation "
+            f"windows lies below 0; else the strongest baseline ships. Test: the comparison's own test windows "
+            f"(Δ = log(test ppl / strongest's), paired 95 % interval).\n\n"
+            f"**{len(rows)} decisions: {losses} shipped allocations lose to the strongest baseline on test** (without "
+            f"the rule, shipping every found function: {found_losses}); of the {wins} found functions that beat it "
+            f"on test, {wins_kept} are shipped.\n\n"
+            + markdown_table(table, list(table[0]) if table else []) + "\n")
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--name", default="choice_audit_cpu")
+    ap.add_argument("--folders", required=True, help="comparison folders under bench/results, comma-separated")
+    ap.add_argument("--windows", type=int, default=SELECTION_WINDOWS, help="held-out validation windows")
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args()
+    out = RESULTS / f"{args.name}.jsonl"
+    if out.exists() and not args.resume:
+        raise SystemExit(f"{out} exists; continue with --resume")
+    done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    seen = {(r["folder"], r["row"]) for r in done}
+    for name in args.folders.split(","):
+        folder = RESULTS / name
+        todo = [c for c in cases(folder, json.loads((folder / "compare.json").read_text())["rows"])
+                if (name, c["row"]) not in seen]
+        if not todo:
+            continue
+        f = Folder(folder, args.windows)
+        try:
+            for case in todo:
+                row = audit(folder, f, case)
+                with out.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                done.append(row)
+                print(row, flush=True)
+                report(args.name, done, args.windows)
+        finally:
+            f.close()
+    report(args.name, done, args.windows)
+
+
+if __name__ == "__main__":
+    main()
