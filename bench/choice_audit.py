@@ -24,10 +24,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.common import RESULTS, machine, markdown_table
+from dsa.allocations import baseline_spec
 from dsa.llm import build_evaluator, load_inputs
 from dsa.runs import read_run
 from dsa.search import choice
-from dsa.settings import SELECTION_WINDOWS, EvaluatorSpec
+from dsa.settings import FITNESSES, SELECTION_WINDOWS, EvaluatorSpec
 from evaluators.data.text import load_split, token_windows
 from evaluators.fitness.intervals import paired_interval, verdict
 from evaluators.fitness.perplexity import window_nlls
@@ -67,10 +68,11 @@ def cases(folder: Path, rows: list[dict]) -> list[dict]:
 class Folder:
     """One comparison folder's model, evaluator (with held-out decision windows) and test windows."""
 
-    def __init__(self, folder: Path, windows: int):
+    def __init__(self, folder: Path, windows: int, fitness: str):
         saved = json.loads((folder / "compare.json").read_text())
         self.rows = saved["rows"]
-        self.spec = replace(EvaluatorSpec.from_dict(saved["settings"]["evaluator"]), selection_windows=windows)
+        self.spec = replace(EvaluatorSpec.from_dict(saved["settings"]["evaluator"]), selection_windows=windows,
+                            fitness=fitness)
         inputs = load_inputs(self.spec)
         self.model, self.calib = inputs.model, inputs.calib
         self.test = token_windows(inputs.tokenizer, load_split(self.spec.data.data, "test", self.spec.data.data_dir),
@@ -103,7 +105,6 @@ def audit(folder: Path, f: Folder, case: dict) -> dict:
     t0 = time.perf_counter()
     cand, base = f.held_out(case["candidate"]), f.held_out(case["baseline"])
     made = choice(cand, base)
-    from dsa.allocations import baseline_spec
     ships_found = made["verdict"] == "beats"
     shipped = case["candidate"] if ships_found else case["baseline"]
     shipped_test, source = f.test_nlls(shipped)
@@ -123,7 +124,7 @@ def interval(v) -> str:
     return f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
 
 
-def report(name: str, rows: list[dict], windows: int) -> None:
+def report(name: str, rows: list[dict], windows: int, fitness: str) -> None:
     table = [{"comparison": r["folder"].removeprefix("compare_cpu_"), "row": r["row"], "strongest": r["strongest"],
               "held-out Δ (decision)": interval(r["decision Δ"]), "rule": r["decision"], "ships": r["ships"],
               "found fn on test": f"{interval(r['found on test'])} {r['found verdict']}",
@@ -135,8 +136,8 @@ def report(name: str, rows: list[dict], windows: int) -> None:
     m = machine()
     text = (f"# The choice rule against test\n\nMachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, CUDA: "
             f"{m['cuda']}; {m['date']}\n\nRule: the search's best ships only where the paired 95 % interval of its "
-            f"per-window log-perplexity difference from the strongest baseline on {windows} held-out validation "
-            f"windows lies below 0; else the strongest baseline ships. Test: the comparison's own test windows "
+            f"per-window log-perplexity difference ({fitness} fitness's) from the strongest baseline on {windows} "
+            f"held-out validation windows lies below 0; else the strongest baseline ships. Test: the comparison's own test windows "
             f"(Δ = log(test ppl / strongest's), paired 95 % interval).\n\n"
             f"**{len(rows)} decisions: {losses} shipped allocations lose to the strongest baseline on test** (without "
             f"the rule, shipping every found function: {found_losses}); of the {wins} found functions that beat it "
@@ -151,6 +152,8 @@ def main() -> None:
     ap.add_argument("--name", default="choice_audit_cpu")
     ap.add_argument("--folders", required=True, help="comparison folders under bench/results, comma-separated")
     ap.add_argument("--windows", type=int, default=SELECTION_WINDOWS, help="held-out validation windows")
+    ap.add_argument("--fitness", default=EvaluatorSpec().fitness, choices=FITNESSES,
+                    help="whose per-window log-perplexity the rule pairs (default: the tool's default fitness)")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
     out = RESULTS / f"{args.name}.jsonl"
@@ -164,7 +167,7 @@ def main() -> None:
                 if (name, c["row"]) not in seen]
         if not todo:
             continue
-        f = Folder(folder, args.windows)
+        f = Folder(folder, args.windows, args.fitness)
         try:
             for case in todo:
                 row = audit(folder, f, case)
@@ -172,10 +175,10 @@ def main() -> None:
                     fh.write(json.dumps(row) + "\n")
                 done.append(row)
                 print(row, flush=True)
-                report(args.name, done, args.windows)
+                report(args.name, done, args.windows, args.fitness)
         finally:
             f.close()
-    report(args.name, done, args.windows)
+    report(args.name, done, args.windows, args.fitness)
 
 
 if __name__ == "__main__":

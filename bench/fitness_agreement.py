@@ -86,13 +86,17 @@ VARIANTS = (
     Variant("sel ppl@4", 4, False, _ppl("val nlls", 4, 8), "validation windows 5–8 (the comparisons' selection split)"),
     Variant("ppl@8", 8, False, _ppl("val nlls", 0, 8), "validation perplexity, 8 windows"),
     Variant("ppl@16", 16, False, _ppl("val nlls", 0, 16), "validation perplexity, 16 windows"),
-    Variant("known@4", 4, False, _known(0, 4), "validation perplexity, <unk> targets left out, 4 windows"),
+    Variant("known@2", 2, False, _known(0, 2), "validation perplexity, <unk> targets left out, 2 windows"),
+    Variant("known@4", 4, False, _known(0, 4), "the same, 4 windows"),
     Variant("known@8", 8, False, _known(0, 8), "the same, 8 windows"),
     Variant("known@16", 16, False, _known(0, 16), "the same, 16 windows"),
     Variant("kl@4", 4, True, _mean("val kls", 0, 4), "KL from the dense model on validation text, 4 windows"),
     Variant("kl@16", 16, True, _mean("val kls", 0, 16), "the same, 16 windows"),
-    Variant("c4 ppl@4", 4, False, _ppl("c4 nlls", 0, 4), "perplexity on held-out C4 documents, 4 windows"),
-    Variant("c4 kl@4", 4, True, _mean("c4 kls", 0, 4), "KL from the dense model on held-out C4, 4 windows"),
+    Variant("c4 ppl@2", 2, False, _ppl("c4 nlls", 0, 2), "perplexity on held-out C4 documents, 2 windows"),
+    Variant("c4 ppl@4", 4, False, _ppl("c4 nlls", 0, 4), "the same, 4 windows"),
+    Variant("c4 ppl@8", 8, False, _ppl("c4 nlls", 0, 8), "the same, 8 windows"),
+    Variant("c4 kl@2", 2, True, _mean("c4 kls", 0, 2), "KL from the dense model on held-out C4, 2 windows"),
+    Variant("c4 kl@4", 4, True, _mean("c4 kls", 0, 4), "the same, 4 windows"),
     Variant("c4 kl@8", 8, True, _mean("c4 kls", 0, 8), "the same, 8 windows"),
     Variant("resampled ppl@4", 4, False, _resampled(4, False), "4 validation windows drawn from the 16-window pool"),
     Variant("resampled known@4", 4, False, _resampled(4, True), "the same, <unk> targets left out"),
@@ -203,7 +207,7 @@ def display(model: str | None) -> str:
     return Path(model).name if model else "SmolLM2-135M (default)"
 
 
-SHOWN = ("ppl@4", "known@4", "kl@4", "c4 kl@4", "ppl@16")
+SHOWN = ("ppl@4", "known@4", "kl@4", "c4 ppl@4", "c4 kl@4")
 
 
 def kinds(rows: list[dict]) -> dict[str, int]:

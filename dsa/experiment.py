@@ -7,9 +7,9 @@ One model load, one evaluator (:func:`dsa.llm.build_evaluator`, the search's), t
   windows (:func:`dsa.search.score_baselines`, what ``dsa search`` scores at its start);
 - found functions (run folders or formulas, :func:`dsa.allocations.allocate`);
 - per search seed: ``dsa search`` itself (:func:`dsa.search.run_search` on the loaded evaluator, its
-  own run folder under ``OUT/runs``; its best is the hall-of-fame entry it chose on the selection
-  split), the direct search with the same number of evaluations, and the direct search started from
-  the GP's choice (``--init``: the hybrid).
+  own run folder under ``OUT/runs``; its row is what the run ships by its choice rule), random search
+  (the same seed formulas, then fresh random trees) and the direct search with the same number of
+  evaluations, and the direct search started from the GP's choice (``--init``: the hybrid).
 
 Every allocation is pruned exactly (block by block, :func:`evaluators.pruning.pruners.prune`, the calibration
 batch of the search) and its per-window test NLLs are kept in ``compare.json``; the table reports each
@@ -215,6 +215,12 @@ class Runner:
                             baselines=SEARCH_BASELINES)
             evaluations = self.search(f"GP search (seed {seed})", "gp", seed, run)
             budget = evaluations or budget
+        if "random" in c.searches:  # dsa search's random mode at the GP run's evaluations (seeded alike)
+            config = replace(c.gp, seed=seed, mode="random", tune_constants=0, generations=10_000,
+                             max_evaluations=budget)
+            run = SearchRun("llm", c.spec, config, c.out / "runs" / f"random-seed{seed}", progress=c.progress,
+                            baselines=SEARCH_BASELINES)
+            self.search(f"random search (seed {seed})", "random", seed, run)
         starts = [("direct search", "direct", None)] * ("direct" in c.searches) + \
                  [("direct search from GP", "warm", str(gp_dir))] * ("warm" in c.searches)
         for label, kind, init in starts:

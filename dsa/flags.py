@@ -20,7 +20,7 @@ from .settings import (DEFAULT_MAX_SCORES, DTYPES, FITNESSES, MAX_SPARSITY, METH
 
 DEFAULTS = SearchConfig()
 DIRECT = DirectConfig()
-SEARCHES = ("gp", "direct", "warm")  # dsa compare's searches
+SEARCHES = ("gp", "random", "direct", "warm")  # dsa compare's searches
 GP_ONLY = ("population", "mode", "cxpb", "mutpb", "tournament", "elitism", "max_height", "max_size", "objectives",
            "tune_constants", "seed_baselines")
 DIRECT_ONLY = ("max_level", "level_step", "init")
@@ -109,9 +109,10 @@ def search_list(text: str) -> tuple[str, ...]:
     names = tuple(t.strip() for t in text.split(",") if t.strip())
     if names == ("none",):
         return ()
-    bad = [n for n in names if n not in SEARCHES]
+    bad = [n for n in names if n not in SEARCHES] + [n for i, n in enumerate(names) if n in names[:i]]
     if not names or bad:
-        raise argparse.ArgumentTypeError(f"expected {', '.join(SEARCHES)} (comma-separated) or none, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {', '.join(SEARCHES)} (comma-separated, each once) or none, "
+                                         f"got {text!r}")
     return names
 
 
@@ -299,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search seeds, comma-separated (default 0): every search repeated on the same data "
                         "(--data-seed), each seed reported")
     c.add_argument("--searches", type=search_list, default=("gp",),
-                   help=f"which searches: {', '.join(SEARCHES)} (gp: dsa search; direct: the direct search with the GP "
+                   help=f"which searches: {', '.join(SEARCHES)} (gp: dsa search; random: its random mode, the same "
+                        f"seed formulas, with the GP run's number of evaluations; direct: the direct search with the GP "
                         f"run's number of evaluations, else --budget; warm: the direct search from the GP's chosen "
                         f"allocation; without gp: from the finished GP run already in OUT/runs/gp-seedN), comma-separated, "
                         f"or none (default gp)")

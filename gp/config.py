@@ -89,6 +89,8 @@ class SearchConfig:
         need(self.objectives in OBJECTIVES, f"objectives must be one of "
                                             f"{', '.join(','.join(o) for o in OBJECTIVES)}; got {','.join(self.objectives)}")
         need(self.tune_constants >= 0, f"tune_constants must be ≥ 0, got {self.tune_constants}")
+        need(self.tune_constants == 0 or (self.mode == "evolution" and len(self.objectives) == 1),
+             "tune_constants applies to single-objective evolution (not to random search or NSGA-II)")
         need(self.max_evaluations is None or self.max_evaluations >= 1,
              f"max_evaluations must be ≥ 1 (None: no cap), got {self.max_evaluations}")
         if self.stages:

@@ -99,7 +99,8 @@ def test_seed_and_data_seed_are_separate(tiny_dir, tmp_path, capsys):  # noqa: F
 
 def test_compare_flags_fail_before_work(tmp_path, capsys):
     for bad, text in ((["--seeds", "0,0"], "distinct seeds"), (["--searches", "warm"], "add gp"),
-                      (["--searches", "nope"], "expected gp, direct, warm")):
+                      (["--searches", "nope"], "expected gp, random, direct, warm"),
+                      (["--searches", "gp,gp"], "each once")):
         assert main(["compare", "--out", str(tmp_path / "x"), *bad]) == 2
         assert text in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
@@ -140,3 +141,25 @@ def test_compare_in_nm_patterns_measures_each_row_on_its_pattern(tiny_dir, tmp_p
         s = rows[name]["sparsities"]
         assert all(round(v * 4) == v * 4 for v in s) and sum(s) / len(s) == pytest.approx(0.5)
     assert rows["uniform"]["sparsities"] == [0.5] * 4
+
+
+def test_compare_random_search_row_has_the_gp_runs_budget(tiny_dir, tmp_path):  # noqa: F811
+    """--searches gp,random: dsa search's random mode, seeded alike, at the GP run's number of evaluations,
+    measured on the same protocol (its run folder under OUT/runs, its row what that run ships)."""
+    out = tmp_path / "cmp"
+    assert compare(tiny_dir, out, "--seeds", "0", "--searches", "gp,random", "--tune-constants", "2") == 0
+    rows = {r["name"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
+    gp_row, random_row = rows["GP search (seed 0)"], rows["random search (seed 0)"]
+    assert random_row["kind"] == "random" and random_row["run"] == "runs/random-seed0"
+    config = json.loads((out / "runs" / "random-seed0" / "config.json").read_text())
+    assert config["search"]["mode"] == "random" and config["search"]["tune_constants"] == 0
+    assert config["search"]["max_evaluations"] == gp_row["evaluations"]
+    assert gp_row["evaluations"] <= random_row["evaluations"] < gp_row["evaluations"] + 4  # stops after a generation
+    assert len(random_row["test nlls"]) == 3
+
+
+def test_tune_constants_is_refused_where_it_would_do_nothing(capsys):
+    for extra in (["--mode", "random"], ["--objectives", "fitness,size"]):
+        assert main(["search", "--tune-constants", "4", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "tune_constants applies to single-objective evolution" in err and len(err.strip().splitlines()) == 1
