@@ -9,7 +9,7 @@ search scored); per ``found:`` row (a function applied without a new search) the
 comparison's on validation. The rule ships the candidate only where the paired 95 % interval on the held-out
 windows lies below 0, else the baseline; the test verdict compares the shipped allocation with the strongest
 baseline on the comparison's test windows (an allocation without test NLLs in the folder is measured here,
-exact sequential pruning as ``dsa compare``). Rows are appended to ``bench/results/NAME.jsonl`` as they finish
+exact sequential pruning as ``dsa compare``, and so is its baseline: a pair's numbers come from one source). Rows are appended to ``bench/results/NAME.jsonl`` as they finish
 (``--resume`` skips them); the table is rewritten after each.
 
     python -m bench.choice_audit --name choice_audit_cpu --folders compare_cpu_smollm2_wanda70_v2,... --resume
@@ -36,7 +36,7 @@ from evaluators.models.loading import weight_snapshot
 from evaluators.pruning.nm import parse_nm
 from evaluators.pruning.pruners import prune
 
-SEARCH_KINDS = ("gp", "warm", "direct")
+SEARCH_KINDS = ("gp", "random", "warm", "direct")
 
 
 def same(a, b, tol: float = 1e-9) -> bool:
@@ -79,49 +79,67 @@ class Folder:
                                   self.spec.data.seqlen, len(self.rows[0]["test nlls"]))
         self.restore = weight_snapshot(self.model)
         self.ev, _ = build_evaluator(self.spec, inputs=inputs)
+        self.cache: dict[tuple, list[float]] = {}  # held-out and test NLLs, per allocation
 
     def held_out(self, alloc) -> list[float]:
-        return self.ev(alloc, split="selection", per_window=True)
+        key = tuple(round(float(x), 12) for x in alloc)
+        if key not in self.cache:  # a baseline is the strongest of several rows: scored once
+            self.cache[key] = self.ev(alloc, split="selection", per_window=True)
+        return self.cache[key]
 
-    def test_nlls(self, alloc) -> tuple[list[float], str]:
-        """The test NLLs of ``alloc`` (on the evaluator's N:M pattern): a row of the folder, else measured."""
+    def row(self, alloc) -> dict | None:
+        """The folder's row of ``alloc`` (on the evaluator's N:M pattern), if it has one."""
         alloc = self.ev.on_pattern([float(x) for x in alloc])
-        row = next((r for r in self.rows if same(r.get("sparsities"), alloc)), None)
-        if row is not None:
-            return row["test nlls"], f"row {row['name']}"
+        return next((r for r in self.rows if same(r.get("sparsities"), alloc)), None)
+
+    def pair(self, a, b) -> tuple[list[float], list[float], str]:
+        """The test NLLs of two allocations from one source: the folder's rows when it has both, else both
+        measured here (numbers from another version of the libraries are never paired with today's)."""
+        ra, rb = self.row(a), self.row(b)
+        if ra is not None and rb is not None:
+            return ra["test nlls"], rb["test nlls"], "the comparison's rows"
+        return self.measure(a), self.measure(b), "measured here"
+
+    def measure(self, alloc) -> list[float]:
+        key = ("test",) + tuple(round(float(x), 12) for x in alloc)
+        if key in self.cache:
+            return self.cache[key]
+        alloc = self.ev.on_pattern([float(x) for x in alloc])
         nm = self.spec.prune.nm
         self.restore()
         try:
             prune(self.model, self.spec.prune.method, alloc, self.calib, m=parse_nm(nm)[1] if nm else None)
-            return window_nlls(self.model, self.test).tolist(), "measured here"
+            self.cache[key] = window_nlls(self.model, self.test).tolist()
         finally:
             self.restore()
+        return self.cache[key]
 
     def close(self) -> None:
         self.ev.close()
 
 
-def audit(folder: Path, f: Folder, case: dict) -> dict:
+def audit(folder: Path, f: Folder, case: dict, measure_all: bool = False) -> dict:
     t0 = time.perf_counter()
     cand, base = f.held_out(case["candidate"]), f.held_out(case["baseline"])
     made = choice(cand, base)
     ships_found = made["verdict"] == "beats"
-    shipped = case["candidate"] if ships_found else case["baseline"]
-    shipped_test, source = f.test_nlls(shipped)
-    base_test, base_source = f.test_nlls(case["baseline"])
-    cand_test, cand_source = f.test_nlls(case["candidate"]) if not ships_found else (shipped_test, source)
-    on_test = paired_interval(shipped_test, base_test)
-    found_test = paired_interval(cand_test, base_test)
-    return {"folder": folder.name, "row": case["row"], "candidate rank": case["rank"], "strongest": case["strongest"],
+    head = {"folder": folder.name, "row": case["row"], "candidate rank": case["rank"], "strongest": case["strongest"],
             "decision Δ": made["delta"], "decision": made["verdict"], "windows": made["windows"],
-            "ships": "found" if ships_found else baseline_spec(case["strongest"], case["params"]),
-            "found on test": [found_test.value, found_test.lo, found_test.hi], "found verdict": verdict(found_test),
+            "ships": "found" if ships_found else baseline_spec(case["strongest"], case["params"])}
+    if not ships_found and not measure_all and (f.row(case["candidate"]) is None or f.row(case["baseline"]) is None):
+        nan = [math.nan] * 3  # the baseline ships: it ties itself; the unshipped function's test is not needed
+        return {**head, "found on test": nan, "found verdict": "not measured", "shipped on test": [0.0, 0.0, 0.0],
+                "shipped verdict": "tie", "test source": "", "seconds": round(time.perf_counter() - t0, 1)}
+    cand_test, base_test, source = f.pair(case["candidate"], case["baseline"])
+    found_test = paired_interval(cand_test, base_test)
+    on_test = found_test if ships_found else paired_interval(base_test, base_test)
+    return {**head, "found on test": [found_test.value, found_test.lo, found_test.hi], "found verdict": verdict(found_test),
             "shipped on test": [on_test.value, on_test.lo, on_test.hi], "shipped verdict": verdict(on_test),
-            "test sources": [cand_source, base_source], "seconds": round(time.perf_counter() - t0, 1)}
+            "test source": source, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def interval(v) -> str:
-    return f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
+    return "—" if math.isnan(v[0]) else f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
 
 
 def report(name: str, rows: list[dict], windows: int, fitness: str) -> None:
@@ -154,6 +172,8 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=SELECTION_WINDOWS, help="held-out validation windows")
     ap.add_argument("--fitness", default=EvaluatorSpec().fitness, choices=FITNESSES,
                     help="whose per-window log-perplexity the rule pairs (default: the tool's default fitness)")
+    ap.add_argument("--measure-all", action="store_true",
+                    help="also measure on test a function the rule does not ship when the folder lacks its numbers")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
     out = RESULTS / f"{args.name}.jsonl"
@@ -170,7 +190,7 @@ def main() -> None:
         f = Folder(folder, args.windows, args.fitness)
         try:
             for case in todo:
-                row = audit(folder, f, case)
+                row = audit(folder, f, case, args.measure_all)
                 with out.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 done.append(row)

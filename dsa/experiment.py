@@ -45,9 +45,9 @@ from .distributed import LocalEvaluation
 from .errors import UserError
 from .llm import allocator_for, build_evaluator, load_inputs
 from .plots import plot_allocations, plot_differences
-from .runs import machine, write_json
+from .runs import finite_number, machine, write_json
 from .search import SearchRun, run_search, score_baselines
-from .settings import TEST_WINDOWS, EvaluatorSpec
+from .settings import MAX_SPARSITY, TEST_WINDOWS, EvaluatorSpec
 
 FILE = "compare.json"
 VERSION = 1
@@ -88,6 +88,51 @@ def identity(settings: dict) -> dict:
             **{k: settings[k] for k in ("level_step", "budget", "test_windows")}}
 
 
+KINDS = ("dense", "baseline", "found", "gp", "random", "direct", "warm")  # what a row may be
+
+
+def rows_problem(saved: dict, c: Comparison) -> str | None:
+    """What is wrong with a saved comparison's rows, in a few words (None: nothing): its version, and per row
+    a printable unique name, a known kind, finite non-negative test NLLs as many as every other row's (and
+    as the protocol's test windows where those are fixed), a validation value that is a number (not NaN),
+    sparsities within [0, MAX_SPARSITY] and a counter below 2**63. Checked on ``--resume`` before any work:
+    a resumed folder's rows enter every table and interval."""
+    if saved.get("version") != VERSION:
+        return f"version {str(saved.get('version'))[:20]!r}, not {VERSION}"
+    cuda = c.spec.model.is_cuda()
+    fixed = (TEST_WINDOWS["cuda" if cuda else "cpu"] if c.test_windows is None else c.test_windows) or None
+    lengths, names = set(), set()
+    for i, row in enumerate(saved["rows"]):
+        where = f"row {i + 1}"
+        if not isinstance(row, dict):
+            return f"{where} is not an object"
+        name, nlls = row.get("name"), row.get("test nlls")
+        if not isinstance(name, str) or not name or len(name) > 400 or not name.isprintable():
+            return f"{where} has no printable name"
+        if name in names:
+            return f"{where} repeats the name {name[:60]!r}"
+        names.add(name)
+        if row.get("kind") not in KINDS:
+            return f"{where} has an unknown kind"
+        if not isinstance(nlls, list) or not nlls or not all(finite_number(v) and v >= 0 for v in nlls):
+            return f"{where}'s test nlls are not finite numbers ≥ 0"
+        lengths.add(len(nlls))
+        if len(lengths) > 1 or (fixed is not None and len(nlls) != fixed):
+            return f"{where} holds {len(nlls)} test NLLs, not as many as the others or the protocol's"
+        value = row.get("val ppl")
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                      and value > 0 and not math.isnan(value)):
+            return f"{where}'s val ppl is not a positive number"
+        alloc = row.get("sparsities")
+        if alloc is not None and not (isinstance(alloc, list) and alloc and all(
+                finite_number(v) and 0 <= v <= MAX_SPARSITY for v in alloc)):
+            return f"{where}'s sparsities are not numbers in [0, {MAX_SPARSITY}]"
+        count = row.get("evaluations")
+        if count is not None and not (isinstance(count, int) and not isinstance(count, bool) and 0 <= count < 2**63):
+            return f"{where}'s evaluations is not a count"
+    return None
+
+
 def _same(a: dict, b: dict) -> bool:
     return json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))
 
@@ -106,6 +151,9 @@ def run_comparison(c: Comparison, resume: bool = False) -> Path:
             old = identity(saved["settings"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"cannot resume {c.out}: {FILE} is damaged ({type(exc).__name__})") from None
+        problem = rows_problem(saved, c)
+        if problem:
+            raise UserError(f"cannot resume {c.out}: {FILE} is damaged ({problem})")
         mine = identity(c.settings())
         changed = sorted(k for k in mine if not _same({k: old.get(k)}, {k: mine[k]}))
         if changed:

@@ -15,7 +15,7 @@ from gp.direct import DirectConfig
 from .allocations import COMPARE_BASELINES, SEARCH_BASELINES
 from .commands import top_parser
 from .exports import FORMATS
-from .settings import (DEFAULT_MAX_SCORES, DTYPES, FITNESSES, MAX_SPARSITY, METHODS, MIN_DECISION_WINDOWS,
+from .settings import (DEFAULT_FITNESS, DEFAULT_MAX_SCORES, DTYPES, FITNESSES, MAX_SPARSITY, METHODS, MIN_DECISION_WINDOWS,
                        SELECTION_WINDOWS, SPACES)
 
 DEFAULTS = SearchConfig()
@@ -206,10 +206,11 @@ def add_fitness_args(s: argparse.ArgumentParser) -> None:
                         "ships only where the paired 95 %% interval of its log-perplexity difference from the "
                         "strongest baseline there lies below 0, else the run ships that baseline (default "
                         f"{SELECTION_WINDOWS}; fewer than {MIN_DECISION_WINDOWS} never resolve a win; 0 = off)")
-    s.add_argument("--fitness", choices=FITNESSES, default="ppl",
-                   help="ppl: validation perplexity (default); ppl-known: the same with the text's <unk> markers "
-                        "left out as targets (WikiText-2's validation release has them, its raw test split not); "
-                        "kl: mean KL divergence of the next-token distributions from the dense model's (EvoPress's)")
+    s.add_argument("--fitness", choices=FITNESSES, default=DEFAULT_FITNESS,
+                   help="ppl-known (default): validation perplexity with the text's <unk> markers left out as "
+                        "targets (WikiText-2's validation release has them, its raw test split not; needs a fast "
+                        "tokenizer); ppl: plain validation perplexity; kl: mean KL divergence of the next-token "
+                        "distributions from the dense model's (EvoPress's)")
     s.add_argument("--masking", choices=MASKING, default="inplace",
                    help="how a candidate's masks reach the model: inplace (default; keeps a dense copy of the "
                         "weights), forward (masks inside each linear's forward, no copy: weights + ranks) or block "

@@ -163,3 +163,34 @@ def test_tune_constants_is_refused_where_it_would_do_nothing(capsys):
         assert main(["search", "--tune-constants", "4", *extra]) == 2
         err = capsys.readouterr().err
         assert "tune_constants applies to single-objective evolution" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda d: d["rows"][1].update({"test nlls": "1.0, 2.0"}), "test nlls are not finite"),
+    (lambda d: d["rows"][1].update({"test nlls": d["rows"][1]["test nlls"][:2]}), "holds 2 test NLLs"),
+    (lambda d: d["rows"][1]["test nlls"].__setitem__(0, float("nan")), "test nlls are not finite"),
+    (lambda d: d["rows"][1].pop("name"), "no printable name"),
+    (lambda d: d["rows"][1].update({"name": "x\x1b[2Jy"}), "no printable name"),
+    (lambda d: d["rows"][1].pop("kind"), "unknown kind"),
+    (lambda d: d["rows"].append(dict(d["rows"][1])), "repeats the name"),
+    (lambda d: d.update({"version": 99}), "version '99'"),
+    (lambda d: d["rows"][1].update({"val ppl": float("nan")}), "val ppl is not a positive number"),
+    (lambda d: d["rows"][1].update({"sparsities": [5.0, 0.7]}), "sparsities are not numbers"),
+    (lambda d: d["rows"][-1].update({"evaluations": 10**400}), "evaluations is not a count"),
+])
+def test_compare_resume_refuses_damaged_rows_before_any_work(tiny_dir, tmp_path, capsys, damage, words):  # noqa: F811
+    """compare.json's rows enter every table and interval on --resume: each field is checked first, and a
+    damaged file is refused in one line, left as it was (no model is loaded, nothing is rewritten)."""
+    out = tmp_path / "cmp"
+    if not (tmp_path.parent / "damaged-source").exists():
+        assert compare(tiny_dir, tmp_path.parent / "damaged-source", "--searches", "gp") == 0
+    shutil.copytree(tmp_path.parent / "damaged-source", out)
+    saved = json.loads((out / "compare.json").read_text())
+    damage(saved)
+    text = json.dumps(saved)
+    (out / "compare.json").write_text(text)
+    capsys.readouterr()
+    assert compare(tiny_dir, out, "--searches", "gp", "--resume") == 2
+    err = capsys.readouterr().err
+    assert words in err and "damaged" in err and len(err.strip().splitlines()) == 1, err
+    assert (out / "compare.json").read_text() == text
