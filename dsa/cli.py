@@ -168,7 +168,7 @@ def compare_command(args, given: set[str]) -> None:
     out = check_output_dir(args.out, "--out")
     run_comparison(Comparison(spec, out, gp_config, direct, args.level_step, tuple(args.baselines.split(",")),
                               formulas, args.searches, args.seeds, args.budget, args.test_windows,
-                              not args.no_progress), resume=args.resume)
+                              not args.no_progress, args.c4_windows), resume=args.resume)
 
 
 def prune_or_eval(args, given: set[str]):

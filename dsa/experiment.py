@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from evaluators.data.text import load_split, token_windows
+from evaluators.data.text import heldout_docs, load_split, token_windows
 from evaluators.fitness.intervals import paired_interval, perplexity_interval, verdict
 from evaluators.fitness.perplexity import perplexity_from_nlls, window_nlls
 from evaluators.models.loading import weight_snapshot
@@ -69,6 +69,7 @@ class Comparison:
     budget: int = 40                     # direct search evaluations when no GP search runs
     test_windows: int | None = None      # None: the protocol's (128 on CPU, all on CUDA); 0: all
     progress: bool = True
+    c4_windows: int = 32                 # a second test text: held-out calibration-domain documents; 0: off
 
     def settings(self) -> dict:
         """What compare.json records: the settings every row's numbers depend on, and which rows were asked
@@ -76,7 +77,7 @@ class Comparison:
         return {"evaluator": self.spec.to_dict(), "gp": self.gp.to_dict(), "direct": self.direct.to_dict(),
                 "level_step": self.level_step, "budget": self.budget, "test_windows": self.test_windows,
                 "baselines": list(self.baselines), "formulas": list(self.formulas),
-                "searches": list(self.searches), "seeds": list(self.seeds)}
+                "searches": list(self.searches), "seeds": list(self.seeds), "c4_windows": self.c4_windows}
 
 
 def identity(settings: dict) -> dict:
@@ -119,6 +120,10 @@ def rows_problem(saved: dict, c: Comparison) -> str | None:
         lengths.add(len(nlls))
         if len(lengths) > 1 or (fixed is not None and len(nlls) != fixed):
             return f"{where} holds {len(nlls)} test NLLs, not as many as the others or the protocol's"
+        second = row.get("c4 nlls")
+        if second is not None and not (isinstance(second, list) and second
+                                       and all(finite_number(v) and v >= 0 for v in second)):
+            return f"{where}'s c4 nlls are not finite numbers ≥ 0"
         value = row.get("val ppl")
         if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
                                       and value > 0 and not math.isnan(value)):
@@ -181,17 +186,26 @@ class Runner:
         n_test = TEST_WINDOWS["cuda" if cuda else "cpu"] if c.test_windows is None else (c.test_windows or None)
         texts = load_split(c.spec.data.data, "test", c.spec.data.data_dir)
         self.test = token_windows(inputs.tokenizer, texts, c.spec.data.seqlen, n_test)
+        self.second = None  # documents of the calibration text that calibration never read (held-out C4)
+        if c.c4_windows:
+            data = c.spec.data
+            try:
+                held = heldout_docs(inputs.tokenizer, load_split(data.calib, "train", data.data_dir), data.nsamples,
+                                    data.calib_seqlen, data.seed)
+                self.second = token_windows(inputs.tokenizer, held, data.seqlen, c.c4_windows)
+            except UserError as exc:  # a calibration text that calibration reads whole has none held out
+                print(f"no second test text: {exc}", flush=True)
         self.restore = weight_snapshot(self.model)
         self.evaluator, info = build_evaluator(c.spec, inputs=inputs)
         self.info = {**info, "test_windows": int(self.test.shape[0]), "test_source": getattr(texts, "source", None),
-                     "machine": machine()}
+                     "c4_windows": int(self.second.shape[0]) if self.second is not None else 0, "machine": machine()}
         self.ev = LocalEvaluation(built=(self.evaluator, info))
         blocks, target = self.evaluator.blocks, c.spec.prune.sparsity
         try:
             if "dense" not in self.done:
                 t0 = time.perf_counter()
                 self.add({"name": "dense", "kind": "dense", "val ppl": self.evaluator.dense_perplexity(),
-                          "test nlls": self.nlls(), "seconds": round(time.perf_counter() - t0, 1)})
+                          "test nlls": self.nlls(), **self.second_nlls(), "seconds": round(time.perf_counter() - t0, 1)})
             todo = [n for n in c.baselines if n not in self.done]
             if todo:
                 tuned = score_baselines(baseline_candidates(tuple(todo), blocks, target), self.evaluator)
@@ -216,6 +230,12 @@ class Runner:
     def nlls(self) -> list[float]:
         return window_nlls(self.model, self.test, self.c.spec.data.batch_size, self.c.progress).tolist()
 
+    def second_nlls(self) -> dict:
+        """The model's per-window NLLs on the second test text, as a row holds them ({} when off)."""
+        if self.second is None:
+            return {}
+        return {"c4 nlls": window_nlls(self.model, self.second, self.c.spec.data.batch_size).tolist()}
+
     def measure(self, name: str, kind: str, alloc, **extra) -> None:
         """Validation (and selection) fitness by the search's evaluator, then exact pruning and the test
         split's per-window NLLs; the dense weights are back afterwards."""
@@ -232,15 +252,18 @@ class Runner:
             prune(self.model, self.c.spec.prune.method, alloc, self.calib, progress=self.c.progress,
                   batch_size=self.c.spec.data.batch_size, m=m)
             row["test nlls"] = self.nlls()
+            row.update(self.second_nlls())
         finally:
             self.restore()
         self.add({**row, **extra, "sparsities": alloc, "seconds": round(time.perf_counter() - t0, 1)})
 
     def add(self, row: dict) -> None:
         row["test ppl"] = perplexity_from_nlls(torch.tensor(row["test nlls"], dtype=torch.float64))
+        if "c4 nlls" in row:
+            row["c4 ppl"] = perplexity_from_nlls(torch.tensor(row["c4 nlls"], dtype=torch.float64))
         self.rows.append(row)
         self.done.add(row["name"])
-        print({k: v for k, v in row.items() if k not in ("test nlls", "sparsities")}, flush=True)
+        print({k: v for k, v in row.items() if k not in ("test nlls", "c4 nlls", "sparsities")}, flush=True)
         write_json(self.c.out / FILE, {"version": VERSION, "settings": self.c.settings(), "info": self.info,
                                        "rows": self.rows})
         (self.c.out / "compare.md").write_text(report(self.c, self.info, self.rows))
@@ -320,6 +343,10 @@ def comparisons(rows: list[dict]) -> dict[str, dict]:
             if ref is not None and ref is not r and r["kind"] != "dense":
                 iv = paired_interval(r["test nlls"], ref["test nlls"])
                 item[label] = (iv, verdict(iv))
+        if strongest is not None and strongest is not r and r["kind"] != "dense" and "c4 nlls" in r \
+                and len(strongest.get("c4 nlls") or ()) == len(r["c4 nlls"]):
+            iv = paired_interval(r["c4 nlls"], strongest["c4 nlls"])
+            item["strongest c4"] = (iv, verdict(iv))
         out[r["name"]] = item
     return out
 
@@ -334,19 +361,23 @@ def report(c: Comparison, info: dict, rows: list[dict]) -> str:
             f"({'GPU' if spec.model.is_cuda() else 'CPU'} protocol). Test: raw WikiText-2, {info.get('test_windows')} "
             f"windows × {spec.data.seqlen} tokens; validation (fitness, tuning): {spec.val_windows} windows, selection "
             f"split: the next {spec.selection_windows}; calibration {spec.data.calib} {spec.data.nsamples} × "
-            f"{spec.data.calib_seqlen} (data seed {spec.data.seed}); exact sequential pruning. Test ppl with its 95 % "
+            f"{spec.data.calib_seqlen} (data seed {spec.data.seed}); exact sequential pruning. Second test text: "
+            f"{info.get('c4_windows') or 'no'} windows of calibration-domain documents calibration never read. Test ppl with its 95 % "
             f"bootstrap interval over windows; Δ = log(ppl / ppl of the reference) on the same windows with its paired "
             f"95 % interval: *beats* / *loses* where the interval excludes 0. Strongest baseline on validation: "
             f"{strongest['name'] if strongest else '—'}. Searches: GP population {c.gp.population}, {c.gp.generations} "
             f"generations; direct searches with the GP run's evaluations; search seeds {', '.join(map(str, c.seeds))}.\n")
     cols = ["allocation", "val ppl", "selection ppl", "test ppl [95 % CI]", "Δ vs uniform [95 % CI]",
-            "Δ vs strongest [95 % CI]", "evaluations", "formula / params"]
+            "Δ vs strongest [95 % CI]", "held-out C4 ppl", "Δ vs strongest on C4 [95 % CI]", "evaluations",
+            "formula / params"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         s = stats[r["name"]]
         cells = [r["name"], _fmt(r.get("val ppl")), _fmt(r.get("selection ppl")), s["test"].text()]
-        for label in ("uniform", "strongest"):
-            if label in s:
+        for label in ("uniform", "strongest", "c4 ppl", "strongest c4"):
+            if label == "c4 ppl":
+                cells.append(_fmt(r.get("c4 ppl")))
+            elif label in s:
                 iv, word = s[label]
                 cells.append(f"{iv.value:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}] {'**' + word + '**' if word != 'tie' else 'tie'}")
             else:
@@ -365,12 +396,14 @@ def seeds_summary(rows: list[dict], stats: dict) -> str:
             kinds.setdefault(r["kind"], []).append(r)
     if not kinds:
         return ""
-    lines = ["", "| search | seeds | test ppl mean ± sd | beats uniform | beats strongest |", "|---|---|---|---|---|"]
+    lines = ["", "| search | seeds | test ppl mean ± sd | beats uniform | beats strongest | beats strongest on "
+             "held-out C4 |", "|---|---|---|---|---|---|"]
     for kind, group in kinds.items():
         ppl = [r["test ppl"] for r in group]
         sd = statistics.stdev(ppl) if len(ppl) > 1 else 0.0
         count = {label: sum(stats[r["name"]].get(label, (None, ""))[1] == "beats" for r in group)
-                 for label in ("uniform", "strongest")}
+                 for label in ("uniform", "strongest", "strongest c4")}
         lines.append(f"| {kind} | {len(group)} | {statistics.mean(ppl):.4g} ± {sd:.2g} | "
-                     f"{count['uniform']}/{len(group)} | {count['strongest']}/{len(group)} |")
+                     f"{count['uniform']}/{len(group)} | {count['strongest']}/{len(group)} | "
+                     f"{count['strongest c4']}/{len(group)} |")
     return "\n".join(lines) + "\n"

@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "parameters, owl:m=7,lam=0.1), comma-separated")
     c.add_argument("--test-windows", type=nonnegative_int,
                    help="test windows (default: 128 × 512 tokens on CPU, all 2048-token windows on CUDA; 0 = all)")
+    c.add_argument("--c4-windows", type=nonnegative_int, default=32,
+                   help="a second test text: windows of calibration-domain documents that calibration never read "
+                        "(held-out C4 by default), every row measured and compared there too (default 32; 0 = off)")
     c.add_argument("--out", required=True, type=nonempty,
                    help="the comparison's folder: compare.json (every row with its per-window test NLLs), "
                         "compare.md, allocations.png, intervals.png (a forest plot of the paired intervals) and the "

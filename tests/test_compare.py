@@ -194,3 +194,26 @@ def test_compare_resume_refuses_damaged_rows_before_any_work(tiny_dir, tmp_path,
     err = capsys.readouterr().err
     assert words in err and "damaged" in err and len(err.strip().splitlines()) == 1, err
     assert (out / "compare.json").read_text() == text
+
+
+def test_compare_measures_every_row_on_a_second_held_out_text(tiny_dir, tmp_path):  # noqa: F811
+    """--c4-windows N: every row also on N windows of calibration-text documents that calibration never read
+    (held-out C4 by default), with the paired interval against the strongest baseline there."""
+    out = tmp_path / "cmp"
+    assert compare(tiny_dir, out, "--searches", "none", "--calib-seqlen", "16", "--c4-windows", "4") == 0
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["info"]["c4_windows"] == 4 and saved["settings"]["c4_windows"] == 4
+    for row in saved["rows"]:
+        assert len(row["c4 nlls"]) == 4 and row["c4 ppl"] == pytest.approx(math.exp(np.mean(row["c4 nlls"])))
+    dense = next(r for r in saved["rows"] if r["kind"] == "dense")
+    uniform = next(r for r in saved["rows"] if r["name"] == "uniform")
+    assert uniform["c4 nlls"] != dense["c4 nlls"]  # measured on the pruned model (a random model: not worse)
+    table = (out / "compare.md").read_text()
+    assert "held-out C4 ppl" in table and "4 windows of calibration-domain documents" in table
+    # the windows are cut from documents calibration did not read
+    from evaluators.data.text import heldout_docs, load_split
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_dir / "model")
+    docs = load_split(str(tiny_dir / "text.txt"), "train")
+    held = heldout_docs(tok, docs, 2, 16, 0)
+    assert 0 < len(held) < len(docs)
