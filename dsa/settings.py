@@ -40,7 +40,7 @@ TEST_WINDOWS = {"cuda": None, "cpu": 128}
 # log-ppl differences between allocations spread with σ ≈ 0.1–0.15 (the committed comparisons' test windows),
 # so 32 windows resolve a difference of 0.05 (5 % perplexity) with ~80 % power at σ = 0.1
 SELECTION_WINDOWS = 32
-# the search's default fitness, chosen from bench/results/fitness_agreement_cpu_*: validation perplexity with
+# the search's default fitness, chosen from bench/results/fitness_variants_cpu_*: validation perplexity with
 # WikiText-2's <unk> markers left out ranks allocations like test perplexity on both real models, where the
 # plain validation perplexity ranks them backwards on Gemma-3-270M (docs/results.md), at the same cost
 DEFAULT_FITNESS = "ppl-known"
