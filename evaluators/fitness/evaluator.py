@@ -69,16 +69,19 @@ def _window_nlls(ev: "PruningEvaluator", tokens: torch.Tensor, split: str) -> to
     return window_nlls(ev.model, tokens, ev.batch_size, ev.progress, ev.head_chunk)
 
 
+def _known(ev: "PruningEvaluator", tokens: torch.Tensor, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per window, (NLL sum, count) over the targets that are not a marker (``ignore[split]``)."""
+    return known_nlls(token_scores(ev.model, tokens, None, ev.batch_size, ev.progress, ev.head_chunk)[0],
+                      ev.ignore[split][:tokens.shape[0]])
+
+
 def _known_window_nlls(ev: "PruningEvaluator", tokens: torch.Tensor, split: str) -> torch.Tensor:
-    """Per window, the mean NLL over the targets that are not a marker (``ignore[split]``)."""
-    total, count = known_nlls(token_scores(ev.model, tokens, None, ev.batch_size, ev.progress, ev.head_chunk)[0],
-                              ev.ignore[split][:tokens.shape[0]])
+    total, count = _known(ev, tokens, split)
     return total / count.clamp_min(1.0)
 
 
 def _known_perplexity(ev: "PruningEvaluator", tokens: torch.Tensor, split: str) -> float:
-    total, count = known_nlls(token_scores(ev.model, tokens, None, ev.batch_size, ev.progress, ev.head_chunk)[0],
-                              ev.ignore[split][:tokens.shape[0]])
+    total, count = _known(ev, tokens, split)
     return perplexity_from_nlls((total.sum() / count.sum().clamp_min(1.0)).reshape(1))
 
 

@@ -130,12 +130,8 @@ def token_scores(model, windows: torch.Tensor, reference: list | None = None, ba
                                   reduction="none")
             rows[:, i:j] = nll.view(batch.shape[0], -1).double().cpu()
             if reference is not None:
-                logq = torch.log_softmax(logits.double(), dim=-1)
-                top_p = torch.stack([reference[start + b][0][i:j] for b in range(batch.shape[0])]).to(logq.device)
-                ids = torch.stack([reference[start + b][1][i:j] for b in range(batch.shape[0])]).to(logq.device)
-                q = logq.gather(-1, ids)
-                rest_p, rest_q = _log_rest(top_p), _log_rest(q)
-                total += ((top_p.exp() * (top_p - q)).sum(dim=-1) + rest_p.exp() * (rest_p - rest_q)).sum(dim=1).cpu()
+                top_p, ids = _reference_batch(reference, start, batch)
+                total += _kl_sum(logits, top_p[:, i:j], ids[:, i:j]).cpu()
         nlls.append(rows)
         kls.append(total / (batch.shape[1] - 1))
     return torch.cat(nlls), (torch.cat(kls) if reference is not None else None)
@@ -146,6 +142,22 @@ def known_nlls(token_nlls: torch.Tensor, ignore: torch.Tensor) -> tuple[torch.Te
     :func:`evaluators.data.text.marker_tokens`) does not mark; ``token_nlls`` from :func:`token_scores`."""
     keep = ~ignore[:, 1:].to(torch.bool)
     return (token_nlls * keep).sum(dim=1), keep.sum(dim=1).to(torch.float64)
+
+
+def _reference_batch(reference: list, start: int, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dense top-k log-probabilities and token ids of the windows ``start …`` in ``batch``, on its device."""
+    rows = range(start, start + batch.shape[0])
+    return (torch.stack([reference[r][0] for r in rows]).to(batch.device),
+            torch.stack([reference[r][1] for r in rows]).to(batch.device))
+
+
+def _kl_sum(logits: torch.Tensor, top_p: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per window, the summed KL(dense ‖ model) over these positions, over the dense top-k tokens and the rest."""
+    logq = torch.log_softmax(logits.double(), dim=-1)  # KLs are small differences: float64
+    q = logq.gather(-1, ids)
+    rest_p, rest_q = _log_rest(top_p), _log_rest(q)
+    kl = (top_p.exp() * (top_p - q)).sum(dim=-1) + rest_p.exp() * (rest_p - rest_q)
+    return kl.double().sum(dim=1)
 
 
 def _log_rest(logp_top: torch.Tensor) -> torch.Tensor:
@@ -178,14 +190,9 @@ def window_kls(model, windows: torch.Tensor, reference: list, batch_size: int = 
     out = []
     for start, batch, parts in _batches(model, windows, batch_size, chunk, progress, "KL"):
         total = torch.zeros(batch.shape[0], dtype=torch.float64, device=batch.device)
-        top_p = torch.stack([reference[start + b][0] for b in range(batch.shape[0])]).to(batch.device)
-        ids = torch.stack([reference[start + b][1] for b in range(batch.shape[0])]).to(batch.device)
+        top_p, ids = _reference_batch(reference, start, batch)
         for i, j, logits in _logits(model, parts, batch, chunk):
-            logq = torch.log_softmax(logits.double(), dim=-1)  # KLs are small differences: float64
-            p, q = top_p[:, i:j], logq.gather(-1, ids[:, i:j])
-            rest_p, rest_q = _log_rest(p), _log_rest(q)
-            kl = (p.exp() * (p - q)).sum(dim=-1) + rest_p.exp() * (rest_p - rest_q)
-            total += kl.double().sum(dim=1)
+            total += _kl_sum(logits, top_p[:, i:j], ids[:, i:j])
         out.append((total / (batch.shape[1] - 1)).cpu())
     return torch.cat(out)
 
