@@ -252,27 +252,28 @@ def heldout_docs(tokenizer, docs: list[str], nsamples: int, seqlen: int, seed: i
     """The documents :func:`calibration_batch` with the same arguments never reads (in its visiting order):
     text of the calibration domain that neither calibration nor a fitness on these has seen. A
     UserError when calibration had to read every document."""
-    order, used = _calibration_visit(tokenizer, docs, nsamples, seqlen, seed)
-    if used is None:
-        raise UserError(f"calibration with {nsamples} × {seqlen} tokens reads every one of the {len(docs)} "
-                        f"documents: none is held out")
-    return [docs[i] for i in order[used:]]
+    order = _visit_order(len(docs), random.Random(seed))
+    for count, (position, _) in enumerate(_long_documents(tokenizer, docs, order, seqlen), 1):
+        if count == nsamples:  # the document that gave calibration its last window
+            return [docs[i] for i in order[position + 1:]]
+    raise UserError(f"calibration with {nsamples} × {seqlen} tokens reads every one of the {len(docs)} "
+                    f"documents: none is held out")
 
 
-def _calibration_visit(tokenizer, docs: list[str], nsamples: int, seqlen: int, seed: int):
-    """(document order, documents read) of :func:`calibration_batch`'s first pass; None read when the pass
-    ends short and every document is used."""
-    rng = random.Random(seed)
-    order = list(range(len(docs)))
+def _visit_order(n: int, rng: random.Random) -> list[int]:
+    """The seeded order in which calibration visits ``n`` documents (the rng's first draw)."""
+    order = list(range(n))
     rng.shuffle(order)
-    found, chunk = 0, 32
+    return order
+
+
+def _long_documents(tokenizer, docs: list[str], order: list[int], seqlen: int, chunk: int = 32):
+    """(position in ``order``, token ids) of every document longer than ``seqlen`` tokens, in visiting order
+    (tokenized ``chunk`` at a time): the documents that give calibration a window each."""
     for start in range(0, len(order), chunk):
         for k, ids in enumerate(tokenizer([docs[i] for i in order[start:start + chunk]], verbose=False).input_ids):
-            if len(ids) > seqlen:  # a document that gives calibration_batch a window
-                found += 1
-                if found == nsamples:
-                    return order, start + k + 1
-    return order, None
+            if len(ids) > seqlen:
+                yield start + k, ids
 
 
 def calibration_batch(tokenizer, docs: list[str], nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
@@ -285,16 +286,11 @@ def calibration_batch(tokenizer, docs: list[str], nsamples: int, seqlen: int, se
     if nsamples < 1 or seqlen < 2:
         raise UserError(f"need nsamples ≥ 1 and seqlen ≥ 2, got {nsamples} and {seqlen}")
     rng = random.Random(seed)
-    order = list(range(len(docs)))
-    rng.shuffle(order)
+    order = _visit_order(len(docs), rng)
     samples: list[torch.Tensor] = []
-    chunk = 32
-    for start in range(0, len(order), chunk):
-        batch = [docs[i] for i in order[start:start + chunk]]
-        for ids in tokenizer(batch, verbose=False).input_ids:
-            if len(ids) > seqlen and len(samples) < nsamples:
-                i = rng.randint(0, len(ids) - seqlen - 1)
-                samples.append(torch.tensor(ids[i:i + seqlen], dtype=torch.long))
+    for _, ids in _long_documents(tokenizer, docs, order, seqlen):
+        i = rng.randint(0, len(ids) - seqlen - 1)
+        samples.append(torch.tensor(ids[i:i + seqlen], dtype=torch.long))
         if len(samples) == nsamples:
             break
     if len(samples) < nsamples:
