@@ -115,14 +115,12 @@ def rows_problem(saved: dict, c: Comparison) -> str | None:
         names.add(name)
         if row.get("kind") not in KINDS:
             return f"{where} has an unknown kind"
-        if not isinstance(nlls, list) or not nlls or not all(finite_number(v) and v >= 0 for v in nlls):
+        if not _nlls_ok(nlls):
             return f"{where}'s test nlls are not finite numbers ≥ 0"
         lengths.add(len(nlls))
         if len(lengths) > 1 or (fixed is not None and len(nlls) != fixed):
             return f"{where} holds {len(nlls)} test NLLs, not as many as the others or the protocol's"
-        second = row.get("c4 nlls")
-        if second is not None and not (isinstance(second, list) and second
-                                       and all(finite_number(v) and v >= 0 for v in second)):
+        if "c4 nlls" in row and not _nlls_ok(row["c4 nlls"]):
             return f"{where}'s c4 nlls are not finite numbers ≥ 0"
         value = row.get("val ppl")
         if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -136,6 +134,11 @@ def rows_problem(saved: dict, c: Comparison) -> str | None:
         if count is not None and not (isinstance(count, int) and not isinstance(count, bool) and 0 <= count < 2**63):
             return f"{where}'s evaluations is not a count"
     return None
+
+
+def _nlls_ok(values) -> bool:
+    """Per-window NLLs as a row holds them: a non-empty list of finite numbers ≥ 0."""
+    return isinstance(values, list) and bool(values) and all(finite_number(v) and v >= 0 for v in values)
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -351,6 +354,14 @@ def comparisons(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+def _difference(item) -> str:
+    """A table cell: Δ with its interval and verdict (bold where it decides), or empty."""
+    if item is None:
+        return ""
+    iv, word = item
+    return f"{iv.value:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}] {'**' + word + '**' if word != 'tie' else 'tie'}"
+
+
 def report(c: Comparison, info: dict, rows: list[dict]) -> str:
     spec = c.spec
     strongest = strongest_baseline(rows)
@@ -374,15 +385,9 @@ def report(c: Comparison, info: dict, rows: list[dict]) -> str:
     for r in rows:
         s = stats[r["name"]]
         cells = [r["name"], _fmt(r.get("val ppl")), _fmt(r.get("selection ppl")), s["test"].text()]
-        for label in ("uniform", "strongest", "c4 ppl", "strongest c4"):
-            if label == "c4 ppl":
-                cells.append(_fmt(r.get("c4 ppl")))
-            elif label in s:
-                iv, word = s[label]
-                cells.append(f"{iv.value:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}] {'**' + word + '**' if word != 'tie' else 'tie'}")
-            else:
-                cells.append("")
-        cells += [_fmt(r.get("evaluations")), str(r.get("formula") or r.get("params") or "").replace("|", "\\|")]
+        cells += [_difference(s.get("uniform")), _difference(s.get("strongest")), _fmt(r.get("c4 ppl")),
+                  _difference(s.get("strongest c4")), _fmt(r.get("evaluations")),
+                  str(r.get("formula") or r.get("params") or "").replace("|", "\\|")]
         lines.append("| " + " | ".join(cells) + " |")
     return head + "\n" + "\n".join(lines) + "\n" + seeds_summary(rows, stats) + "\n"
 
