@@ -25,16 +25,14 @@ from pathlib import Path
 
 from bench.common import RESULTS, machine, markdown_table
 from dsa.allocations import baseline_spec
+from dsa.experiment import pruned_nlls
 from dsa.llm import build_evaluator, load_inputs
 from dsa.runs import read_run
 from dsa.search import choice
 from dsa.settings import FITNESSES, SELECTION_WINDOWS, EvaluatorSpec
 from evaluators.data.text import load_split, token_windows
 from evaluators.fitness.intervals import paired_interval, verdict
-from evaluators.fitness.perplexity import window_nlls
 from evaluators.models.loading import weight_snapshot
-from evaluators.pruning.nm import parse_nm
-from evaluators.pruning.pruners import prune
 
 SEARCH_KINDS = ("gp", "random", "warm", "direct")
 
@@ -105,13 +103,8 @@ class Folder:
         if key in self.cache:
             return self.cache[key]
         alloc = self.ev.on_pattern([float(x) for x in alloc])
-        nm = self.spec.prune.nm
-        self.restore()
-        try:
-            prune(self.model, self.spec.prune.method, alloc, self.calib, m=parse_nm(nm)[1] if nm else None)
-            self.cache[key] = window_nlls(self.model, self.test).tolist()
-        finally:
-            self.restore()
+        self.cache[key] = pruned_nlls(self.model, self.spec.prune.method, alloc, self.calib, [self.test],
+                                      self.restore, self.spec.prune.nm, self.spec.data.batch_size)[0]
         return self.cache[key]
 
     def close(self) -> None:

@@ -34,12 +34,12 @@ from deap import gp as dgp
 
 from bench.common import RESULTS, add_model_args, load_inputs, machine, markdown_table, spearman, weight_snapshot
 from dsa.allocations import baseline_candidates, split_list
+from dsa.experiment import pruned_nlls
 from dsa.llm import allocator_for
 from dsa.problem import has_reduction
 from evaluators.data.text import heldout_docs, load_split, marker_tokens, token_windows
 from evaluators.fitness.evaluator import PruningEvaluator
-from evaluators.fitness.perplexity import known_nlls, token_scores, window_nlls
-from evaluators.pruning.pruners import prune
+from evaluators.fitness.perplexity import known_nlls, token_scores
 from gp import half_and_half
 
 MAX_SCORES = 2**18  # the search's subsample per block (EvaluatorSpec's default)
@@ -306,12 +306,7 @@ def main() -> None:
         if name in stored and not check:
             row["test nlls"] = stored[name]["test nlls"]
         else:
-            restore()
-            try:
-                prune(model, args.method, alloc, calib)
-                row["test nlls"] = window_nlls(model, test).tolist()
-            finally:
-                restore()
+            row["test nlls"] = pruned_nlls(model, args.method, alloc, calib, [test], restore)[0]
             if check:
                 diff = max(abs(a - b) for a, b in zip(row["test nlls"], stored[name]["test nlls"]))
                 info["reuse check"] = (f"Reused test NLLs checked: {name} re-measured here, largest per-window "

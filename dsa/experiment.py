@@ -176,6 +176,20 @@ def run_comparison(c: Comparison, resume: bool = False) -> Path:
     return Runner(c, rows).run()
 
 
+def pruned_nlls(model, method: str, alloc: list[float], calib, texts: list[torch.Tensor], restore,
+                nm: str | None = None, batch_size: int = 1, progress: bool = False) -> list[list[float]]:
+    """Per-window NLLs on each of ``texts`` of ``model`` pruned exactly (block by block,
+    :func:`evaluators.pruning.pruners.prune`) at ``alloc`` (already on the N:M pattern ``nm``, if any), from its
+    dense weights and back to them (``restore``): how every reported number is measured (``dsa compare`` and
+    the benchmarks)."""
+    restore()
+    try:
+        prune(model, method, alloc, calib, progress=progress, batch_size=batch_size, m=parse_nm(nm)[1] if nm else None)
+        return [window_nlls(model, windows, batch_size, progress).tolist() for windows in texts]
+    finally:
+        restore()
+
+
 class Runner:
     def __init__(self, c: Comparison, rows: list[dict]):
         self.c, self.rows = c, rows
@@ -247,17 +261,11 @@ class Runner:
         row = {"name": name, "kind": kind, "val ppl": extra.pop("val ppl", None) or self.evaluator(alloc)}
         if "selection" in self.evaluator.splits:
             row["selection ppl"] = self.evaluator(alloc, split="selection")
-        self.restore()
-        nm = self.c.spec.prune.nm
-        m = parse_nm(nm)[1] if nm else None
         alloc = self.evaluator.on_pattern(alloc)  # what the evaluator scored: on the N:M pattern, if any
-        try:
-            prune(self.model, self.c.spec.prune.method, alloc, self.calib, progress=self.c.progress,
-                  batch_size=self.c.spec.data.batch_size, m=m)
-            row["test nlls"] = self.nlls()
-            row.update(self.second_nlls())
-        finally:
-            self.restore()
+        texts = {"test nlls": self.test, **({"c4 nlls": self.second} if self.second is not None else {})}
+        spec = self.c.spec
+        row.update(zip(texts, pruned_nlls(self.model, spec.prune.method, alloc, self.calib, list(texts.values()),
+                                          self.restore, spec.prune.nm, spec.data.batch_size, self.c.progress)))
         self.add({**row, **extra, "sparsities": alloc, "seconds": round(time.perf_counter() - t0, 1)})
 
     def add(self, row: dict) -> None:
