@@ -32,7 +32,7 @@ from dsa.search import choice
 from dsa.settings import FITNESSES, SELECTION_WINDOWS, EvaluatorSpec
 from evaluators.data.text import load_split, token_windows
 from evaluators.fitness.intervals import paired_interval, verdict
-from evaluators.models.loading import weight_snapshot
+from evaluators.models.loading import same_model, weight_snapshot
 
 SEARCH_KINDS = ("gp", "random", "warm", "direct")
 
@@ -66,11 +66,13 @@ def cases(folder: Path, rows: list[dict]) -> list[dict]:
 class Folder:
     """One comparison folder's model, evaluator (with held-out decision windows) and test windows."""
 
-    def __init__(self, folder: Path, windows: int, fitness: str):
+    def __init__(self, folder: Path, windows: int, fitness: str, models: tuple[str, ...] = ()):
         saved = json.loads((folder / "compare.json").read_text())
         self.rows = saved["rows"]
-        self.spec = replace(EvaluatorSpec.from_dict(saved["settings"]["evaluator"]), selection_windows=windows,
-                            fitness=fitness)
+        spec = EvaluatorSpec.from_dict(saved["settings"]["evaluator"])
+        # compare.json names a local model by its label: the one of --model that it names
+        model = spec.model.located(tuple(m for m in models if same_model(spec.model.label(), m)), str(folder))
+        self.spec = replace(spec, model=model, selection_windows=windows, fitness=fitness)
         inputs = load_inputs(self.spec)
         self.model, self.calib = inputs.model, inputs.calib
         self.test = token_windows(inputs.tokenizer, load_split(self.spec.data.data, "test", self.spec.data.data_dir),
@@ -167,6 +169,8 @@ def main() -> None:
                     help="whose per-window log-perplexity the rule pairs (default: the tool's default fitness)")
     ap.add_argument("--measure-all", action="store_true",
                     help="also measure on test a function the rule does not ship when the folder lacks its numbers")
+    ap.add_argument("--model", default="", help="the folders' local models (paths, comma-separated): a folder "
+                                                "takes the one its compare.json names (by label)")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
     out = RESULTS / f"{args.name}.jsonl"
@@ -180,7 +184,7 @@ def main() -> None:
                 if (name, c["row"]) not in seen]
         if not todo:
             continue
-        f = Folder(folder, args.windows, args.fitness)
+        f = Folder(folder, args.windows, args.fitness, tuple(filter(None, args.model.split(","))))
         try:
             for case in todo:
                 row = audit(folder, f, case, args.measure_all)

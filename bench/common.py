@@ -1,5 +1,5 @@
 """Shared bits of the benchmark scripts: model/data arguments and loading, weight snapshots,
-machine description and result writing."""
+machine description and result writing (a model by its label, never by its path)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from dsa.runs import machine  # noqa: E402,F401 (the scripts import these from here)
-from evaluators.models.loading import weight_snapshot  # noqa: E402,F401
+from evaluators.models.loading import model_label, weight_snapshot  # noqa: E402,F401
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -41,6 +41,20 @@ def load_inputs(args: argparse.Namespace, split: str = "validation"):
     calib = calibration_batch(tok, load_split(data.calib, "train", data.data_dir), data.nsamples, data.calib_seqlen,
                               seed=data.seed)
     return model, tok, windows, calib
+
+
+def model_name(args: argparse.Namespace) -> str:
+    """The model of :func:`add_model_args`'s flags as tables name it (:func:`dsa.llm.model_name`: its label)."""
+    from dsa.llm import model_name as name
+    from dsa.settings import ModelSpec
+    return name(ModelSpec(args.model))
+
+
+def recorded(args: dict) -> dict:
+    """A script's arguments as its result file holds them: ``model`` by its label, other absolute paths (a
+    folder argument) by their last part: never a path of the machine it ran on."""
+    out = {k: Path(v).name if isinstance(v, str) and v.startswith(("/", "~")) else v for k, v in args.items()}
+    return {**out, "model": model_label(args["model"])} if args.get("model") else out
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -82,8 +96,10 @@ def _cell(v) -> str:
 
 
 def write(name: str, payload: dict, table: str, title: str, quiet: bool = False) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / name).parent.mkdir(parents=True, exist_ok=True)  # NAME may be FOLDER/NAME
     payload = {"machine": machine(), **payload}
+    if isinstance(payload.get("args"), dict):
+        payload["args"] = recorded(payload["args"])
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
     m = payload["machine"]
     head = f"# {title}\n\nMachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, CUDA: {m['cuda']}; {m['date']}\n\n"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, add_model_args, markdown_table, write  # noqa: E402
+from bench.common import RESULTS, add_model_args, markdown_table, model_name, write  # noqa: E402
 from dsa.cli import data_spec, model_spec  # noqa: E402
 from dsa.distributed import LocalEvaluation  # noqa: E402
 from dsa.llm import build_evaluator  # noqa: E402
@@ -134,7 +134,7 @@ def report(args, rows: list[dict], curves: dict, device: str, n_val: int) -> Non
     plot(curves, RESULTS / f"{args.name}.png", args.fitness)
     verdicts = "\n".join(verdict(v, rows, curves, random_best) for v in variants if v != "random")
     what = FITNESSES[args.fitness].description
-    table = (f"{args.model or 'SmolLM2-135M'} on {device}, {args.method}, {args.sparsity:.0%}; "
+    table = (f"{model_name(args)} on {device}, {args.method}, {args.sparsity:.0%}; "
              f"calibration C4 {args.nsamples}×{args.calib_seqlen}; fitness = {what} on {n_val}×{args.seqlen} "
              f"tokens; population {args.population}, budget {args.budget} evaluations per run, seeds "
              f"{seeds_done(rows, args.seeds)}. 'Reach': evaluations each variant needed to get to the same seed's random-search "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import add_model_args, load_inputs, markdown_table, spearman, write  # noqa: E402
+from bench.common import add_model_args, load_inputs, markdown_table, model_name, spearman, write  # noqa: E402
 from bench.speed import DTYPES, sample_allocations  # noqa: E402
 from evaluators.fitness.evaluator import PruningEvaluator  # noqa: E402
 
@@ -38,7 +38,7 @@ def main() -> None:
                "median relative gap": statistics.median(gaps), "max relative gap": max(gaps),
                "same best candidate": fp32.index(min(fp32)) == low.index(min(low))}
     rows = [{"candidate": i, "fp32 val ppl": a, f"{args.low_dtype} val ppl": b} for i, (a, b) in enumerate(zip(fp32, low))]
-    table = (f"Model {args.model or 'SmolLM2-135M'} on {next(model.parameters()).device}; Wanda 70 %, random valid "
+    table = (f"Model {model_name(args)} on {next(model.parameters()).device}; Wanda 70 %, random valid "
              f"allocations; validation {val.shape[0]}×{args.seqlen} tokens; calibration {args.nsamples}×{args.calib_seqlen}.\n\n"
              + markdown_table([summary], list(summary)) + "\n\n"
              + markdown_table(rows, ["candidate", "fp32 val ppl", f"{args.low_dtype} val ppl"]))

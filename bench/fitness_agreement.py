@@ -32,7 +32,8 @@ from typing import Callable
 
 from deap import gp as dgp
 
-from bench.common import RESULTS, add_model_args, load_inputs, machine, markdown_table, spearman, weight_snapshot
+from bench.common import (RESULTS, add_model_args, load_inputs, machine, markdown_table, model_name, recorded, spearman,
+                          weight_snapshot)
 from dsa.allocations import baseline_candidates, split_list
 from dsa.experiment import pruned_nlls
 from dsa.llm import allocator_for
@@ -180,7 +181,7 @@ def report(out: Path, args, rows: list[dict], info: dict) -> None:
         t["s / evaluation"] = round(t["windows"] * per_window.get(key, math.nan), 2)
     m = info["machine"]
     text = (f"# Does the fitness predict test?\n\nMachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
-            f"CUDA: {m['cuda']}; {m['date']}\n\nModel {display(args.model)}, {args.method} at "
+            f"CUDA: {m['cuda']}; {m['date']}\n\nModel {model_name(args)}, {args.method} at "
             f"{args.sparsity:.0%}; calibration C4 {args.nsamples} × {args.calib_seqlen} (data seed {args.data_seed}); "
             f"test: raw WikiText-2, {info.get('test windows')} windows × {args.seqlen}, exact sequential pruning; "
             f"fitness pool: {args.pool} WikiText-2 validation windows and {args.c4_windows} windows of held-out C4 "
@@ -198,13 +199,8 @@ def report(out: Path, args, rows: list[dict], info: dict) -> None:
                                       ["allocation", "kind", *SHOWN, "test ppl", "seconds"]) + "\n")
     (out.parent / f"{out.name}.md").write_text(text)
     (out.parent / f"{out.name}.json").write_text(json.dumps(
-        {"machine": m, "args": {k: v for k, v in vars(args).items() if k != "model"},
-         "model": display(args.model), "info": info, "summary": table}, indent=1) + "\n")
-
-
-def display(model: str | None) -> str:
-    """A model as a record names it: its file or folder name, never a path of the machine it ran on."""
-    return Path(model).name if model else "SmolLM2-135M (default)"
+        {"machine": m, "args": recorded(vars(args)), "model": model_name(args), "info": info, "summary": table},
+        indent=1) + "\n")
 
 
 SHOWN = ("ppl@4", "known@4", "kl@4", "c4 ppl@4", "c4 kl@4")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deap import gp as dgp  # noqa: E402
 
 from bench.common import (RESULTS, add_model_args, agreement, load_inputs, markdown_table,  # noqa: E402
-                          weight_snapshot, write)
+                          model_name, recorded, weight_snapshot, write)
 from dsa.allocations import baseline_candidates  # noqa: E402
 from dsa.cli import data_spec, model_spec  # noqa: E402
 from dsa.llm import level_key  # noqa: E402
@@ -77,7 +77,7 @@ def previous_rows(args) -> list[dict]:
     if not args.resume or not path.is_file():
         return []
     old = json.loads(path.read_text())
-    changed = [k for k in SAME_FOR_RESUME if old["args"].get(k) != getattr(args, k)]
+    changed = [k for k in SAME_FOR_RESUME if old["args"].get(k) != recorded(vars(args))[k]]
     if changed:
         sys.exit(f"--resume: {path} was run with other settings ({', '.join(changed)}); use another --name")
     return old["rows"]
@@ -109,7 +109,7 @@ def main() -> None:
     opened = time.perf_counter() - t0
     print(db.describe(), flush=True)
     params = sum(lin.weight.numel() for block in model_linears(model) for lin in block.values())
-    database = {"levels stored": len(grid) - 1, "path": str(db.path), "size (GB)": round(db.size_bytes / 1e9, 2),
+    database = {"levels stored": len(grid) - 1, "database": db.path.name, "size (GB)": round(db.size_bytes / 1e9, 2),
                 "build seconds": db.meta["build_seconds"], "reused": db.reused, "open seconds": round(opened, 1),
                 "linear params": params, **projection(len(grid) - 1)}
 
@@ -126,7 +126,7 @@ def main() -> None:
         summary = {**agreement(rows, "exact test ppl", {"ρ A masks vs exact": "A masks val ppl",
                                                               "ρ B levels vs exact": "B levels val ppl"}),
                    **database} if len(rows) >= 3 else dict(database)
-        table = (f"Model {args.model or 'SmolLM2-135M'} ({'GPU' if args.device.startswith('cuda') else 'CPU'} "
+        table = (f"Model {model_name(args)} ({'GPU' if args.device.startswith('cuda') else 'CPU'} "
                  f"protocol), {args.method} {args.sparsity:.0%}; fitness A (masks from dense SparseGPT scores) and B "
                  f"(level database, {len(grid) - 1} levels, step {args.grid_step}) on validation "
                  f"{val.shape[0]}×{args.seqlen} tokens; exact: sequential {args.method} pruning, test "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import add_model_args, load_inputs, markdown_table, weight_snapshot, write  # noqa: E402
+from bench.common import add_model_args, load_inputs, markdown_table, model_name, weight_snapshot, write  # noqa: E402
 from dsa.llm import resolve_allocation, score_source  # noqa: E402
 from evaluators.baselines import alphapruning, block_alphas  # noqa: E402
 from evaluators.fitness.perplexity import perplexity  # noqa: E402
@@ -66,7 +66,7 @@ def main() -> None:
 
 def report(args, rows: list[dict], n: int) -> None:
     """Write the table so far (a long sweep leaves its finished rows behind if stopped)."""
-    table = (f"Model: {args.model or 'SmolLM2-135M (default)'}; raw WikiText-2 test, {n} windows × {args.seqlen} "
+    table = (f"Model: {model_name(args)}; raw WikiText-2 test, {n} windows × {args.seqlen} "
              f"tokens; calibration C4 {args.nsamples}×{args.calib_seqlen}; exact (sequential) pruning.\n\n"
              + markdown_table(rows, ["method", "sparsity", "allocation", "perplexity", "measured mean sparsity",
                                      "formula", "seconds"]))

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import add_model_args, load_inputs, markdown_table, weight_snapshot, write  # noqa: E402
+from bench.common import add_model_args, load_inputs, markdown_table, model_name, weight_snapshot, write  # noqa: E402
 from evaluators.fitness.evaluator import PruningEvaluator  # noqa: E402
 from evaluators.fitness.masking import MASKING  # noqa: E402
 from evaluators.fitness.perplexity import CHUNK, window_nlls  # noqa: E402
@@ -178,7 +178,7 @@ def main() -> None:
             row["× evaluation"] = naive_s / row["seconds"]  # naive (baseline variant) ÷ this evaluation
     whole = {"peak host RSS GiB (whole run, model loading included)":
              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30}
-    table = (f"Model {args.model or 'SmolLM2-135M'} on {device}; validation {val.shape[0]}×{args.seqlen} tokens; "
+    table = (f"Model {model_name(args)} on {device}; validation {val.shape[0]}×{args.seqlen} tokens; "
              f"Wanda calibration {args.nsamples}×{args.calib_seqlen}; medians of {args.repeats}. "
              "'× evaluation' = the naive approach's seconds ÷ this row's.\n\n"
              + markdown_table(rows, ["variant", "what", "seconds", "× floor", "× evaluation"]) + "\n\n"

@@ -28,10 +28,13 @@ def names() -> list[str]:
     return list(BASELINES)
 
 
-def split_list(text: str) -> tuple[str, ...]:
+def split_list(text: str, flag: str = "--formulas") -> tuple[str, ...]:
     """A comma-separated list of allocations, split only at commas outside parentheses, so formulas keep
     theirs and a baseline its parameters: ``"owl:m=7,lam=0.1, dsa(r_mean(S), 0.1)"`` →
-    ``("owl:m=7,lam=0.1", "dsa(r_mean(S), 0.1)")``."""
+    ``("owl:m=7,lam=0.1", "dsa(r_mean(S), 0.1)")``; "" → (). An empty item (``"owl,,uniform"``, ``"owl,"``)
+    is refused, not dropped: UserError naming ``flag``."""
+    if not text.strip():
+        return ()
     items, depth, start = [], 0, 0
     for i, ch in enumerate(text):
         depth += {"(": 1, ")": -1}.get(ch, 0)
@@ -41,9 +44,11 @@ def split_list(text: str) -> tuple[str, ...]:
     items.append(text[start:])
     merged: list[str] = []
     for item in (item.strip() for item in items):
+        if not item:
+            raise UserError(f"{flag} {text!r:.100} has an empty item: give comma-separated allocations")
         if merged and ":" in merged[-1] and re.match(r"[A-Za-z_]\w*\s*=", item):
             merged[-1] += "," + item  # a baseline's next parameter: "owl:m=7,lam=0.1" stays one item
-        elif item:
+        else:
             merged.append(item)
     return tuple(merged)
 
@@ -151,7 +156,8 @@ def best_formula(run_dir: Path) -> str:
 
 def _direct_row(run_dir: Path) -> tuple[list, float] | None:
     """A direct search's best allocation as stored and its target (None for a formula run), checked as
-    far as it can be without the model: numbers within [0, MAX_SPARSITY], a target in (0, MAX_SPARSITY]."""
+    far as it can be without the model: numbers within [0, MAX_SPARSITY], as many as the other rows of
+    its hall of fame hold, a target in (0, MAX_SPARSITY]."""
     row, config = best_row(run_dir)
     if config.get("space") != "direct":
         return None
@@ -161,6 +167,10 @@ def _direct_row(run_dir: Path) -> tuple[list, float] | None:
     if not isinstance(values, list) or not all(isinstance(v, (int, float)) and 0 <= v <= MAX_SPARSITY for v in values):
         raise UserError(f"{run_dir}/hall_of_fame.json is damaged: its best allocation is not a list of sparsities "
                         f"in [0, {MAX_SPARSITY}]")
+    others = {len(r["output"]) for r in read_run(run_dir)["hall_of_fame"] if isinstance(r["output"], list)}
+    if others - {len(values)}:
+        raise UserError(f"{run_dir}/hall_of_fame.json is damaged: its best allocation has {len(values)} sparsities, "
+                        f"its other rows {', '.join(map(str, sorted(others - {len(values)})))}")
     return values, target
 
 
@@ -222,19 +232,32 @@ def check_allocation(spec: str, flag: str = "--allocation") -> None:
         return
     path = run_folder(spec)
     if path is not None:
-        if (shipped := shipped_baseline(path)) is not None:
-            return check_allocation(shipped, flag)
-        if _direct_row(path) is not None:
-            return
-        text = best_formula(path)
-    else:
-        text = spec
-    _parse(text, spec, build_pset(), flag)
+        return check_run(path)
+    _parse(spec, build_pset(), flag)
 
 
-def _parse(text: str, spec: str, pset, flag: str = "--allocation"):
+def check_run(run_dir: Path) -> None:
+    """A run folder's choice, checked as far as it can be without the model (what ``--allocation RUN``
+    and ``dsa show`` check): the baseline it ships, a direct search's stored allocation, or its best
+    tree (a formula of the grammar)."""
+    if (shipped := shipped_baseline(run_dir)) is not None:
+        return check_allocation(shipped, f"{run_dir}/config.json's choice")
+    if _direct_row(run_dir) is None:
+        _run_tree(run_dir, build_pset())
+
+
+def _run_tree(run_dir: Path, pset):
+    """A formula run's best tree, parsed; a tree that does not parse is a damaged hall of fame."""
+    text = best_formula(run_dir)
     try:
-        return parse_tree(text, pset)
+        return text, parse_tree(text, pset)
+    except FormulaError as exc:
+        raise UserError(f"{run_dir}/hall_of_fame.json is damaged: its best tree is not a formula ({exc})") from None
+
+
+def _parse(spec: str, pset, flag: str = "--allocation"):
+    try:
+        return parse_tree(spec, pset)
     except FormulaError as exc:
         raise UserError(f"{flag} {spec!r:.100} is neither a known name ({', '.join(names())}), "
                         f"a run folder, nor a valid formula: {exc}") from None
@@ -262,11 +285,21 @@ def allocate(spec: str, allocator: LayerAllocator, blocks=None, fitness=None) ->
         return allocate(shipped, allocator, blocks, fitness)
     if path is not None and (values := direct_allocation(path, allocator)) is not None:
         return values, None
-    text = best_formula(path) if path is not None else spec
-    result = allocator(_parse(text, spec, allocator.pset))
+    text, tree = _run_tree(path, allocator.pset) if path is not None else (spec, _parse(spec, allocator.pset))
+    result = allocator(tree)
     if not result.valid:
         raise UserError(f"formula {text!r:.200} gives non-finite layer importances on this model ({result.error})")
     return check_sparsities(result.tolist(), allocator, f"formula {text!r:.200}"), text
+
+
+def check_fits(spec: str, allocator: LayerAllocator, flag: str = "--formulas item") -> None:
+    """The checks of an allocation that need the model's shape (its blocks) but no measurement, to run
+    before any is made: a run folder's stored allocation (its length and target) and a formula's
+    allocation on this model. A baseline (or a run that ships one) needs the model's scores: it is
+    checked when it is computed."""
+    path = run_folder(spec)
+    if _baseline(spec, flag) is None and (path is None or shipped_baseline(path) is None):
+        allocate(spec, allocator)
 
 
 def baseline_candidates(names: tuple[str, ...], blocks, target: float) -> dict[str, list[tuple[dict, list[float]]]]:

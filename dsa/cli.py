@@ -13,14 +13,17 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from evaluators.pruning.nm import TOL as NM_TOL
+from evaluators.pruning.nm import parse_nm
 from gp import CheckpointError, ConfigError, SearchConfig
 from gp.direct import DirectConfig
 
 from .errors import UserError
-from .flags import DEFAULTS, DIRECT, DIRECT_ONLY, GP_ONLY, LLM_ONLY, build_parser, given_flags
+from .flags import DEFAULTS, DIRECT, DIRECT_ONLY, GENERALIZATION, GP_ONLY, LLM_ONLY, build_parser, given_flags
 from .problem import baseline_seeds
-from .settings import (SELECTION_WINDOWS, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec, check_output_dir,
+from .settings import (MAX_SPARSITY, SELECTION_WINDOWS, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec, check_output_dir,
                        check_output_file)
+from .show import escape
 
 
 def model_spec(args) -> ModelSpec:
@@ -33,7 +36,14 @@ def data_spec(args) -> DataSpec:
 
 
 def prune_spec(args) -> PruneSpec:
-    return PruneSpec(args.method, args.sparsity, args.max_scores_per_layer or None, getattr(args, "nm", None))
+    """The pruning settings; what a dense-or-N:M pattern reaches is arithmetic on the flags, checked here
+    (before any model is loaded): every block N:M is mean sparsity N/M."""
+    nm = getattr(args, "nm", None)
+    n, m = parse_nm(nm) if nm else (None, None)
+    if n is not None and args.sparsity * m / n > 1 + NM_TOL:
+        raise UserError(f"--nm {nm}: dense or {n}:{m} reaches at most mean sparsity {n / m:g}, asked for "
+                        f"--sparsity {args.sparsity:g}")
+    return PruneSpec(args.method, args.sparsity, args.max_scores_per_layer or None, nm)
 
 
 def evaluator_spec(args, given: set[str] = frozenset()) -> EvaluatorSpec:
@@ -53,6 +63,9 @@ def search_config(args, given: set[str], generations: int | None = None) -> Sear
     elitism = args.elitism if "elitism" in given else min(args.elitism, args.population - 1)
     tournament = args.tournament if "tournament" in given else min(args.tournament, args.population)
     staged, offspring = (), 0
+    if args.offspring and not args.stages:
+        raise UserError("--offspring sets the children of multi-step selection: give --stages too (e.g. "
+                        "--offspring 30 --stages 1:8,all:8)")
     if args.stages:  # multi-step selection: the last, full stage's survivors fill the population
         *staged, (_, last) = args.stages
         if last != args.population - elitism:
@@ -66,7 +79,8 @@ def search_config(args, given: set[str], generations: int | None = None) -> Sear
             hof_size=args.hof_size, max_height=args.max_height, max_size=args.max_size, mode=args.mode,
             cache=not args.no_cache, objectives=args.objectives, seed=args.seed, offspring=offspring,
             stages=tuple(staged), tune_constants=args.tune_constants,
-            seeds=baseline_seeds(args.sparsity) if args.seed_baselines else ())
+            seeds=baseline_seeds(args.sparsity) if args.seed_baselines else (),
+            **{name: getattr(args, name) for name in GENERALIZATION})
     except ConfigError as exc:
         raise UserError(str(exc)) from None
 
@@ -81,11 +95,21 @@ def direct_config(args) -> DirectConfig:
         raise UserError(str(exc)) from None
 
 
-RESUMABLE = {"command", "resume", "generations", "no_progress", "workers", "ray_address"}
+# what --resume takes: --model too, since a run folder names a local model but never holds its path
+RESUMABLE = {"command", "resume", "generations", "no_progress", "workers", "ray_address", "model"}
 
 
 def flag_names(dests) -> str:
     return ", ".join("--" + d.replace("_", "-") for d in sorted(dests))
+
+
+def check_room(targets) -> None:
+    """A search needs room to move: at the most a layer may be pruned (MAX_SPARSITY) as the mean, every
+    layer is at it, and only uniform reaches the target."""
+    if max(targets) >= MAX_SPARSITY:
+        raise UserError(f"--sparsity {MAX_SPARSITY:g} is the most any layer may be pruned: only uniform reaches "
+                        f"that mean, so a search has nothing to choose (search below it, or prune with "
+                        f"--allocation uniform)")
 
 
 def check_stage_windows(stages, val_windows: int, flag: str = "--stages") -> None:
@@ -118,7 +142,8 @@ def search_command(args, given: set[str]) -> None:
             raise UserError(f"cannot change {', '.join('--' + f.replace('_', '-') for f in fixed)} on resume: "
                             f"a resumed run keeps its settings (only --generations may grow)")
         run = resume_run(Path(args.resume), args.generations, progress=not args.no_progress,
-                         workers=args.workers, ray_address=args.ray_address)
+                         workers=args.workers, ray_address=args.ray_address,
+                         models=tuple(args.model.split(",")) if args.model else ())
     else:
         unused = set(LLM_ONLY) & given if args.task == "synthetic" else set()
         if unused:
@@ -126,6 +151,7 @@ def search_command(args, given: set[str]) -> None:
                             f"synthetic (it has no model, data, pruner or validation windows)")
         if args.task == "llm":
             check_stage_windows(args.stages, args.val_windows)
+        check_room(args.sparsity)
         specs = search_specs(args, given)
         spec, tasks = specs[0], tuple(specs) if len(specs) > 1 else ()
         args.method, args.sparsity = spec.prune.method, spec.prune.sparsity
@@ -139,6 +165,10 @@ def search_command(args, given: set[str]) -> None:
             raise UserError(f"{', '.join('--' + f.replace('_', '-') for f in sorted(other))} "
                             f"{'do' if len(other) > 1 else 'does'} not apply to --space {args.space}")
         config = direct_config(args) if args.space == "direct" else search_config(args, given, args.generations)
+        if args.task == "synthetic" and any((w or 1) > 1 for w, _ in args.stages or ()):
+            raise UserError("--stages: --task synthetic has no validation windows (every step scores the same "
+                            "distance to the optimum), so a step's window count does nothing: write 1 (e.g. "
+                            "1:8,all:4)")
         run = SearchRun(args.task, spec, config, run_dir, progress=not args.no_progress, workers=args.workers,
                         ray_address=args.ray_address, baselines=tuple(args.baselines.split(",")), space=args.space,
                         init=args.init, level_step=args.level_step, tasks=tasks)
@@ -152,13 +182,17 @@ def compare_command(args, given: set[str]) -> None:
     """``dsa compare``: the search's settings through the same builders as ``dsa search``."""
     from .experiment import Comparison, run_comparison
     from .levels import check_level_step
+    from .search import check_cases
     args.seed = args.seeds[0]  # each search's seed is set per seed; the builders check the first
     spec = evaluator_spec(args, given)
     check_stage_windows(args.stages, args.val_windows)
     check_stage_windows(args.direct_stages, args.val_windows, "--direct-stages")
+    if args.searches:
+        check_room((args.sparsity,))
     if set(args.searches) & {"direct", "warm"}:
         check_level_step(args.sparsity, args.level_step)
     gp_config = search_config(args, given, args.generations)
+    check_cases(gp_config, spec)
     direct = direct_config(argparse.Namespace(**{**vars(args), "offspring": args.direct_offspring,
                                                  "stages": args.direct_stages, "generations": 10_000}))
     from .allocations import check_allocation, split_list
@@ -215,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                           args.format)
         elif args.command == "eval":
             eval_main(args, given_flags(argv))
-    except (UserError, CheckpointError) as exc:
-        print(f"dsa: error: {exc}", file=sys.stderr)
+    except (UserError, CheckpointError) as exc:  # its text may quote a shared folder's records: escaped
+        print(f"dsa: error: {escape(exc, width=None)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         resumes = {"search": " (a search resumes with --resume RUN_DIR)",
@@ -227,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed import WorkerError
         if not isinstance(exc, WorkerError):
             raise
-        print(f"dsa: error: {exc} (the search resumes with --resume RUN_DIR)", file=sys.stderr)
+        print(f"dsa: error: {escape(exc, width=None)} (the search resumes with --resume RUN_DIR)",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -215,7 +215,7 @@ class RayEvaluation:
         evaluator on the workers."""
         from .llm import allocation_task, model_name
         setup = self._get(self.actors[0].setup.remote(spec.prune.sparsity, tuple(baselines)))
-        info = {**setup["info"], "model": model_name(spec.model),  # as given (the spec's path is absolute)
+        info = {**setup["info"], "model": model_name(spec.model),  # its label, as a single process records it
                 "workers": len(self.actors), "worker": "gpu" if self.use_gpu else "cpu"}
         fitness = lambda sparsities: self.map(None, [sparsities])[0]  # noqa: E731 (baselines, one at a time)
         return allocation_task(spec, setup["blocks"], fitness, info, setup["candidates"])

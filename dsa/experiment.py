@@ -38,9 +38,11 @@ from evaluators.pruning.pruners import prune
 from gp import SearchConfig
 from gp import checkpoint as checkpoints
 from gp.checkpoint import read_json
+from gp.config import EVOLUTION_ONLY
 from gp.direct import DirectConfig
 
-from .allocations import SEARCH_BASELINES, allocate, baseline_candidates, best_row, check_allocation, run_folder
+from .allocations import (SEARCH_BASELINES, allocate, baseline_candidates, best_row, check_allocation, check_fits,
+                          run_folder)
 from .distributed import LocalEvaluation
 from .errors import UserError
 from .llm import allocator_for, build_evaluator, load_inputs
@@ -157,11 +159,15 @@ def run_comparison(c: Comparison, resume: bool = False) -> Path:
             saved = read_json(path)
             rows = list(saved["rows"])
             old = identity(saved["settings"])
+            recorded = EvaluatorSpec.from_dict(saved["settings"]["evaluator"]).model
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"cannot resume {c.out}: {FILE} is damaged ({type(exc).__name__})") from None
-        problem = rows_problem(saved, c)
+        problem = rows_problem(saved, c) or next(iter(recorded.type_problems()), None)
         if problem:
             raise UserError(f"cannot resume {c.out}: {FILE} is damaged ({problem})")
+        # the recorded model (a label, never a path) found as --model, its recorded name kept
+        model = recorded.located((c.spec.model.model,) if c.spec.model.model else (), str(c.out))
+        c = replace(c, spec=replace(c.spec, model=replace(c.spec.model, model=model.model, name=model.name)))
         mine = identity(c.settings())
         changed = sorted(k for k in mine if not _same({k: old.get(k)}, {k: mine[k]}))
         if changed:
@@ -172,8 +178,7 @@ def run_comparison(c: Comparison, resume: bool = False) -> Path:
             if not gp_dir.is_dir():
                 raise UserError(f"--searches warm starts from the GP run {gp_dir}, which is not there: add gp")
             check_allocation(str(gp_dir))
-    c.out.mkdir(parents=True, exist_ok=True)
-    return Runner(c, rows).run()
+    return Runner(c, rows).run()  # the folder is created with the first row
 
 
 def pruned_nlls(model, method: str, alloc: list[float], calib, texts: list[torch.Tensor], restore,
@@ -219,6 +224,9 @@ class Runner:
         self.ev = LocalEvaluation(built=(self.evaluator, info))
         blocks, target = self.evaluator.blocks, c.spec.prune.sparsity
         try:
+            allocator = allocator_for(blocks, target)
+            for spec in c.formulas:  # what needs only the model's shape, before any row is measured
+                check_fits(spec, allocator)
             if "dense" not in self.done:
                 t0 = time.perf_counter()
                 self.add({"name": "dense", "kind": "dense", "val ppl": self.evaluator.dense_perplexity(),
@@ -229,7 +237,6 @@ class Runner:
                 for name in todo:
                     b = tuned[name]
                     self.measure(name, "baseline", b["allocation"], params=b["params"], **{"val ppl": b["fitness"]})
-            allocator = allocator_for(blocks, target)
             for spec in c.formulas:
                 folder = run_folder(spec)
                 name = f"found: {folder.name if folder is not None else spec}"
@@ -275,6 +282,7 @@ class Runner:
         self.rows.append(row)
         self.done.add(row["name"])
         print({k: v for k, v in row.items() if k not in ("test nlls", "c4 nlls", "sparsities")}, flush=True)
+        self.c.out.mkdir(parents=True, exist_ok=True)  # on the first result: a failed start leaves no folder
         write_json(self.c.out / FILE, {"version": VERSION, "settings": self.c.settings(), "info": self.info,
                                        "rows": self.rows})
         (self.c.out / "compare.md").write_text(report(self.c, self.info, self.rows))
@@ -298,7 +306,7 @@ class Runner:
             evaluations = self.search(f"GP search (seed {seed})", "gp", seed, run)
             budget = evaluations or budget
         if "random" in c.searches:  # dsa search's random mode at the GP run's evaluations (seeded alike)
-            config = replace(c.gp, seed=seed, mode="random", tune_constants=0, generations=10_000,
+            config = replace(c.gp, seed=seed, mode="random", **EVOLUTION_ONLY, generations=10_000,
                              max_evaluations=budget)
             run = SearchRun("llm", c.spec, config, c.out / "runs" / f"random-seed{seed}", progress=c.progress,
                             baselines=SEARCH_BASELINES)

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from evaluators.pruning.methods import METHODS
-from gp.checkpoint import read_json
+from gp.checkpoint import path_kind, read_json
 from primitives import Formula, build_pset, parse_tree
 
 from .errors import UserError
@@ -68,8 +68,11 @@ def read_record(source: str | Path) -> dict:
     path = usable_path(source, "export")
     if path.is_dir():
         path = path / ALLOCATION_FILE
-    if not path.is_file():
+    kind = path_kind(path)
+    if kind == "missing":
         raise UserError(f"{source}: no such file; give an {ALLOCATION_FILE} or a dsa prune --save folder")
+    if kind != "a file":
+        raise UserError(f"{path} is {kind}, not an {ALLOCATION_FILE}")
     try:
         record = read_json(path)
     except (OSError, ValueError) as exc:

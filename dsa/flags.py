@@ -9,7 +9,7 @@ from evaluators.fitness.masking import MASKING
 from evaluators.models.compressed import SAVE_FORMATS
 from evaluators.pruning.nm import parse_nm
 from gp import ConfigError, SearchConfig
-from gp.config import MAX_SEED
+from gp.config import MAX_SEED, SELECTIONS
 from gp.direct import DirectConfig
 
 from .allocations import COMPARE_BASELINES, SEARCH_BASELINES
@@ -23,9 +23,11 @@ DIRECT = DirectConfig()
 SEARCHES = ("gp", "random", "direct", "warm")  # dsa compare's searches
 GP_ONLY = ("population", "mode", "cxpb", "mutpb", "tournament", "elitism", "max_height", "max_size", "objectives",
            "tune_constants", "seed_baselines")
+GENERALIZATION = ("selection", "resample_windows", "parsimony", "dedup", "restart_after")  # SearchConfig fields too
+GP_ONLY += GENERALIZATION
 DIRECT_ONLY = ("max_level", "level_step", "init")
 # what the synthetic task has no use for (it has no model, data, pruner or validation windows)
-LLM_ONLY = ("model", "dtype", "device", "data", "calib", "data_dir", "seqlen", "batch_size", "method", "nsamples",
+LLM_ONLY = ("model", "dtype", "device", "data", "calib", "data_dir", "seqlen", "batch_size", "method", "nsamples", "nm",
             "calib_seqlen", "max_scores_per_layer", "val_windows", "selection_windows", "fitness", "masking",
             "baselines")
 
@@ -98,19 +100,28 @@ def stages(text: str) -> tuple:
     return tuple(out)
 
 
+def items(text: str, what: str) -> list[str]:
+    """The items of a comma-separated flag value, stripped; an empty one ("0,,1", "uniform,") is refused,
+    not dropped."""
+    out = [t.strip() for t in text.split(",")]
+    if not all(out):
+        raise argparse.ArgumentTypeError(f"expected {what}, comma-separated without an empty item, got {text!r}")
+    return out
+
+
 def seed_list(text: str) -> tuple[int, ...]:
-    values = tuple(seed(t.strip()) for t in text.split(",") if t.strip())
-    if not values or len(set(values)) != len(values):
+    values = tuple(seed(t) for t in items(text, "distinct seeds"))
+    if len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"expected distinct seeds, comma-separated, got {text!r}")
     return values
 
 
 def search_list(text: str) -> tuple[str, ...]:
-    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    names = tuple(items(text, f"{', '.join(SEARCHES)} or none"))
     if names == ("none",):
         return ()
     bad = [n for n in names if n not in SEARCHES] + [n for i, n in enumerate(names) if n in names[:i]]
-    if not names or bad:
+    if bad:
         raise argparse.ArgumentTypeError(f"expected {', '.join(SEARCHES)} (comma-separated, each once) or none, "
                                          f"got {text!r}")
     return names
@@ -131,7 +142,7 @@ def name_list(text: str) -> str:
 
 def baseline_list(text: str) -> str:
     from evaluators.baselines import BASELINES
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = items(text, "baselines")
     unknown = [n for n in names if n not in BASELINES]
     if unknown or "uniform" not in names:
         raise argparse.ArgumentTypeError(f"a comma-separated list of {', '.join(BASELINES)} holding uniform; "
@@ -241,7 +252,30 @@ def add_gp_args(s: argparse.ArgumentParser):
     g.add_argument("--objectives", choices=("fitness", "fitness,size"), default="fitness",
                    help="fitness (default), or fitness,size: NSGA-II, writes a Pareto front of fitness against "
                         "formula size (pareto_front.json)")
+    add_generalization_args(g)
     return g
+
+
+def add_generalization_args(g) -> None:
+    """The search's options against overfitting (issue 28's ablation; each off by default), one flag per
+    :class:`~gp.SearchConfig` field of :data:`GENERALIZATION`, checked by the config."""
+    g.add_argument("--selection", choices=SELECTIONS, default=DEFAULTS.selection,
+                   help="how parents are picked: tournament (default), or lexicase: DEAP's automatic ε-lexicase "
+                        "selection with the validation windows as cases (per-window log-perplexities; the fitness "
+                        "stays their mean)")
+    g.add_argument("--resample-windows", type=nonnegative_int, default=DEFAULTS.resample_windows, metavar="K",
+                   help="each generation scores on K windows drawn afresh (seeded) from the --val-windows pool, "
+                        "the survivors re-scored on them; a fitness is the pool's perplexity estimated from them, "
+                        "paired with uniform's per-window values (default 0: the same windows throughout)")
+    g.add_argument("--parsimony", type=float, default=DEFAULTS.parsimony, metavar="D",
+                   help="DEAP's double tournament: of two tournament winners the smaller formula with probability "
+                        "D/2, D in (1, 2] (default 0: off)")
+    g.add_argument("--dedup", action="store_true",
+                   help="a child whose allocation repeats one already scored (or a sibling's) is mutated again, "
+                        "as a repeated formula is")
+    g.add_argument("--restart-after", type=nonnegative_int, default=DEFAULTS.restart_after, metavar="K",
+                   help="after K generations without a better best, all but the elites are replaced by random "
+                        "formulas (default 0: never)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--run-dir", type=nonempty, help="run folder (default: results/<time>-<task>)")
     g.add_argument("--resume", metavar="RUN_DIR", type=nonempty,
                    help="continue a killed run from its last checkpoint (only --generations, --no-progress, "
-                        "--workers and --ray-address may be given with it)")
+                        "--workers, --ray-address and --model may be given with it: --model is where the run's "
+                        "local model is, which a run folder names but never records)")
     g.add_argument("--workers", type=positive_int, metavar="N",
                    help="evaluate candidates on N Ray workers (each holds the model once), on a local Ray "
                         "instance or with --ray-address on that cluster; same result as without (needs: "
@@ -367,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "papers' seven: boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa "
                          "(needs pip install -e .[zeroshot]; their datasets come from the Hub)")
     ev.add_argument("--tasks-path", help="folder(s) of your own lm-eval task YAMLs, comma-separated (lm-eval's "
-                                         "include_path)")
+                                         "include_path). lm-eval imports the Python files (!function utils.x) "
+                                         "those YAMLs name: they run as code, so use folders you trust")
     ev.add_argument("--zeroshot-limit", type=positive_int,
                     help="at most this many examples per zero-shot task (quick checks; the papers use all)")
     ev.add_argument("--no-perplexity", action="store_true", help="skip the test-split perplexity (with --tasks)")

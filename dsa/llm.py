@@ -29,7 +29,8 @@ from .settings import DataSpec, EvaluatorSpec, ModelSpec, PruneSpec
 
 
 def model_name(model: ModelSpec) -> str:
-    return model.model or "SmolLM2-135M (default)"
+    """The model as records and tables name it (its label: never a path)."""
+    return model.label() or "SmolLM2-135M (default)"
 
 
 def source_of(texts) -> str | None:
@@ -118,13 +119,16 @@ def level_database(spec: EvaluatorSpec, x: Inputs) -> dict:
     per-layer level database (:mod:`evaluators.fitness.leveldb`), opened or built once; {} for mask pruners."""
     if not get_method(spec.prune.method).updates_weights:
         return {}
+    from transformers.utils.logging import is_progress_bar_enabled
+
     from evaluators.fitness.leveldb import open_levels
     key = level_key(spec.model, spec.data)
     grid, m = None, None
     if spec.prune.nm:  # the pattern's levels: n/M for every n (mixed), or 0 and N/M (dense or N:M)
         n, m = parse_nm(spec.prune.nm)
         grid = [k / m for k in range(m)] if n is None else [0.0, n / m]
-    levels = open_levels(x.model, x.calib, spec.prune.method, key, grid=grid, progress=True,
+    # --no-progress turns transformers' bars off (dsa.cli.quiet); the build's bar follows the same switch
+    levels = open_levels(x.model, x.calib, spec.prune.method, key, grid=grid, progress=is_progress_bar_enabled(),
                          batch_size=spec.data.batch_size, m=m)
     print(levels.describe())
     return {"levels": levels}

@@ -11,7 +11,8 @@ import math
 import time
 from pathlib import Path
 
-from gp.checkpoint import read_json, read_regular
+from gp.checkpoint import path_kind, read_json, read_regular
+from gp.schema import finite_number
 
 from .errors import UserError
 from .settings import usable_path
@@ -81,11 +82,6 @@ def _row_problem(row) -> str | None:
     return None
 
 
-def finite_number(value) -> bool:
-    """A JSON number (not a boolean) that is finite."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _logbook(path: Path) -> list[dict]:
     try:
         with io.StringIO(read_regular(path).decode(), newline="") as f:
@@ -109,8 +105,11 @@ def read_run(run_dir: str | Path) -> dict:
     when one of its files is damaged)."""
     run_dir = usable_path(run_dir, "run folder")
     hof_path = run_dir / "hall_of_fame.json"
-    if not hof_path.is_file():
+    kind = path_kind(hof_path)
+    if kind == "missing":
         raise UserError(f"{run_dir} is not a run folder (no hall_of_fame.json)")
+    if kind != "a file":
+        raise UserError(f"{hof_path} is damaged: it is {kind}, not a regular file")
     config_path, logbook_path, front_path = (run_dir / n for n in ("config.json", "logbook.csv", "pareto_front.json"))
     config = read_json_file(config_path, "the run's config") if config_path.exists() else {}
     if not isinstance(config, dict):

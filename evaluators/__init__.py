@@ -11,7 +11,7 @@
   what allocators read per decoder block)
 - ``fitness``: ``evaluator`` (``PruningEvaluator``, the search's fitness, and the ``FITNESSES``
   records), ``masking`` (how a candidate's masks reach the model), ``leveldb`` (EvoPress's level database:
-  exact weights for pruners that update them), ``perplexity`` (perplexity, KL), ``intervals`` (bootstrap
+  exact weights for pruners that update them; ``levelfiles``, its files), ``perplexity`` (perplexity, KL), ``intervals`` (bootstrap
   and paired intervals over windows)
 - ``baselines``: ``BASELINES``, the reference allocators (uniform, global, ER, ER-plus, AlphaPruning, OWL,
   DSA's released code and paper formula, ATP, DLP) and ``tune``

@@ -6,7 +6,7 @@
 - ``operators``: crossover, mutations, constraints, ``vary`` (free functions), the toolbox
 - ``algorithms``: one generation of each strategy (elitist GA, multi-step selection, NSGA-II, random
   search) and constant tuning
-- ``evaluation``: the fitness cache and cached batch evaluation (full or on a few windows)
+- ``evaluation``: the fitness cache and cached batch evaluation (full, on a few windows, or from per-case losses)
 - ``checkpoint``: JSON checkpoints, random states, the resume check, bounded reads of regular files
 - ``schema``: what a checkpoint may hold, checked in full before a search is restored from it
 - ``loop``: the generation loop both searches run (start or resume, generations, checkpoints)

@@ -55,6 +55,21 @@ def random_search(pop: list, toolbox, cfg: SearchConfig, evaluate: Callable, kno
     return pop, evaluate(pop)
 
 
+def restart(pop: list, toolbox, cfg: SearchConfig, evaluate: Callable, known: Callable | None):
+    """All but the ``elitism`` best replaced by fresh random trees (``restart_after``: a stalled population)."""
+    elites = [toolbox.clone(e) for e in tools.selBest(pop, cfg.elitism)]
+    fresh = toolbox.population(cfg.population - cfg.elitism)
+    return elites + fresh, evaluate(fresh)
+
+
+def stalled(logbook) -> int:
+    """Generations since the best last improved, or since the last restart (the logbook's ``restart``)."""
+    rows = list(logbook)
+    last = max([0, *(i for i in range(1, len(rows))
+                     if rows[i]["best"] < rows[i - 1]["best"] or rows[i].get("restart"))])
+    return len(rows) - 1 - last
+
+
 def strategy(cfg: SearchConfig) -> Callable:
     if cfg.mode == "random":
         return random_search

@@ -73,6 +73,28 @@ def exists(run_dir: Path) -> bool:
     return os.path.lexists(Path(run_dir) / FILE)  # a dangling link counts: it is not a missing checkpoint
 
 
+# what a path is when it is not a regular file, in words for an error message
+KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _kind(mode: int) -> str:
+    return "a file" if stat.S_ISREG(mode) else next((words for test, words in KINDS if test(mode)), "a special file")
+
+
+def path_kind(path: Path) -> str:
+    """What ``path`` is, in words for an error message, without opening it: "a file" (a regular file or a
+    link to one), "missing" (also below something that is not a folder), "a link to nothing", "a folder",
+    "a FIFO", "a character device" (a link to ``/dev/zero``) …; so that what is there is never reported
+    as missing."""
+    try:
+        return _kind(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return "a link to nothing" if os.path.lexists(path) else "missing"
+    except (OSError, ValueError) as exc:  # no permission, a name too long, a NUL byte
+        return f"unreadable ({exc.strerror if isinstance(exc, OSError) else exc})"
+
+
 def read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
     """The bytes of ``path`` when it is a regular file (or a link to one) of at most ``limit`` bytes.
     Anything else raises OSError without being read: a FIFO would block until a writer comes, a device
@@ -82,7 +104,7 @@ def read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
+            raise OSError(errno.EINVAL, f"{_kind(info.st_mode)}, not a regular file", str(path))
         if info.st_size > limit:
             raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
         chunks, size = [], 0

@@ -8,6 +8,11 @@ from primitives.parse import MAX_HEIGHT, MAX_SIZE
 
 OBJECTIVES = (("fitness",), ("fitness", "size"))  # single-objective, or NSGA-II on fitness and tree size
 MODES = ("evolution", "random")
+SELECTIONS = ("tournament", "lexicase")  # how parents are picked (elites are always the best by fitness)
+# the settings random search has no use for, at their off values (``dsa compare``'s random row takes a GP
+# run's settings with these)
+EVOLUTION_ONLY = {"tune_constants": 0, "selection": "tournament", "parsimony": 0.0, "dedup": False,
+                  "restart_after": 0}
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch and random accept it too
 
 
@@ -40,6 +45,17 @@ class SearchConfig:
     tune_constants: int = 0       # evaluations per generation spent nudging the best tree's constants (PySR-like)
     seeds: tuple = ()             # trees (text) placed in the initial population, e.g. the baselines' formulas
     max_evaluations: int | None = None  # stop after the generation reaching this many full evaluations (None: no cap)
+    # against overfitting (issue 28's ablation), each off by default:
+    selection: str = "tournament"  # parents by tournament, or "lexicase": DEAP's automatic ε-lexicase, the
+    #                                problem's cases (validation windows) as its cases
+    resample_windows: int = 0     # > 0: each generation scores on this many cases drawn afresh (seeded) from the
+    #                               problem's pool, survivors re-scored on them (0: the same cases throughout)
+    parsimony: float = 0.0        # > 0: DEAP's double tournament: of two fitness-tournament winners the smaller
+    #                               tree, with probability parsimony / 2 (a size tournament of size in (1, 2])
+    dedup: bool = False           # a child whose output (allocation) repeats one scored before, or a sibling's,
+    #                               is mutated again, as a repeated tree is (duplicates already cost no evaluation)
+    restart_after: int = 0        # > 0: after this many generations without a better best, all but the elites
+    #                               are replaced by fresh random trees
 
     def __post_init__(self):
         if isinstance(self.objectives, str):  # "fitness,size", as the CLI takes it
@@ -58,7 +74,8 @@ class SearchConfig:
             if not ok:
                 out.append(text)
         ints = ("population", "generations", "tournament", "elitism", "hof_size", "init_min_height",
-                "init_max_height", "max_height", "max_size", "seed", "offspring", "tune_constants")
+                "init_max_height", "max_height", "max_size", "seed", "offspring", "tune_constants",
+                "resample_windows", "restart_after")
         for name in ints:
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
@@ -66,6 +83,9 @@ class SearchConfig:
                                               and not isinstance(self.max_evaluations, bool)),
              f"max_evaluations must be an integer or None, got {self.max_evaluations!r}")
         need(isinstance(self.cache, bool), f"cache must be true or false, got {self.cache!r}")
+        need(isinstance(self.dedup, bool), f"dedup must be true or false, got {self.dedup!r}")
+        need(isinstance(self.parsimony, (int, float)) and not isinstance(self.parsimony, bool),
+             f"parsimony must be a number, got {self.parsimony!r}")
         need(all(isinstance(t, str) for t in self.seeds), "seeds must be trees as text")
         if out:
             return out
@@ -93,6 +113,7 @@ class SearchConfig:
              "tune_constants applies to single-objective evolution (not to random search or NSGA-II)")
         need(self.max_evaluations is None or self.max_evaluations >= 1,
              f"max_evaluations must be ≥ 1 (None: no cap), got {self.max_evaluations}")
+        out += self._against_overfitting()
         if self.stages:
             survivors = [k for _, k in self.stages] + [self.population - self.elitism]
             windows = [w for w, _ in self.stages]
@@ -111,6 +132,35 @@ class SearchConfig:
                  "multi-step selection applies to single-objective evolution")
         else:
             need(self.offspring == 0, "offspring is set by multi-step selection (stages)")
+        return out
+
+    def _against_overfitting(self) -> list[str]:
+        """The checks of the ablation's options: ranges, and combinations where one would be ignored."""
+        out = []
+
+        def need(ok: bool, text: str) -> None:
+            if not ok:
+                out.append(text)
+        need(self.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        need(self.resample_windows >= 0, f"resample_windows must be ≥ 0, got {self.resample_windows}")
+        need(self.restart_after >= 0, f"restart_after must be ≥ 0, got {self.restart_after}")
+        need(self.parsimony == 0 or 1 < self.parsimony <= 2,
+             f"parsimony is a size tournament's size in (1, 2] (0: off), got {self.parsimony}")
+        evolution = self.mode == "evolution" and len(self.objectives) == 1
+        used = [name for name, on in (("selection lexicase", self.selection == "lexicase"),
+                                      ("parsimony", self.parsimony), ("dedup", self.dedup),
+                                      ("restart_after", self.restart_after)) if on]
+        need(evolution or not used, f"{', '.join(used)} apply to single-objective evolution (not to random search "
+                                    f"or NSGA-II)")
+        need(not (self.parsimony and self.selection == "lexicase"),
+             "parsimony is a tournament's size stage: it does not apply to lexicase selection")
+        need(not self.resample_windows or len(self.objectives) == 1,
+             "resample_windows applies to single-objective searches (NSGA-II compares parents and children)")
+        need(not (self.resample_windows and self.stages),
+             "resample_windows does not apply to multi-step selection (its steps read the first windows)")
+        need(not self.dedup or self.cache, "dedup counts a repeated output once through the cache: not with cache off")
+        need(not self.restart_after or self.elitism >= 1,
+             "restart_after keeps the elites and re-seeds the rest: it needs elitism ≥ 1")
         return out
 
     def to_dict(self) -> dict:

@@ -1,12 +1,13 @@
 """Variation operators as free functions of individuals (as in ``deap/gp.py``): typed one-point
-crossover, three mutations, a constraint decorator, and ``vary`` (DEAP's varAnd plus re-mutation of
-offspring that repeat a known candidate)."""
+crossover, three mutations, a constraint decorator, ``vary`` (DEAP's varAnd plus re-mutation of
+offspring that repeat a known candidate), and ε-lexicase selection on per-case losses (DEAP's)."""
 from __future__ import annotations
 
 import copy
 import math
 import random
 from functools import wraps
+from types import SimpleNamespace
 from typing import Callable
 
 from deap import algorithms, base, creator, gp, tools
@@ -80,32 +81,52 @@ def constrain(valid: Callable) -> Callable:
 
 
 def vary(parents: list, toolbox: base.Toolbox, cxpb: float, mutpb: float,
-         known: Callable[[str], bool] | None = None, key: Callable = str) -> list:
-    """Crossover and mutation (DEAP's ``varAnd``); with ``known`` (a test on :func:`key`), an offspring
-    that repeats a known candidate or a sibling is mutated again (up to 10 times), so that the
-    evaluation budget goes to new candidates."""
+         known: Callable[[str], bool] | None = None) -> list:
+    """Crossover and mutation (DEAP's ``varAnd``); with ``known`` (a test on each of a child's
+    ``toolbox.identities``: its text, and with dedup its output's key), an offspring that repeats a known
+    candidate or a sibling is mutated again (up to 10 times), so that the evaluation budget goes to new
+    candidates."""
     offspring = algorithms.varAnd(parents, toolbox, cxpb, mutpb)
     if known is None:
         return offspring
     seen: set = set()
     for i, child in enumerate(offspring):
         for _ in range(10):
-            k = key(child)
-            if k not in seen and not known(k):
+            keys = toolbox.identities(child)
+            if not any(k in seen or known(k) for k in keys):
                 break
             child, = toolbox.mutate(toolbox.clone(child))
             del child.fitness.values
-        seen.add(k)
+        seen.update(keys)
         offspring[i] = child
     return offspring
+
+
+def text_identity(ind) -> tuple:
+    """What makes a child a repeat by default: its text."""
+    return (str(ind),)
+
+
+def select_lexicase(individuals: list, k: int) -> list:
+    """DEAP's automatic ε-lexicase selection (``tools.selAutomaticEpsilonLexicase``: cases in a random
+    order, each keeping the candidates within one median absolute deviation of the best) on each
+    individual's ``cases`` (its per-case losses), while its fitness stays their mean (hall of fame,
+    elites, logbook). Candidates without cases (invalid) take part only where none has them."""
+    pool = [SimpleNamespace(ind=ind, fitness=SimpleNamespace(values=tuple(ind.cases),
+                                                             weights=(-1.0,) * len(ind.cases)))
+            for ind in individuals if getattr(ind, "cases", None)]
+    if not pool:
+        return tools.selRandom(individuals, k)
+    return [entry.ind for entry in tools.selAutomaticEpsilonLexicase(pool, k)]
 
 
 GENERATION_TRIES = 1000
 
 
 def toolbox_for(problem: Problem, cfg: SearchConfig, individual: type) -> base.Toolbox:
-    """DEAP toolbox: typed half-and-half trees within the limits, tournament, one-point crossover,
-    mutation, static limits and the problem's structural constraint on both operators."""
+    """DEAP toolbox: typed half-and-half trees within the limits, the configured selection (tournament,
+    double tournament with parsimony, or ε-lexicase), one-point crossover, mutation, static limits and the
+    problem's structural constraint on both operators; ``identities``: what makes a child a repeat."""
     pset = problem.pset
     tb = base.Toolbox()
     low, high = min(cfg.init_min_height, cfg.max_height), min(cfg.init_max_height, cfg.max_height)
@@ -124,7 +145,14 @@ def toolbox_for(problem: Problem, cfg: SearchConfig, individual: type) -> base.T
 
     tb.register("individual", new_individual)
     tb.register("population", tools.initRepeat, list, tb.individual)
-    tb.register("select", tools.selTournament, tournsize=cfg.tournament)
+    if cfg.selection == "lexicase":
+        tb.register("select", select_lexicase)
+    elif cfg.parsimony:  # Luke & Panait's double tournament: fitness tournaments, then a size tournament
+        tb.register("select", tools.selDoubleTournament, fitness_size=cfg.tournament, parsimony_size=cfg.parsimony,
+                    fitness_first=True)
+    else:
+        tb.register("select", tools.selTournament, tournsize=cfg.tournament)
+    tb.register("identities", text_identity)
     tb.register("mate", cx_one_point)
     tb.register("mutate", mutate, pset=pset)
     for op in ("mate", "mutate"):

@@ -50,6 +50,11 @@ class Problem:
     ``output_key(output)``: outputs with equal keys have equal fitness (the cache and the hall of fame's
     duplicate test use it; None: no such key); ``describe(output)``: the output as JSON data;
     ``display(tree)``: ``{"formula", "latex"}`` shown in the hall of fame (e.g. a simplified SymPy form).
+
+    Per-case losses (lexicase selection, resampled windows: :class:`~gp.evaluation.Cases`):
+    ``cases(output, windows=None)`` → one loss per case (e.g. per validation window) on those case indices
+    (None: all ``n_cases``); a search that reads them gives a candidate the fitness ``link(mean loss)``;
+    ``reference``: an output whose losses on every case pair the estimate from a subset of them (None: unpaired).
     """
 
     pset: gp.PrimitiveSetTyped
@@ -59,6 +64,10 @@ class Problem:
     output_key: Callable[[Any], Hashable] | None = rounded_key
     describe: Callable[[Any], Any] = as_list
     display: Callable[[gp.PrimitiveTree], dict] = field(default=tree_text)
+    cases: Callable[..., list[float]] | None = None
+    n_cases: int = 0
+    link: Callable[[float], float] = float
+    reference: Any = None
 
     @staticmethod
     def key(tree: gp.PrimitiveTree) -> str:

@@ -2,7 +2,8 @@
 before anything is restored or written. Run folders are shared between users, so a checkpoint is
 untrusted input; one that passes these checks restores without error and continues the run as saved.
 
-Checked: types, ranges and lengths; numbers finite (a fitness may also be the engine's ``WORST``);
+Checked: types, ranges and lengths; numbers finite (a fitness may also be the engine's ``WORST``),
+counters below 2**63;
 trees that parse within the run's limits; direct-search levels within ±max_level that sum to 0 (level
 switches keep the target mean); the generation within [0, generations]; a logbook row per generation;
 random states that a fresh generator accepts. A failure is a :class:`~gp.checkpoint.CheckpointError`
@@ -25,13 +26,14 @@ from .problem import WORST
 MT_WORDS = 624  # words of a Mersenne Twister state (Python's, NumPy's)
 TORCH_STATE_BYTES = torch.get_rng_state().numel()
 KEY_DEPTH = 3  # cache keys: rounded outputs, (output, windows) pairs, one output per task
+MAX_COUNT = 2**63 - 1  # the largest counter (generation, evaluations, cache hits) a checkpoint may hold
 
 
-def check_search(path, state: dict, config, parse: Callable[[str], Any]) -> None:
+def check_search(path, state: dict, config, parse: Callable[[str], Any], n_cases: int = 0) -> None:
     """A GP search's checkpoint (:class:`~gp.search.Search`) against its ``config`` (a
     :class:`~gp.SearchConfig`); ``parse(text)`` gives the tree, ValueError for a text that is not a tree
-    of the run's grammar within its limits."""
-    _named(path, _search, state, config, parse)
+    of the run's grammar within its limits; ``n_cases``: the problem's cases (0: not known yet)."""
+    _named(path, _search, state, config, parse, n_cases)
 
 
 def check_direct(path, state: dict, config, space=None) -> None:
@@ -49,12 +51,15 @@ def _named(path, check, *args) -> None:
 
 # --- the two kinds of checkpoint ------------------------------------------------------------------------
 
-def _search(state: dict, config, parse) -> None:
+def _search(state: dict, config, parse, n_cases: int) -> None:
     gen = _generation(state)
     objectives = len(config.objectives)
     shapes: set = set()  # every output has the same shape (layers; tasks and their layers)
+    scored = _cases_scored(state, config, gen, n_cases)
     for i, row in enumerate(_list(state.get("population"), "population", config.population, config.population)):
         _individual(row, f"population[{i}]", objectives, parse, shapes, scored=False)
+        if config.selection == "lexicase" or config.resample_windows:
+            _losses(row.get("cases"), f"population[{i}].cases", scored, row.get("fitness"))
     for i, row in enumerate(_list(state.get("hof"), "hof", 1, config.hof_size)):
         _individual(row, f"hof[{i}]", objectives, parse, shapes, scored=True)
     front = state.get("front")
@@ -71,11 +76,49 @@ def _search(state: dict, config, parse) -> None:
         key, value = _list(pair, f"cache.by_output[{i}]", 2, 2)
         _key(key, f"cache.by_output[{i}][0]", KEY_DEPTH)
         _fitness(value, f"cache.by_output[{i}][1]")
+    for i, pair in enumerate(_list(cache.get("cases", []), "cache.cases")):
+        key, losses = _list(pair, f"cache.cases[{i}]", 2, 2)
+        _key(key, f"cache.cases[{i}][0]", KEY_DEPTH)
+        _numbers(losses, f"cache.cases[{i}][1]")
+    for i, key in enumerate(_list(cache.get("seen", []), "cache.seen")):
+        if not isinstance(key, str):
+            _key(key, f"cache.seen[{i}]", KEY_DEPTH)
     for name in ("text_hits", "output_hits", "misses"):
         _integer(cache.get(name), f"cache.{name}")
     _integer(state.get("evaluations"), "evaluations")
     _integer(state.get("partial_evaluations", 0), "partial_evaluations")
     _rng(state.get("rng"))
+
+
+def _cases_scored(state: dict, config, gen: int, n_cases: int) -> int | None:
+    """Resampled cases: the reference's losses (one per case of the pool) and each generation's draw
+    (``resample_windows`` distinct cases of the pool); how many losses a scored individual holds (None:
+    the pool's, not known here)."""
+    if not config.resample_windows:
+        return n_cases or None
+    reference = state.get("reference")
+    if reference is not None:
+        pool = len(_numbers(reference, "reference"))
+        if n_cases and pool != n_cases:
+            _fail("reference", f"holds {pool} losses, not one per case ({n_cases})")
+    pool = n_cases or (len(reference) if reference is not None else None)
+    for i, drawn in enumerate(_list(state.get("windows"), "windows", gen + 1, gen + 1)):
+        drawn = _list(drawn, f"windows[{i}]", config.resample_windows, config.resample_windows)
+        for w in drawn:
+            _integer(w, f"windows[{i}]", 0, None if pool is None else pool - 1)
+        if drawn != sorted(set(drawn)):
+            _fail(f"windows[{i}]", "must be distinct cases in increasing order")
+    return config.resample_windows
+
+
+def _losses(value, where: str, count: int | None, fitness) -> None:
+    """An individual's per-case losses: null (invalid, or not scored), or finite numbers, ``count`` of them."""
+    if value is None:
+        return
+    _list(value, where, count or 1, count)
+    _numbers(value, where)
+    if fitness is None:
+        _fail(where, "belong to an individual without a fitness")
 
 
 def _direct(state: dict, config, space) -> None:
@@ -228,15 +271,27 @@ def _list(value, where: str, lo: int = 0, hi: int | None = None) -> list:
 
 
 def _integer(value, where: str, lo: int = 0, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        _fail(where, f"must be an integer in [{lo}, {'∞' if hi is None else hi}], got {_short(value)}")
+    """An integer in [lo, hi]; ``hi`` None: a counter, below 2**63."""
+    hi = MAX_COUNT if hi is None else hi
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        _fail(where, f"must be an integer in [{lo}, {'2**63 − 1' if hi == MAX_COUNT else hi}], got {_short(value)}")
     return value
+
+
+def finite_number(value) -> bool:
+    """A JSON number (not a boolean) that is finite; an integer too large for a float is not (JSON
+    allows any number of digits)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _number(value, where: str, worst: bool = False) -> float:
     """A finite number; with ``worst``, +∞ too (the engine's WORST)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        math.isfinite(value) or (worst and value == WORST))
+    ok = finite_number(value) or (worst and isinstance(value, float) and value == WORST)
     if not ok:
         _fail(where, f"must be a finite number{' or the worst fitness (Infinity)' if worst else ''}, "
                      f"got {_short(value)}")

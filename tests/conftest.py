@@ -47,3 +47,20 @@ def _level_database_cache(tmp_path_factory):
         os.environ.pop("DSA_CACHE_DIR", None)
     else:
         os.environ["DSA_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors: one thread is fastest, and avoids oversubscription on a busy machine (a module opts in
+    with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def task():
+    """The synthetic task (a known optimum; no model)."""
+    from dsa.synthetic import synthetic_task
+    return synthetic_task()

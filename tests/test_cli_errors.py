@@ -19,6 +19,7 @@ import yaml
 import dsa.llm
 import dsa.multitask
 from dsa.cli import main
+from test_cli_llm import data_args, tiny_dir  # noqa: F401 (the fixture)
 
 SYN = ["search", "--task", "synthetic", "--no-progress"]
 DIRECT = [*SYN, "--space", "direct", "--offspring", "6"]
@@ -80,6 +81,7 @@ def expect_bad(args, needle, capsys, root: Path):
     assert needle in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert snapshot(root) == before, "a bad command wrote something"
+    return err
 
 
 SEARCH_CASES = [
@@ -302,6 +304,10 @@ GP_CHECKPOINTS = [
     ("cache.misses", -1),
     ("logbook", [{"gen": 0, "best": "x"}]),
     ("evaluations", None),
+    ("evaluations", 10**400),                             # a counter of 400 digits: a traceback after config.json
+    ("cache.misses", 2**63),
+    ("logbook.0.total_evals", 10**400),                   # too large for a float
+    ("hof.0.output.0", 10**400),
 ]
 
 
@@ -320,6 +326,7 @@ DIRECT_CHECKPOINTS = [
     ("cache.0.0", ["a"]),
     ("cache.0.1", -3),
     ("hits", -1),
+    ("hits", 10**400),
     ("rng", None),
 ]
 
@@ -359,16 +366,20 @@ def test_damaged_config_is_refused_on_resume(run, direct_run, tmp_path, capsys):
 def test_a_direct_runs_allocation_is_checked_before_use(direct_run, tmp_path, capsys, output):
     copy = crafted(direct_run, tmp_path, "hall_of_fame.json", put("0.output", output))
     expect_bad([*DIRECT, "--init", copy, "--run-dir", tmp_path / "new"], "", capsys, tmp_path)
+    expect_bad(["show", copy], "hall_of_fame.json is damaged", capsys, tmp_path)  # the same check, not displayed
     for command in ("prune", "eval"):  # before the model is loaded
         save = ["--save", tmp_path / "out"] if command == "prune" else []
         expect_bad([command, "--allocation", copy, *save, "--no-progress"], "", capsys, tmp_path)
 
 
-@pytest.mark.parametrize("output, needle", [([0.5] * 12, "not the target"), ([0.7] * 5, "allocation for 5 layers")])
+@pytest.mark.parametrize("output, needle", [([0.5] * 12, "not the target"),
+                                            ([0.7] * 5, "has 5 sparsities, its other rows 12")])
 def test_an_allocation_off_its_target_or_length_is_refused(direct_run, tmp_path, capsys, output, needle):
     # where the blocks are known: --init here; dsa prune/eval once the model is loaded (before pruning)
     copy = crafted(direct_run, tmp_path, "hall_of_fame.json", put("0.output", output))
     expect_bad([*DIRECT, "--init", copy, "--run-dir", tmp_path / "new"], needle, capsys, tmp_path)
+    if len(output) != 12:  # without the model: against the run's other allocations (a mean needs the model)
+        expect_bad(["show", copy], needle, capsys, tmp_path)
 
 
 # 4. dsa show on wrongly typed hall-of-fame rows
@@ -489,6 +500,26 @@ def test_ctrl_c_in_prune_does_not_mention_resume(tmp_path, capsys, monkeypatch):
     # a selection step that keeps every candidate it scores (the former README example) selects nothing
     ([*SYN, "--population", "10", "--offspring", "30", "--stages", "1:30,all:8"], "selects nothing"),
     ([*SYN, "--population", "10", "--offspring", "30", "--stages", "1:12,2:12,all:8"], "step 2 keeps every"),
+    # issue 29: each of these ran, the flag doing nothing
+    ([*SYN, "--nm", "2:4", "--sparsity", "0.4"], "--nm does not apply to --task synthetic"),
+    ([*DIRECT, "--stages", "4:4,all:1"], "--task synthetic has no validation windows"),
+    ([*SYN, "--population", "6", "--offspring", "12", "--stages", "3:8,all:4"], "window count does nothing"),
+    ([*SYN, "--offspring", "30"], "--offspring sets the children of multi-step selection: give --stages"),
+    (["compare", "--offspring", "30", "--out", "cmp"], "give --stages"),
+    (["compare", "--seeds", "0,,1", "--out", "cmp"], "without an empty item, got '0,,1'"),
+    (["compare", "--baselines", "uniform,", "--out", "cmp"], "without an empty item, got 'uniform,'"),
+    (["compare", "--searches", "gp,", "--out", "cmp"], "without an empty item"),
+    (["search", "--no-progress", "--baselines", "uniform,,owl"], "without an empty item"),
+    (["compare", "--formulas", "owl,,uniform", "--out", "cmp"], "--formulas 'owl,,uniform' has an empty item"),
+    (["compare", "--formulas", "owl,", "--out", "cmp"], "has an empty item"),
+    # at the most a layer may be pruned, only uniform reaches the mean: a search ended with a hall of fame of inf
+    ([*SYN, "--sparsity", "0.99"], "only uniform reaches that mean, so a search has nothing to choose"),
+    ([*DIRECT, "--sparsity", "0.99"], "nothing to choose"),
+    (["compare", "--sparsity", "0.99", "--out", "cmp"], "nothing to choose"),
+    # arithmetic on the flags, once found only after the model had loaded
+    (["prune", "--nm", "2:4", "--sparsity", "0.7", "--save", "out"], "reaches at most mean sparsity 0.5"),
+    (["eval", "--allocation", "uniform", "--nm", "2:4", "--sparsity", "0.7"], "reaches at most mean sparsity 0.5"),
+    (["search", "--no-progress", "--nm", "4:8", "--sparsity", "0.6"], "reaches at most mean sparsity 0.5"),
 ])
 def test_ignored_flags_are_refused(args, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -536,10 +567,69 @@ def test_compare_formulas_split_only_outside_parentheses(tmp_path, capsys):
     """``--formulas`` is comma-separated, and formulas have commas of their own: the list splits only at
     top-level commas, so a formula reaches the check whole and only the bad item is named."""
     from dsa.allocations import split_list
-    assert split_list(" owl, dsa(r_mean(S), 0.1),rank(t_log(r_var(S)), 0.2) ,") == (
+    assert split_list(" owl, dsa(r_mean(S), 0.1),rank(t_log(r_var(S)), 0.2) ") == (
         "owl", "dsa(r_mean(S), 0.1)", "rank(t_log(r_var(S)), 0.2)")
     assert split_list("owl:m=7,lam=0.1, uniform,atp:beta=0.05") == ("owl:m=7,lam=0.1", "uniform", "atp:beta=0.05")
     expect_bad(["compare", "--formulas", "dsa(r_mean(S), 0.1), nope(S)", "--out", tmp_path / "cmp", "--no-progress"],
                "--formulas item 'nope(S)'", capsys, tmp_path)
     expect_bad(["compare", "--formulas", "owl:m=7,lam=0.1,beta=2", "--out", tmp_path / "cmp", "--no-progress"],
                "--formulas item 'owl:m=7,lam=0.1,beta=2': owl takes", capsys, tmp_path)
+
+
+# 12. issue 29: the work after the checks, messages that say what is there, text from records escaped
+@pytest.mark.parametrize("kind, words", [("fifo", "a FIFO"), ("zero", "a character device")])
+def test_special_files_are_named_for_what_they_are(run, tmp_path, capsys, monkeypatch, kind, words):
+    """A FIFO or a link to /dev/zero where a file is expected is refused as what it is, never as missing."""
+    monkeypatch.chdir(tmp_path)
+
+    def special(path: Path) -> Path:
+        os.mkfifo(path) if kind == "fifo" else os.symlink("/dev/zero", path)
+        return path
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "hall_of_fame.json").unlink()
+    special(copy / "hall_of_fame.json")
+    for args in (["eval", "--data", special(tmp_path / "text.txt")], ["eval", "--model", special(tmp_path / "m.gguf")],
+                 ["export", special(tmp_path / "allocation.json")], ["show", copy],
+                 ["prune", "--allocation", copy, "--save", tmp_path / "out"]):
+        err = expect_bad(args, words, capsys, tmp_path)
+        assert not any(w in err for w in ("not found", "missing", "no such", "not a run folder")), err
+
+
+def test_a_run_with_an_invalid_best_tree_is_a_damaged_run_folder(run, tmp_path, capsys):
+    copy = crafted(run, tmp_path, "hall_of_fame.json", put("0.tree", "frobnicate(S)"))
+    for args in (["show", copy], ["prune", "--allocation", copy, "--save", tmp_path / "out"],
+                 [*DIRECT, "--init", copy, "--run-dir", tmp_path / "new"]):
+        expect_bad(args, "hall_of_fame.json is damaged: its best tree is not a formula", capsys, tmp_path)
+
+
+def test_text_from_records_is_shown_escaped(run, tmp_path, capsys):
+    """A newline or a terminal escape in a record reaches neither dsa show's table nor an error line raw."""
+    def change(data):
+        data["method"], data["model"] = "wanda\nFAKE LINE", "m\x1b[31m"
+    config = crafted(run, tmp_path, "config.json", change)
+    copy = crafted(config, tmp_path, "hall_of_fame.json", put("0.formula", "x\x1b[2Jy\nz"))
+    assert main(["show", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "method=wanda\\nFAKE LINE" in out and "x\\x1b[2Jy\\nz" in out
+    # an error quoting a record: the run ships "owl" with a parameter owl does not take
+    shipped = crafted(run, tmp_path, "config.json", put("selection", {"shipped": "owl:x\ny\x1b[2J=1"}))
+    expect_bad(["show", shipped], "owl takes", capsys, tmp_path)
+    expect_bad(["prune", "--allocation", shipped, "--save", tmp_path / "out"], "x\\ny\\x1b[2J", capsys, tmp_path)
+
+
+def test_compare_creates_out_only_with_its_first_row(tmp_path, capsys):
+    """A model that does not load leaves no --out folder behind."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    expect_bad(["compare", "--model", tmp_path / "model", "--out", tmp_path / "cmp", "--no-progress"],
+               "cannot load --model", capsys, tmp_path)
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_compare_refuses_a_formula_that_does_not_fit_the_model(tiny_dir, direct_run, tmp_path, capsys):  # noqa: F811
+    """A --formulas item whose length does not fit the model (a 12-layer run on a 4-layer model) is refused
+    once the model's shape is known, before any row is measured: no compare.json, no folder."""
+    expect_bad(["compare", *data_args(tiny_dir), "--out", tmp_path / "cmp", "--searches", "none", "--baselines",
+                "uniform", "--formulas", direct_run, "--test-windows", "3", "--c4-windows", "0", "--no-progress"],
+               "allocation for 12 layers", capsys, tmp_path)

@@ -1,4 +1,5 @@
 """``dsa search / prune / eval`` end to end on a tiny random LLaMA saved as a HF folder (CPU, seconds)."""
+import csv
 import json
 import math
 import random
@@ -265,3 +266,51 @@ def test_prune_with_owls_nm_rule(tiny_dir, tmp_path):
     assert out.returncode == 0, out.stderr
     record = json.loads((tmp_path / "p" / "allocation.json").read_text())
     assert all(round(v * 8) == v * 8 for v in record["requested"]) and sum(record["requested"]) / 4 == 0.5
+
+
+def test_records_name_the_model_by_label_and_resume_finds_it_where_it_is(tiny_dir, tmp_path, capsys):
+    """A run folder names a local model by its label (folder name and content digest), never its path: the
+    run resumes with the model moved (--model where it is now), a different model is refused in one line, and
+    a run folder from before labels (a path) resumes with a --model of the same folder name."""
+    import shutil
+
+    from dsa.cli import main
+    from evaluators.models.loading import model_label
+
+    shutil.copytree(tiny_dir / "model", tmp_path / "a" / "model")
+    other = tmp_path / "other" / "model"
+    shutil.copytree(tiny_dir / "model", other)
+    make_tiny_llama(seed=1, layers=4).save_pretrained(other)
+    label = model_label(str(tmp_path / "a" / "model"))
+    run = tmp_path / "run"
+    common = ["--data", str(tiny_dir / "text.txt"), "--calib", str(tiny_dir / "text.txt"), *SMALL]
+    assert main(["search", "--model", str(tmp_path / "a" / "model"), *common, "--population", "4", "--generations",
+                 "1", "--val-windows", "2", "--run-dir", str(run), "--no-progress"]) == 0
+    records = {p.name: p.read_text() for p in run.iterdir() if p.suffix in (".json", ".csv")}
+    assert set(records) >= {"config.json", "checkpoint.json", "hall_of_fame.json", "logbook.csv"}
+    assert all(str(tmp_path) not in text for text in records.values())  # no path of the model
+    config = json.loads(records["config.json"])
+    assert config["evaluator"]["model"]["model"] == config["model"] == label
+    assert json.loads(records["checkpoint.json"])["identity"]["model"] == label
+
+    def refused(*args) -> str:
+        capsys.readouterr()
+        assert main(["search", "--resume", str(run), *args, "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        return err
+
+    shutil.move(tmp_path / "a", tmp_path / "b")  # the model moves
+    assert "pass --model with its path" in refused("--generations", "2")
+    assert f"was run on {label}, not on {model_label(str(other))}" in refused("--model", str(other))
+    assert main(["search", "--resume", str(run), "--model", str(tmp_path / "b" / "model"), "--generations", "2",
+                 "--no-progress"]) == 0
+    assert [row["gen"] for row in csv.DictReader((run / "logbook.csv").open())][-1] == "2"
+
+    # a run folder written before labels held the model's path: a --model of the same name resumes it
+    for name in ("config.json", "checkpoint.json"):
+        (run / name).write_text((run / name).read_text().replace(label, "/old/machine/model"))
+    assert "which is not here: pass --model" in refused("--generations", "3")
+    assert main(["search", "--resume", str(run), "--model", str(tmp_path / "b" / "model"), "--generations", "3",
+                 "--no-progress"]) == 0
+    assert json.loads((run / "checkpoint.json").read_text())["identity"]["model"] == "/old/machine/model"

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from dsa.allocations import best_row
+from conftest import make_tiny_llama
 from dsa.cli import main
+from evaluators.models.loading import model_label
 from evaluators.fitness.intervals import paired_interval, perplexity_interval, verdict
 from test_cli_llm import data_args, tiny_dir  # noqa: F401 (the fixture)
 
@@ -68,6 +70,21 @@ def test_compare_resume_and_changed_settings(tiny_dir, tmp_path, capsys):  # noq
     assert grown[:-1] == rows and grown[-1]["name"] == "dlp"
     assert compare(tiny_dir, out, "--seeds", "0,1", "--searches", "gp,warm", "--resume", "--data-seed", "2") == 2
     assert "settings differ (evaluator)" in capsys.readouterr().err
+    # compare.json names the model by its label: moved, it resumes from where it is now; another one is refused
+    moved, other = tmp_path / "moved" / "model", tmp_path / "other" / "model"
+    for folder in (moved, other):
+        shutil.copytree(tiny_dir / "model", folder)
+    make_tiny_llama(seed=1).save_pretrained(other)
+
+    def grown_at(model):
+        args = [str(a) for a in data_args(tiny_dir)]
+        args[args.index("--model") + 1] = str(model)
+        return main(["compare", *args, *GP, "--out", str(out), "--test-windows", "3", "--baselines",
+                     "uniform,owl,atp-tuned,dlp", "--seeds", "0", "--resume"])
+    assert grown_at(other) == 2
+    assert f"was run on {model_label(str(tiny_dir / 'model'))}, not on" in capsys.readouterr().err
+    assert grown_at(moved) == 0
+    assert json.loads((out / "compare.json").read_text())["rows"] == grown  # nothing re-run
     # warm without gp starts from the finished GP run a folder already holds (e.g. copied from this one),
     # with --budget evaluations; a seed without one fails in one line before any work
     hybrid = tmp_path / "hybrid"

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from dsa import cli
 from dsa.exports import DECODER_LAYERS, allocation_record, llmcompressor_recipe, read_record
+from evaluators.models.loading import model_label
 from dsa.errors import UserError
 from test_cli_llm import data_args, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
 
@@ -51,7 +52,9 @@ def test_prune_writes_the_record_with_formula_and_layers(pruned, tiny_dir):  # n
     rec = json.loads((pruned / "allocation.json").read_text())
     assert rec["formula"] is None and rec["sympy"] is None and rec["allocation"] == "owl"  # a baseline, not a formula
     assert rec["layers"] == LAYERS
-    assert (rec["method"], rec["target"], rec["model"]) == ("wanda", 0.7, str(tiny_dir / "model"))
+    # the model by its label (folder name and content digest), never by its path
+    assert (rec["method"], rec["target"], rec["model"]) == ("wanda", 0.7, model_label(str(tiny_dir / "model")))
+    assert re.fullmatch(r"model#[0-9a-f]{8}", rec["model"])
     assert len(rec["requested"]) == 4 and len(set(rec["requested"])) > 1  # OWL: not uniform
     assert abs(sum(rec["requested"]) / 4 - 0.7) < 1e-6
     assert read_record(pruned) == rec == read_record(pruned / "allocation.json")

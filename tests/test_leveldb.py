@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from conftest import TINY_VOCAB, make_tiny_llama
-from evaluators.fitness import leveldb
+from evaluators.fitness import leveldb, levelfiles as leveldb_files
 from evaluators.data.calibration import collect_stats
 from evaluators.errors import UserError
 from evaluators.fitness.evaluator import PruningEvaluator
@@ -16,6 +16,7 @@ from evaluators.fitness.leveldb import LevelWeights, level_grid, mixed_rows, ope
 from evaluators.models.loading import model_linears
 from evaluators.fitness.perplexity import perplexity
 from evaluators.pruning.pruners import PRUNERS, ScorePruner, SparseGPTPruner
+from test_cli_llm import tiny_dir  # noqa: F401 (the fixture: a tiny model folder with a tokenizer, and a text)
 
 GRID = level_grid(0.1)  # 0, 0.1, …, 0.9, 0.99: 10 stored levels
 KEY = {"model": "tiny-llama", "dtype": "fp32", "calib": "random", "nsamples": 4, "seqlen": 64, "seed": 1}
@@ -296,3 +297,219 @@ def test_nm_levels_are_the_reference_nm_sparsegpt_and_the_fitness_exact(db_root,
     ev.restore()
     with pytest.raises(UserError, match="unstructured"):
         PruningEvaluator(model, None, method="sparsegpt", calib_ids=_calib(), val_windows=_calib()[:2], levels=db)
+
+
+# ---- format 2: non-zero values + bitmask; reuse checks what it reads; space before building; the cache ----
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_encoded_level_decodes_bit_for_bit(dtype):
+    """Zeros are left out by their bits, so a kept -0.0 comes back as -0.0; the mask takes one bit per weight."""
+    w = torch.randn(7, 13, generator=torch.Generator().manual_seed(0)).to(dtype)
+    w[w.abs() < 0.7] = 0.0
+    w[0, :3] = -0.0
+    stored = leveldb_files.encode_level(w)
+    ints = {2: torch.int16, 4: torch.int32}[w.element_size()]
+    assert stored["values"].dtype == dtype and stored["values"].numel() == int((w.view(ints) != 0).sum())
+    assert stored["mask"].dtype == torch.uint8 and stored["mask"].numel() == math.ceil(7 * 13 / 8)
+    back = leveldb_files.decode_level(stored["values"], stored["mask"], [7, 13])
+    assert back.dtype == dtype and torch.equal(back.view(ints), w.view(ints))
+
+
+def test_database_holds_values_and_masks_at_its_projected_size(db_root):
+    """Each level is stored as values + mask, and the files are the size projected from shapes, grid and
+    dtype (within the headers' estimate), about half of format 1's dense copies at GRID."""
+    model = make_tiny_llama()
+    db = open_levels(model, _calib(), "sparsegpt", KEY, grid=GRID, root=db_root)
+    shapes = [lin.weight.shape for block in model_linears(model) for lin in block.values()]
+    projected = leveldb_files.projected_bytes(shapes, GRID, 4)
+    assert db.size_bytes == pytest.approx(projected, rel=0.02)
+    dense = sum(r * c for r, c in shapes) * 4 * (len(GRID) - 1)
+    assert db.size_bytes < dense * (sum(1 - g for g in GRID[1:]) / (len(GRID) - 1) + 1 / 32 + 0.02)
+    meta = json.loads((db.path / "meta.json").read_text())
+    assert meta["format"] == leveldb.FORMAT == 2 and len(meta["digests"]) == 4
+
+
+def _small(tmp_path):
+    """A database of the tiny model at levels 0, 0.5 under ``tmp_path``; (model, db, pruner calls per build)."""
+    model = make_tiny_llama()
+    db = open_levels(model, _calib(), "sparsegpt", KEY, grid=[0.0, 0.5], root=tmp_path)
+    return model, db, 4 * len(model_linears(model)[0])
+
+
+def _reopen(model, tmp_path):
+    return open_levels(model, _calib(), "sparsegpt", KEY, grid=[0.0, 0.5], root=tmp_path)
+
+
+def test_old_format_is_rebuilt(tmp_path, counted):
+    """A meta.json of format 1 (or none) under this key's folder, or block files of format 1's layout
+    (dense tensors ``name@i``) left by a killed build, are rebuilt, never read."""
+    model, db, per_build = _small(tmp_path)
+    meta = json.loads((db.path / "meta.json").read_text())
+    for old in ({**meta, "format": 1}, {k: v for k, v in meta.items() if k != "format"}):
+        (db.path / "meta.json").write_text(json.dumps(old))
+        counted.clear()
+        again = _reopen(model, tmp_path)
+        assert not again.reused and len(counted) == per_build and again.meta["format"] == 2
+    (db.path / "meta.json").unlink()
+    dense = {f"{n}@1": lin.weight.clone() for n, lin in model_linears(model)[1].items()}
+    from safetensors.torch import save_file
+    key_text = json.dumps(db.meta["key"], sort_keys=True)
+    save_file(dense, str(db.path / "block_001.safetensors"), metadata={"key": key_text})
+    counted.clear()
+    again = _reopen(model, tmp_path)
+    assert not again.reused and len(counted) == per_build // 4  # only that block
+    assert set(again.block_level(1, 1)) == set(again.names[1])
+
+
+def _one_line_error(call) -> str:
+    with pytest.raises(UserError) as info:
+        call()
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["meta fifo", "meta /dev/zero", "meta folder", "meta dangling link",
+                                    "block fifo", "block folder"])
+def test_files_that_are_not_regular_are_refused_in_one_line(tmp_path, damage):
+    """Nothing that is not a regular file is opened (a FIFO would hang, /dev/zero never end) or deleted."""
+    import os
+    model, db, _ = _small(tmp_path)
+    target = db.path / ("meta.json" if damage.startswith("meta") else "block_001.safetensors")
+    target.unlink()
+    if damage.endswith("fifo"):
+        os.mkfifo(target)
+    elif damage.endswith("/dev/zero"):
+        target.symlink_to("/dev/zero")
+    elif damage.endswith("folder"):
+        target.mkdir()
+    else:
+        target.symlink_to(tmp_path / "nowhere")
+    before = sorted(p.name for p in db.path.iterdir())
+    assert "damaged" in _one_line_error(lambda: _reopen(model, tmp_path))
+    assert sorted(p.name for p in db.path.iterdir()) == before
+
+
+def test_cache_folder_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "cache").write_text("")
+    assert "not a folder" in _one_line_error(
+        lambda: open_levels(make_tiny_llama(layers=2), _calib(), "sparsegpt", KEY, grid=[0.0, 0.5],
+                            root=tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("edit", ["list", "nested", "text grid", "shifted grid", "text sizes", "float shapes",
+                                  "short digests", "too large"])
+def test_meta_that_is_not_this_database_is_rebuilt(tmp_path, counted, edit):
+    """meta.json is typed and ranged: anything but this model's and settings' exact fields is rebuilt."""
+    model, db, per_build = _small(tmp_path)
+    meta = json.loads((db.path / "meta.json").read_text())
+    text = {"list": "[1, 2]", "nested": "[" * 100_000 + "]" * 100_000,
+            "text grid": json.dumps({**meta, "grid": "0 0.5"}),
+            "shifted grid": json.dumps({**meta, "grid": [0.0, 0.6]}),
+            "text sizes": json.dumps({**meta, "sizes": [str(s) for s in meta["sizes"]]}),
+            "float shapes": json.dumps({**meta, "shapes": {n: [float(v) for v in shape]
+                                                           for n, shape in meta["shapes"].items()}}),
+            "short digests": json.dumps({**meta, "digests": [d[:16] for d in meta["digests"]]}),
+            "too large": json.dumps({**meta, "sizes": [2**40] * 4})}[edit]
+    (db.path / "meta.json").write_text(text)
+    counted.clear()
+    again = _reopen(model, tmp_path)
+    assert not again.reused and len(counted) == per_build
+
+
+def test_damaged_block_files_are_never_reused(tmp_path, counted):
+    """A truncated block file is rebuilt; one of the right size whose bytes changed (tensors zeroed, or two
+    files swapped) is refused in one line when first read, before any of it reaches the model."""
+    model, db, per_build = _small(tmp_path)
+    dense = _weights(model)
+    good = {l: db.block_level(l, 1) for l in range(4)}
+    file = db.path / "block_002.safetensors"
+    data = file.read_bytes()
+    file.write_bytes(data[:len(data) // 2])
+    counted.clear()
+    again = _reopen(model, tmp_path)
+    assert not again.reused and len(counted) == per_build
+    assert all(torch.equal(again.block_level(2, 1)[n], w) for n, w in good[2].items())
+
+    header = 8 + int.from_bytes(data[:8], "little")  # safetensors: length, JSON header, then the tensors
+    file.write_bytes(data[:header] + bytes(len(data) - header))
+    zeroed = _reopen(model, tmp_path)
+    assert zeroed.reused  # same size: only the digest tells
+    assert "does not match" in _one_line_error(lambda: zeroed.weight(2, zeroed.names[2][0], 1))
+    ev = PruningEvaluator(model, None, method="sparsegpt", calib_ids=_calib(), val_windows=_val(), levels=zeroed)
+    _one_line_error(lambda: ev([0.5] * 4))
+    assert all(torch.equal(w, dense[n]) for n, w in _weights(model).items())  # restored
+
+    file.write_bytes(data)
+    other = db.path / "block_003.safetensors"
+    data3 = other.read_bytes()
+    file.write_bytes(data3)
+    other.write_bytes(data)
+    swapped = _reopen(model, tmp_path)
+    if swapped.reused:  # the two files happen to have one size
+        _one_line_error(lambda: swapped.block_level(2, 1))
+    else:
+        assert all(torch.equal(swapped.block_level(2, 1)[n], w) for n, w in good[2].items())
+
+
+def test_space_is_checked_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """The projected size and the free space are printed before building; a build that does not fit is
+    refused in one line with nothing written."""
+    from collections import namedtuple
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(leveldb.shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
+    root = tmp_path / "db"
+    assert "free" in _one_line_error(lambda: _small(root))
+    assert not root.exists()
+    assert "projected" in capsys.readouterr().out
+    monkeypatch.undo()
+    _, db, _ = _small(root)
+    assert "projected" in capsys.readouterr().out and db.size_bytes > 1000
+
+
+def test_cache_reads_only_the_levels_a_candidate_changes(db_root):
+    """A candidate that keeps a block's levels reads and decodes nothing for it; without a cache every
+    candidate reads every level it needs; the weights are the same bit for bit either way."""
+    model = make_tiny_llama()
+    db = open_levels(model, _calib(), "sparsegpt", KEY, grid=GRID, root=db_root)
+    cached = LevelWeights(model_linears(model), db)
+    plain = LevelWeights(model_linears(make_tiny_llama()), db, cache_bytes=0)
+    a, b = [0.35, 0.55, 0.65, 0.85], [0.35, 0.55, 0.92, 0.85]  # each between two levels; b moves block 2
+    cached.apply(a)
+    first = cached.reads
+    assert first == 8 and cached.state_bytes > sum(w.numel() * 4 for w in _weights(model).values())
+    cached.apply(a)
+    assert cached.reads == first
+    cached.apply(b)
+    assert cached.reads == first + 2
+    plain.apply(b)
+    plain.apply(b)
+    assert plain.reads == 16
+    for block_c, block_p in zip(cached.linears, plain.linears):
+        assert all(torch.equal(block_c[n].weight, block_p[n].weight) for n in block_c)
+    cached.close()
+    plain.close()
+
+
+def test_leveldb_cost_benchmark_runs_on_the_tiny_model(tiny_dir, tmp_path, monkeypatch):
+    """``python -m bench.leveldb_cost`` on the tiny model: sizes, projection, build and fitness times written."""
+    import bench.common
+    from bench import leveldb_cost
+    monkeypatch.setattr(bench.common, "RESULTS", tmp_path / "results")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        payload = leveldb_cost.main(["--model", str(tiny_dir / "model"), "--data", str(tiny_dir / "text.txt"),
+                                     "--calib", str(tiny_dir / "text.txt"), "--seqlen", "32", "--nsamples", "2",
+                                     "--calib-seqlen", "32", "--grid-step", "0.25", "--repeats", "2",
+                                     "--leveldb-root", str(tmp_path / "db"), "--name", "tiny"])
+    finally:
+        torch.set_num_threads(threads)
+    db, cost = payload["database"], payload["cost"]
+    assert db["size (GB)"] == pytest.approx(db["projected size (GB)"], rel=0.05)
+    assert db["size (GB)"] < db["format 1 size (GB)"] and not db["reused"]
+    assert db["LLaMA-2-7B bf16 projected (GB)"] < db["LLaMA-2-7B bf16 format 1 (GB)"]
+    assert cost["levels decoded per warm candidate (mean)"] < cost["levels decoded cold"]
+    assert all(cost[k] > 0 for k in ("cold ÷ forward", "warm ÷ forward", "digest GB/s"))
+    saved = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    assert saved["cost"] == pytest.approx(cost) and "leveldb_root" not in saved["args"]
+    assert (tmp_path / "results" / "tiny.md").read_text().count("|") > 10

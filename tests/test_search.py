@@ -12,7 +12,6 @@ from deap import creator
 
 import gp
 from dsa.problem import allocation_problem
-from dsa.synthetic import synthetic_task
 from primitives import parse_tree
 
 LOG_COLUMNS = {"gen", "evals", "partial_evals", "text_hits", "output_hits", "invalid", "total_evals",
@@ -21,18 +20,7 @@ LOG_COLUMNS = {"gen", "evals", "partial_evals", "text_hits", "output_hits", "inv
 HOF_KEYS = {"rank", "fitness", "tree", "formula", "latex", "size", "height", "output"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small tensors: one thread is fastest, and avoids oversubscription on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def task():
-    return synthetic_task()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 class CountingFitness:

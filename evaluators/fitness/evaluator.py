@@ -208,6 +208,19 @@ class PruningEvaluator:
             raise UserError(f"the evaluator has no {split!r} windows (splits: {', '.join(self.splits)})")
         return self.splits[split] if windows is None else self.splits[split][:windows]
 
+    def _subset(self, split: str, rows: tuple[int, ...]) -> str:
+        """The name of a split made of the windows ``rows`` of ``split`` (with their marker tokens), added once."""
+        name = f"{split}{list(rows)}"
+        if name not in self.splits:
+            source = self._windows(split, None)
+            if not rows or min(rows) < 0 or max(rows) >= source.shape[0]:
+                raise UserError(f"windows {list(rows)} are not windows of the {split!r} split ({source.shape[0]})")
+            index = torch.tensor(rows)
+            self.splits[name] = source[index]
+            if split in self.ignore:
+                self.ignore[name] = self.ignore[split][index]
+        return name
+
     def _score(self, split: str, windows: int | None) -> float:
         """The fitness of the model as it is now on the first ``windows`` windows of ``split``."""
         return FITNESSES[self.fitness].score(self, self._windows(split, windows), split)
@@ -220,12 +233,15 @@ class PruningEvaluator:
                                                      self.batch_size, self.head_chunk)
         return self._reference[split]
 
-    def __call__(self, sparsities: Sequence[float], windows: int | None = None, split: str = "search",
-                 per_window: bool = False):
+    def __call__(self, sparsities: Sequence[float], windows: int | Sequence[int] | None = None,
+                 split: str = "search", per_window: bool = False):
         """The fitness (perplexity, or KL from the dense model) of the model pruned at ``sparsities`` on the
-        first ``windows`` windows of ``split`` (all by default); +inf if not finite; weights restored after.
+        first ``windows`` windows of ``split`` (all by default; a sequence of indices: those windows, as a
+        search that resamples its windows asks); +inf if not finite; weights restored after.
         ``per_window``: instead, the list of each window's log-perplexity as the fitness counts it (its
         ``windows`` function: the paired numbers a choice between two allocations is made on)."""
+        if windows is not None and not isinstance(windows, int):
+            split, windows = self._subset(split, tuple(int(w) for w in windows)), None
         start = time.perf_counter()
         record = FITNESSES[self.fitness]
         if record.reference and not per_window:

