@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench.common import RESULTS, machine, markdown_table
 from dsa.flags import positive_int, seed_list
+from dsa.settings import DEFAULT_VAL_WINDOWS
 from gp.checkpoint import read_json
 
 POOL = 4  # the resampling variant's pool, in multiples of the windows each generation scores
@@ -70,8 +71,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", type=seed_list, default=(0, 1, 2), help="search seeds (default 0,1,2)")
     ap.add_argument("--variants", type=variant_list, default=tuple(BY_NAME),
                     help=f"which variants, in this order (default all: {','.join(BY_NAME)})")
-    ap.add_argument("--val-windows", type=positive_int, default=2,
-                    help="validation windows per fitness evaluation (dsa compare's; default 2)")
+    ap.add_argument("--val-windows", type=positive_int, default=DEFAULT_VAL_WINDOWS,
+                    help=f"validation windows per fitness evaluation (dsa compare's; default {DEFAULT_VAL_WINDOWS})")
     ap.add_argument("--resume", action="store_true", help="continue the comparisons already in bench/results/NAME/")
     return ap
 

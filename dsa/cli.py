@@ -3,7 +3,8 @@
 Every flag is checked before any work starts: ranges and fixed sets as it is parsed (:mod:`dsa.flags`),
 files and output paths by :mod:`dsa.settings`, search settings by their typed configs. Bad input prints
 one line on stderr and exits with code 2, having written nothing. Below this module, commands take
-typed settings, never the parsed arguments.
+typed settings, never the parsed arguments. What runs a command (torch, transformers, SymPy) is imported
+inside it, so that ``dsa <command> --help`` answers at once.
 """
 from __future__ import annotations
 
@@ -15,15 +16,13 @@ from pathlib import Path
 
 from evaluators.pruning.nm import TOL as NM_TOL
 from evaluators.pruning.nm import parse_nm
-from gp import CheckpointError, ConfigError, SearchConfig
-from gp.direct import DirectConfig
+from gp import ConfigError, SearchConfig
+from gp.config import DirectConfig
 
 from .errors import UserError
 from .flags import DEFAULTS, DIRECT, DIRECT_ONLY, GENERALIZATION, GP_ONLY, LLM_ONLY, build_parser, given_flags
-from .problem import baseline_seeds
 from .settings import (MAX_SPARSITY, SELECTION_WINDOWS, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec, check_output_dir,
                        check_output_file)
-from .show import escape
 
 
 def model_spec(args) -> ModelSpec:
@@ -59,6 +58,7 @@ def evaluator_spec(args, given: set[str] = frozenset()) -> EvaluatorSpec:
 
 
 def search_config(args, given: set[str], generations: int | None = None) -> SearchConfig:
+    from .problem import baseline_seeds
     # the default elitism (2) shrinks for a population of 2; an --elitism given explicitly is checked as is
     elitism = args.elitism if "elitism" in given else min(args.elitism, args.population - 1)
     tournament = args.tournament if "tournament" in given else min(args.tournament, args.population)
@@ -178,9 +178,21 @@ def search_command(args, given: set[str]) -> None:
     run_search(run)
 
 
-def compare_command(args, given: set[str]) -> None:
-    """``dsa compare``: the search's settings through the same builders as ``dsa search``."""
-    from .experiment import Comparison, run_comparison
+# what --verify takes: it re-measures with the folder's settings, so nothing that would change them
+VERIFYING = {"command", "verify", "out", "model", "device", "no_progress"}
+
+
+def compare_command(args, given: set[str]) -> int:
+    """``dsa compare``: the search's settings through the same builders as ``dsa search``; with ``--verify``,
+    a re-measurement of the folder's rows (exit code 1 where a number does not match)."""
+    from .experiment import Comparison, run_comparison, verify_comparison
+    if args.verify is not None:
+        other = given - VERIFYING
+        if other:
+            raise UserError(f"--verify re-measures with the folder's own settings: {flag_names(other)} cannot go with "
+                            f"it (only --out, --model, --device and --no-progress)")
+        return 0 if verify_comparison(Path(args.out), args.verify, (args.model,) if args.model else (),
+                                      args.device if "device" in given else None, not args.no_progress) else 1
     from .levels import check_level_step
     from .search import check_cases
     args.seed = args.seeds[0]  # each search's seed is set per seed; the builders check the first
@@ -203,6 +215,7 @@ def compare_command(args, given: set[str]) -> None:
     run_comparison(Comparison(spec, out, gp_config, direct, args.level_step, tuple(args.baselines.split(",")),
                               formulas, args.searches, args.seeds, args.budget, args.test_windows,
                               not args.no_progress, args.c4_windows), resume=args.resume)
+    return 0
 
 
 def prune_or_eval(args, given: set[str]):
@@ -225,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # bad flags (code 2, one line printed) or --help (0): a code, also in-process
         return int(exc.code or 0)
+    from gp.checkpoint import CheckpointError  # a command runs: what it needs loads from here on
+    from .show import escape
     try:
         if getattr(args, "no_progress", False):
             quiet()
@@ -237,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "search":
             search_command(args, given_flags(argv))
         elif args.command == "compare":
-            compare_command(args, given_flags(argv))
+            return compare_command(args, given_flags(argv))
         elif args.command == "prune":
             from .llm import prune_command
             save = check_new_dir(args.save, "--save")

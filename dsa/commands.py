@@ -1,8 +1,9 @@
 """The ``dsa`` command's front: its commands with their one-line help and the top-level parser.
 
 Imports nothing but the standard library, so ``dsa`` and ``dsa --help`` answer at once; any command
-imports :mod:`dsa.cli`, which adds each command's flags (:func:`dsa.flags.build_parser`) to these same
-subparsers and runs it (torch, transformers, SymPy and DEAP load only then).
+imports :mod:`dsa.cli`, which adds each command's flags (:func:`dsa.flags.build_parser`, from modules that
+load no torch, transformers or SymPy, so ``dsa <command> --help`` answers quickly too) to these same
+subparsers and runs it (torch, transformers and SymPy load only then).
 """
 from __future__ import annotations
 

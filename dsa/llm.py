@@ -25,7 +25,7 @@ from primitives import LayerAllocator
 from .allocations import allocate, baseline_candidates, needs_wanda_metric
 from .exports import allocation_record, write_record
 from .errors import UserError
-from .settings import DataSpec, EvaluatorSpec, ModelSpec, PruneSpec
+from .settings import DEFAULT_VAL_WINDOWS, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec
 
 
 def model_name(model: ModelSpec) -> str:
@@ -173,7 +173,7 @@ def resolve_allocation(spec: str, source: BlockScores, target: float, fitness=No
 
 
 def prune_model(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, allocation: str,
-                val_windows: int = 2, progress: bool = True):
+                val_windows: int = DEFAULT_VAL_WINDOWS, progress: bool = True):
     """Load, allocate (tuned baselines: on the validation split), put the allocation on the N:M pattern
     ``prune_spec.nm`` if there is one (:func:`evaluators.pruning.nm.on_pattern`) and prune (exact
     sequential mode) → (model, tokenizer, record)."""
@@ -212,7 +212,7 @@ def prune_model(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, al
 
 
 def prune_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, allocation: str, save: Path,
-                  val_windows: int = 2, progress: bool = True, fmt: str = "safetensors") -> None:
+                  val_windows: int = DEFAULT_VAL_WINDOWS, progress: bool = True, fmt: str = "safetensors") -> None:
     """Prune and save to ``save`` (``fmt``: plain safetensors, or compressed-tensors' 2:4 bitmask)."""
     model, tokenizer, record = prune_model(model_spec, data, prune_spec, allocation, val_windows, progress)
     compressor = (sparsity_compressor(model, prune_spec.nm, record["requested"], prune_spec.sparsity)
@@ -225,8 +225,8 @@ def prune_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, 
 
 def eval_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, allocation: str | None,
                  test_windows: int | None = None, tasks: list[str] | None = None, tasks_path: str | None = None,
-                 zeroshot_limit: int | None = None, perplexity_too: bool = True, val_windows: int = 2,
-                 progress: bool = True) -> dict:
+                 zeroshot_limit: int | None = None, perplexity_too: bool = True,
+                 val_windows: int = DEFAULT_VAL_WINDOWS, progress: bool = True) -> dict:
     """Test-split perplexity and, with ``tasks``, lm-eval zero-shot accuracy (optionally after
     pruning): the numbers to report."""
     manager = None

@@ -19,6 +19,7 @@ from gp import checkpoint as checkpoints
 from gp.direct import DirectConfig, DirectSearch
 from primitives import build_pset
 
+from evaluators.fitness.evaluator import FITNESSES as FITNESS_RECORDS
 from evaluators.fitness.intervals import paired_interval, verdict
 from evaluators.fitness.perplexity import perplexity_from_nlls
 
@@ -30,7 +31,7 @@ from .errors import UserError
 from .plots import plot_allocations, plot_fitness
 from .problem import allocation_problem, has_reduction
 from .runs import finite_number, new_run_dir, read_json_file, write_json
-from .settings import FITNESS_RECORDS, MAX_SPARSITY, MIN_DECISION_WINDOWS, SPACES, EvaluatorSpec, usable_path
+from .settings import MAX_SPARSITY, MIN_DECISION_WINDOWS, SPACES, EvaluatorSpec, usable_path
 from .show import show
 
 CONFIG_VERSION = 2

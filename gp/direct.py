@@ -20,80 +20,16 @@ import math
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
 
 from . import checkpoint, schema
-from .config import MAX_SEED, ConfigError
+from .config import DirectConfig
 from .problem import WORST, rounded_key
 from .loop import GenerationLoop
 from .search import SearchResult
-
-
-@dataclass
-class DirectConfig:
-    generations: int = 20
-    offspring: int = 16                 # children per generation (EvoPress: 64)
-    stages: tuple = ((1, 4), (None, 1))  # (validation windows, None = all; survivors) per selection step
-    max_level: int = 16                 # |level| ≤ max_level (EvoPress's 8 each way, twice: the whole feasible range)
-    hof_size: int = 10
-    cache: bool = True
-    seed: int = 0
-    max_evaluations: int | None = None  # stop after the generation that reaches this many evaluations
-
-    def __post_init__(self):
-        self.stages = tuple((None if w is None else int(w), int(k)) for w, k in self.stages)
-        for problem in self.problems():
-            raise ConfigError(problem)
-
-    def problems(self) -> list[str]:
-        ints = ("generations", "offspring", "max_level", "hof_size", "seed")
-        out = [f"{name} must be an integer, got {getattr(self, name)!r}" for name in ints
-               if not _integer(getattr(self, name))]
-        if not (self.max_evaluations is None or _integer(self.max_evaluations)):
-            out.append(f"max_evaluations must be an integer or None, got {self.max_evaluations!r}")
-        if not isinstance(self.cache, bool):
-            out.append(f"cache must be true or false, got {self.cache!r}")
-        if out:
-            return out
-        if self.generations < 0:
-            out.append(f"generations must be ≥ 0, got {self.generations}")
-        if self.offspring < 1:
-            out.append(f"offspring must be ≥ 1, got {self.offspring}")
-        if not self.stages or self.stages[-1][0] is not None:
-            out.append("the last selection stage must use all validation windows")
-        survivors = [k for _, k in self.stages]
-        if any(k < 1 for k in survivors) or survivors != sorted(survivors, reverse=True) or survivors[-1] != 1:
-            out.append(f"survivors per stage must decrease to 1, got {survivors}")
-        windows = [w for w, _ in self.stages[:-1]]
-        if any(w < 1 for w in windows) or windows != sorted(windows):
-            out.append(f"stage windows must be positive and grow, got {windows}")
-        if self.max_level < 1:
-            out.append(f"max_level must be ≥ 1, got {self.max_level}")
-        if self.hof_size < 1:
-            out.append(f"hof_size must be ≥ 1, got {self.hof_size}")
-        if self.max_evaluations is not None and self.max_evaluations < 1:
-            out.append(f"max_evaluations must be ≥ 1, got {self.max_evaluations}")
-        if not 0 <= self.seed <= MAX_SEED:
-            out.append(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
-        return out
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["stages"] = [list(s) for s in self.stages]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "DirectConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def _integer(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class IntegerSpace(Protocol):

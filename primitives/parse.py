@@ -15,15 +15,13 @@ import re
 
 from deap import gp
 
+from .bounds import MAX_HEIGHT, MAX_SIZE
 from .pset import CONSTANT_BOUNDS
 
 TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
                    r"|(?P<punct>[(),]))")
 
 
-# What any tree of this package may be: the parser, the interpreter and SymPy recurse once per level
-MAX_HEIGHT = 50
-MAX_SIZE = 1000
 MAX_CHARS_PER_NODE = 100  # a longer text is refused before it is tokenised
 
 

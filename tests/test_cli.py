@@ -73,3 +73,46 @@ def test_bad_input_is_one_line_and_exit_code_2(args, needle, tmp_path):
     assert needle in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert not any(tmp_path.iterdir()), "nothing written on bad input"
+
+
+def test_command_help_loads_no_torch_transformers_or_sympy():
+    """``dsa <command> --help`` builds the full parser from light modules (the flags, the specs, the configs,
+    the names the CLI offers); what runs a command loads only when it runs."""
+    code = ("import contextlib, io, json, sys; from dsa.cli import main; from dsa.commands import COMMANDS\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    codes = {name: main([name, '--help']) for name in COMMANDS}\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'sympy') if m in sys.modules)\n"
+            "print(json.dumps([codes, heavy, out.getvalue().count('usage: dsa ')]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    from dsa.commands import COMMANDS
+    assert json.loads(done.stdout) == [dict.fromkeys(COMMANDS, 0), [], len(COMMANDS)]
+
+
+def test_offered_names_are_the_records_names():
+    """The names the parser offers are written out in :mod:`dsa.settings` (so that it loads no torch); each is
+    what its records give: a new method, fitness, masking mode, baseline or export format is named there too."""
+    from dsa import allocations, exports, settings
+    from evaluators.fitness.evaluator import FITNESSES
+    from evaluators.fitness.masking import MASKING
+    from evaluators.pruning.methods import METHODS
+    assert settings.METHODS == tuple(name for name, m in METHODS.items() if m.listed)
+    assert settings.FITNESSES == tuple(FITNESSES)
+    assert settings.MASKING == MASKING
+    assert settings.SEARCH_BASELINES == allocations.SEARCH_BASELINES
+    assert settings.COMPARE_BASELINES == allocations.COMPARE_BASELINES
+    assert settings.EXPORT_FORMATS == exports.FORMATS
+
+
+def test_flag_defaults_are_the_specs_defaults():
+    """A run setting's default is declared once, on its spec field: the flags of dsa prune/eval/compare,
+    given nothing, build the specs' defaults."""
+    from dsa.cli import data_spec, model_spec, prune_spec
+    from dsa.flags import build_parser
+    from dsa.settings import DataSpec, EvaluatorSpec, ModelSpec, PruneSpec
+    default = EvaluatorSpec()
+    for argv in (["prune", "--save", "x"], ["eval"], ["compare", "--out", "x"]):
+        args = build_parser().parse_args(argv)
+        assert (model_spec(args), data_spec(args), prune_spec(args)) == (ModelSpec(), DataSpec(), PruneSpec()), argv
+        assert args.val_windows == default.val_windows, argv
+        if argv[0] == "compare":
+            assert (args.fitness, args.masking) == (default.fitness, default.masking)

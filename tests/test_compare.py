@@ -234,3 +234,94 @@ def test_compare_measures_every_row_on_a_second_held_out_text(tiny_dir, tmp_path
     docs = load_split(str(tiny_dir / "text.txt"), "train")
     held = heldout_docs(tok, docs, 2, 16, 0)
     assert 0 < len(held) < len(docs)
+
+
+# --- dsa compare --verify: re-measure what a folder claims ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compared(tiny_dir, tmp_path_factory, one_torch_thread):  # noqa: F811
+    """A finished comparison of the tiny model: dense, three baselines, a GP row, held-out C4 on every row (one
+    torch thread from here on: small tensors)."""
+    out = tmp_path_factory.mktemp("verify") / "cmp"
+    assert compare(tiny_dir, out, "--searches", "gp", "--calib-seqlen", "16", "--c4-windows", "4") == 0
+    return out
+
+
+def verify(root, out, row, *extra):
+    return main(["compare", "--out", str(out), "--verify", row, "--model", str(root / "model"), "--no-progress",
+                 *extra])
+
+
+def verdicts(text: str) -> dict[tuple[str, str], str]:
+    """(row, field) → match / MISMATCH / skip, from --verify's lines."""
+    out = {}
+    for line in text.splitlines():
+        word, _, rest = line.partition(" ")
+        if word in ("match", "MISMATCH", "skip"):
+            row, field, _ = rest.strip().rsplit(": ", 2) if rest.count(": ") >= 2 else (rest, "", "")
+            out[(row, field)] = word
+    return out
+
+
+def test_verify_remeasures_faithful_rows_and_writes_nothing(tiny_dir, compared, capsys):  # noqa: F811
+    from test_cli_errors import snapshot
+    before, text = snapshot(compared), (compared / "compare.json").read_text()
+    capsys.readouterr()
+    assert verify(tiny_dir, compared, "GP search (seed 0)") == 0
+    seen = verdicts(capsys.readouterr().out)
+    fields = ("sparsities", "val ppl", "selection ppl", "test nlls", "test ppl", "c4 nlls", "c4 ppl")
+    assert {seen[("GP search (seed 0)", f)] for f in fields} == {"match"}, seen
+    assert verify(tiny_dir, compared, "all") == 0
+    out = capsys.readouterr().out
+    seen = verdicts(out)
+    names = [r["name"] for r in json.loads(text)["rows"]]
+    assert all(seen[(name, "test nlls")] == "match" for name in names) and "MISMATCH" not in out
+    assert seen[("dense", "val ppl")] == "match" and ("dense", "sparsities") not in seen
+    assert snapshot(compared) == before and (compared / "compare.json").read_text() == text
+
+
+def test_verify_names_the_row_and_field_that_do_not_match(tiny_dir, compared, tmp_path, capsys):  # noqa: F811
+    from dsa.settings import VERIFY_TOL
+    from test_cli_errors import snapshot
+    out = tmp_path / "cmp"
+    shutil.copytree(compared, out)
+
+    def edited(change) -> str:
+        saved = json.loads((compared / "compare.json").read_text())
+        change({r["name"]: r for r in saved["rows"]})
+        (out / "compare.json").write_text(text := json.dumps(saved))
+        return text
+
+    capsys.readouterr()
+    edited(lambda rows: rows["uniform"]["test nlls"].__setitem__(1, rows["uniform"]["test nlls"][1] + VERIFY_TOL / 2))
+    assert verify(tiny_dir, out, "uniform") == 0  # within the tolerance
+    text = edited(lambda rows: rows["uniform"]["test nlls"].__setitem__(1, rows["uniform"]["test nlls"][1] - 0.01))
+    before = snapshot(out)
+    capsys.readouterr()
+    assert verify(tiny_dir, out, "all") == 1
+    printed = capsys.readouterr().out
+    seen = verdicts(printed)
+    assert seen[("uniform", "test nlls")] == "MISMATCH" and "max |Δ| 0.01 (window 2)" in printed
+    assert seen[("uniform", "test ppl")] == "match"  # the stored perplexity is still the measured one
+    assert [k for k, v in seen.items() if v == "MISMATCH"] == [("uniform", "test nlls")]
+    assert printed.strip().splitlines()[-1].endswith("mismatched: uniform (test nlls)")
+    assert (out / "compare.json").read_text() == text and snapshot(out) == before  # nothing rewritten
+    # a row whose allocation is not one of the comparison (another mean) is not re-measured as if it were
+    edited(lambda rows: rows["owl"].update({"sparsities": [0.5] * len(rows["owl"]["sparsities"])}))
+    capsys.readouterr()
+    assert verify(tiny_dir, out, "owl") == 1
+    printed = capsys.readouterr().out
+    assert verdicts(printed)[("owl", "sparsities")] == "MISMATCH" and "not the target 0.7" in printed
+
+
+def test_verify_refuses_what_would_change_the_comparison(tiny_dir, compared, tmp_path, capsys):  # noqa: F811
+    for extra, words in ((["--sparsity", "0.5"], "--sparsity cannot go with it"), (["--resume"], "--resume cannot"),
+                         (["--seeds", "1", "--test-windows", "2"], "--seeds, --test-windows cannot")):
+        assert verify(tiny_dir, compared, "uniform", *extra) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+    assert verify(tiny_dir, compared, "nope") == 2
+    assert "holds no row 'nope' (its rows: dense, uniform" in capsys.readouterr().err
+    assert verify(tiny_dir, tmp_path / "none", "uniform") == 2
+    assert "holds no compare.json" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()

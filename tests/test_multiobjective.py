@@ -15,7 +15,9 @@ from dsa.allocations import allocate
 from dsa.problem import allocation_problem
 from dsa.show import show
 from primitives import parse_tree
-from test_search import HOF_KEYS, CountingFitness, _hof, _log, _run, one_torch_thread, task  # noqa: F401
+from test_search import HOF_KEYS, CountingFitness, _hof, _log, _run
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 MULTI = ("fitness", "size")
 
