@@ -23,10 +23,13 @@ INSTALL = "pip install -e .[zeroshot]"
 
 
 def parse_tasks(text: str) -> list[str]:
-    """"boolq, rte" → ["boolq", "rte"]; "paper" → the papers' seven tasks."""
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
+    """"boolq, rte" → ["boolq", "rte"]; "paper" → the papers' seven tasks. An empty item (``"boolq,,rte"``,
+    ``"boolq,"``) is refused, not dropped."""
+    names = [t.strip() for t in text.split(",")]
+    if not any(names):
         raise UserError("--tasks is empty: give comma-separated lm-eval task names, e.g. boolq,rte")
+    if not all(names):
+        raise UserError(f"--tasks {text!r} has an empty item: give comma-separated lm-eval task names")
     out: list[str] = []
     for name in names:
         for task in (PAPER_TASKS if name == "paper" else (name,)):

@@ -126,6 +126,9 @@ def test_task_names():
     assert parse_tasks(" boolq, rte ,boolq") == ["boolq", "rte"]
     with pytest.raises(UserError, match="empty"):
         parse_tasks(" , ")
+    for text in ("boolq,,rte", "boolq,", ",rte"):  # an empty item is refused, not dropped
+        with pytest.raises(UserError, match="has an empty item"):
+            parse_tasks(text)
     with pytest.raises(UserError, match="folder not found"):
         task_manager(["tiny_yesno"], TASKS / "missing")
     assert cli_main(["eval", "--no-perplexity"]) == 2  # nothing to evaluate (test_cli_errors checks the line)
