@@ -395,8 +395,9 @@ def verify_comparison(out: Path, name: str, models: tuple[str, ...] = (), device
         raise UserError(f"{out} holds no row {name!r} (its rows: {names[:300]}; or all)")
     info = saved.get("info")
     recorded = info.get("machine") if isinstance(info, dict) else None
-    then = recorded.get("torch") if isinstance(recorded, dict) else None
-    print(f"re-measuring {len(rows)} row{'s' * (len(rows) > 1)} of {out}: recorded with torch {escape(then, 40)}, "
+    then = {k: recorded.get(k) if isinstance(recorded, dict) else None for k in ("torch", "transformers")}
+    print(f"re-measuring {len(rows)} row{'s' * (len(rows) > 1)} of {out}: recorded with torch "
+          f"{escape(then['torch'], 40)}, transformers {escape(then['transformers'] or 'unrecorded', 40)}; "
           f"here torch {torch.__version__}, transformers {transformers.__version__}; tolerance {VERIFY_TOL:g} "
           f"nats per window", flush=True)
 

@@ -5,6 +5,7 @@ what is read from one is untrusted: regular files of bounded size only (a FIFO o
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import math
@@ -132,10 +133,9 @@ def machine() -> dict:
     info = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    try:
-        import deap
-        import sympy
-        info.update(deap=deap.__version__, sympy=sympy.__version__)
-    except ImportError:
-        pass
+    for name in ("transformers", "deap", "sympy"):  # transformers: per-window NLLs move across its versions
+        try:
+            info[name] = importlib.import_module(name).__version__
+        except ImportError:
+            pass
     return info
