@@ -86,33 +86,32 @@ def open_regular(path: Path, limit: int) -> tuple[int, int]:
     return fd, info.st_size
 
 
-def read_bounded(path: Path, limit: int) -> bytes:
-    """The bytes of the regular file ``path`` (:func:`open_regular`), at most ``limit`` of them."""
+def _chunks(path: Path, limit: int, step: int):
+    """The bytes of the regular file ``path`` (:func:`open_regular`), ``step`` at a time; OSError once more
+    than ``limit`` have come (a file that grew while read)."""
     fd, _ = open_regular(path, limit)
-    chunks, size = [], 0
+    size = 0
     try:
-        while size <= limit and (chunk := os.read(fd, 1 << 20)):
-            chunks.append(chunk)
+        while chunk := os.read(fd, step):
             size += len(chunk)
+            if size > limit:
+                raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+            yield chunk
     finally:
         os.close(fd)
-    if size > limit:  # grew while read
-        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
-    return b"".join(chunks)
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path`` (:func:`open_regular`), at most ``limit`` of them."""
+    return b"".join(_chunks(path, limit, 1 << 20))
 
 
 def file_digest(path: Path, limit: int) -> tuple[int, str]:
     """(size, sha256 hex digest) of the regular file ``path`` of at most ``limit`` bytes (OSError else)."""
-    fd, _ = open_regular(path, limit)
     h, size = hashlib.sha256(), 0
-    try:
-        while size <= limit and (chunk := os.read(fd, 8 << 20)):
-            h.update(chunk)
-            size += len(chunk)
-    finally:
-        os.close(fd)
-    if size > limit:
-        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+    for chunk in _chunks(path, limit, 8 << 20):
+        h.update(chunk)
+        size += len(chunk)
     return size, h.hexdigest()
 
 
