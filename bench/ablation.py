@@ -29,7 +29,7 @@ from pathlib import Path
 from bench.common import RESULTS, machine, markdown_table
 from dsa.flags import positive_int, seed_list
 from dsa.settings import DEFAULT_VAL_WINDOWS
-from gp.checkpoint import read_json
+from evaluators.files import read_json
 
 POOL = 4  # the resampling variant's pool, in multiples of the windows each generation scores
 

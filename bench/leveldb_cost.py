@@ -31,7 +31,8 @@ from dsa.cli import data_spec, model_spec
 from dsa.llm import level_key
 from evaluators.fitness.evaluator import PruningEvaluator
 from evaluators.fitness.leveldb import level_grid, open_levels
-from evaluators.fitness.levelfiles import file_digest, projected_bytes
+from evaluators.files import file_digest
+from evaluators.fitness.levelfiles import projected_bytes
 from evaluators.fitness.perplexity import perplexity
 from evaluators.models.loading import model_linears
 

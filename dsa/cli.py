@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # bad flags (code 2, one line printed) or --help (0): a code, also in-process
         return int(exc.code or 0)
     from gp.checkpoint import CheckpointError  # a command runs: what it needs loads from here on
-    from .show import escape
+    from evaluators.errors import escape
     try:
         if getattr(args, "no_progress", False):
             quiet()

@@ -26,7 +26,8 @@ COMMANDS = {
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit code 2 (argparse prints the whole usage otherwise)
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        from evaluators.errors import escape  # the message quotes what was typed: no control character passes
+        self.exit(2, f"{self.prog}: error: {escape(message, None)} (see --help)\n")
 
 
 def top_parser() -> tuple[Parser, dict[str, Parser]]:

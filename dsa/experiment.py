@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 
 from evaluators.data.text import heldout_docs, load_split, token_windows
+from evaluators.errors import escape
+from evaluators.files import read_json
 from evaluators.fitness.intervals import paired_interval, perplexity_interval, verdict
 from evaluators.fitness.perplexity import perplexity_from_nlls, window_nlls
 from evaluators.models.loading import weight_snapshot
@@ -40,16 +42,15 @@ from evaluators.pruning.nm import on_pattern, parse_nm
 from evaluators.pruning.pruners import prune
 from gp import SearchConfig
 from gp import checkpoint as checkpoints
-from gp.checkpoint import read_json
 from gp.config import EVOLUTION_ONLY
 from gp.direct import DirectConfig
 from primitives import LayerAllocator
 
-from .allocations import (SEARCH_BASELINES, allocate, baseline_candidates, best_row, check_allocation, check_fits,
-                          check_sparsities, run_folder)
+from .allocations import (BASELINES, SEARCH_BASELINES, allocate, baseline_candidates, baseline_spec, best_row,
+                          check_allocation, check_fits, check_sparsities, run_folder)
 from .distributed import LocalEvaluation
 from .errors import UserError
-from .llm import allocator_for, build_evaluator, load_inputs
+from .llm import allocator_for, build_evaluator, load_inputs, score_source
 from .plots import plot_allocations, plot_differences
 from .runs import finite_number, machine, write_json
 from .search import SearchRun, run_search, score_baselines
@@ -184,7 +185,7 @@ def run_comparison(c: Comparison, resume: bool = False) -> Path:
 
 def read_saved(out: Path, verb: str) -> tuple[dict, EvaluatorSpec]:
     """(data, recorded evaluator settings) of ``out``'s compare.json, a bounded regular file
-    (:func:`gp.checkpoint.read_json`) whose settings read back as records (the caller checks its rows,
+    (:func:`evaluators.files.read_json`) whose settings read back as records (the caller checks its rows,
     :func:`rows_problem`); UserError in one line ("cannot ``verb`` …") when it is damaged."""
     try:
         saved = read_json(out / FILE)
@@ -364,8 +365,8 @@ def verify_comparison(out: Path, name: str, models: tuple[str, ...] = (), device
     comparison measured it, and print per stored number whether it matches; writes nothing; True when all do.
 
     The row's stored sparsities are checked as an allocation of the folder's model and target (one per block,
-    the parameter-weighted mean, the N:M pattern), not re-derived from the baseline or search the row names;
-    they are pruned by :func:`pruned_nlls` with the folder's method, pattern, data and calibration. Compared:
+    the parameter-weighted mean, the N:M pattern) and re-derived from what the row names (:func:`row_source`:
+    a baseline with its parameters, a formula, the row's run folder) on this model's scores; they are pruned by :func:`pruned_nlls` with the folder's method, pattern, data and calibration. Compared:
     per-window test and held-out-C4 NLLs within :data:`VERIFY_TOL` each, their perplexities and the validation
     and selection values within a relative :data:`VERIFY_TOL`. The validation values only where the evaluator
     re-measures them cheaply: a mask pruner's (SparseGPT's reads a level database) and not a search's value
@@ -373,7 +374,6 @@ def verify_comparison(out: Path, name: str, models: tuple[str, ...] = (), device
     another device than the recorded one."""
     import transformers
 
-    from .show import escape
     if not os.path.lexists(out / FILE):
         raise UserError(f"--out {out} holds no {FILE} to verify")
     saved, spec = read_saved(out, "verify")
@@ -409,6 +409,10 @@ def verify_comparison(out: Path, name: str, models: tuple[str, ...] = (), device
     evaluator = build_evaluator(spec, inputs=inputs)[0] if cheap and any(
         r.get("val ppl") is not None or "selection ppl" in r for r in rows) else None
     counts = param_counts(inputs.model)
+    sources = {r["name"]: row_source(r, out) for r in rows if r["kind"] != "dense"}
+    blocks = (evaluator.blocks if evaluator is not None else score_source(
+        inputs.model, spec.prune.method, inputs.calib, spec.data.batch_size, spec.prune.max_scores_per_layer,
+        spec.data.seed, progress)) if any(s is not None for s in sources.values()) else None
     allocation = LayerAllocator(torch.zeros(len(counts), 1), spec.prune.sparsity, weights=counts)  # bounds, mean
     resampled = SearchConfig.from_dict(settings["gp"]).resample_windows > 0
 
@@ -425,6 +429,7 @@ def verify_comparison(out: Path, name: str, models: tuple[str, ...] = (), device
                 yield "sparsities", False, str(exc)
                 return
             yield "sparsities", True, f"an allocation of the {len(counts)} blocks at mean {spec.prune.sparsity:g}"
+            yield "allocation", *_rederive(sources[row["name"]], alloc, blocks, spec)
         if row.get("val ppl") is not None:
             if evaluator is None:
                 yield "val ppl", None, f"not re-measured ({spec.prune.method}'s fitness reads a level database)"
@@ -468,6 +473,37 @@ def verify_comparison(out: Path, name: str, models: tuple[str, ...] = (), device
     print(f"{checked - len(failed)} of {checked} numbers match" + (f"; mismatched: {', '.join(failed)}" if failed
                                                                       else ""), flush=True)
     return not failed
+
+
+def row_source(row: dict, out: Path) -> str | None:
+    """What a comparison row's allocation comes from, as an ``--allocation`` spec: a baseline with the
+    parameters it was measured with, the row's run folder (what the search ships: a formula, a direct
+    allocation or a baseline), or its formula; None when the row names none of them."""
+    kind, name = row["kind"], row["name"]
+    if kind == "baseline" and name in BASELINES and isinstance(row.get("params"), dict):
+        return baseline_spec(name, row["params"])
+    run = row.get("run")
+    if isinstance(run, str) and run and not Path(run).is_absolute() and ".." not in Path(run).parts \
+            and (out / run).is_dir():  # a folder of the comparison's own, never one elsewhere
+        return str(out / run)
+    formula = row.get("formula")
+    return formula if isinstance(formula, str) and formula else None
+
+
+def _rederive(source: str | None, stored: list[float], blocks, spec: EvaluatorSpec) -> tuple[bool | None, str]:
+    """(whether ``source`` gives the stored sparsities on this model's ``blocks``, within VERIFY_TOL each;
+    None when it cannot be re-derived here, what was found)."""
+    if source is None:
+        return None, "not re-derived (the row names no baseline, formula or run folder)"
+    what = escape(source if not os.path.isabs(source) else Path(source).name, 60)
+    try:
+        derived, _ = allocate(source, allocator_for(blocks, spec.prune.sparsity), blocks)
+    except UserError as exc:
+        return False, f"{what} gives no allocation here ({escape(exc, 200)})"
+    if spec.prune.nm:
+        derived = on_pattern(spec.prune.nm, derived, blocks.counts)[0]
+    worst = max(abs(a - b) for a, b in zip(derived, stored))
+    return worst <= VERIFY_TOL, f"re-derived from {what}, max |Δ sparsity| {worst:.2g}"
 
 
 def _close(stored, measured: float) -> tuple[bool, str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from evaluators.pruning.methods import METHODS
-from gp.checkpoint import path_kind, read_json
+from evaluators.files import path_kind, read_json
 from primitives import Formula, build_pset, parse_tree
 
 from .errors import UserError

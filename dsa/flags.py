@@ -375,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--verify", metavar="ROW", type=nonempty,
                    help=f"re-measure row ROW of the comparison in --out (its name as in compare.md, e.g. uniform or "
                         f"'GP search (seed 0)'; all: every row) as the comparison measured it, with the folder's "
-                        f"own settings: its stored sparsities (checked as an allocation of its model and target) "
-                        f"pruned with its method, pattern, data and calibration. Prints per stored number whether "
+                        f"own settings: its stored sparsities (checked as an allocation of its model and target, and "
+                        f"re-derived from the baseline, run folder or formula the row names) pruned with its method, pattern, data and calibration. Prints per stored number whether "
                         f"it matches: per-window NLLs within {VERIFY_TOL:g} nats each, perplexities within "
                         f"{VERIFY_TOL:g} relative (on the same library versions the test model's rows came back "
                         f"exactly; another transformers version moved real models' per-window NLLs by up to 0.08, so a "

@@ -12,7 +12,7 @@ import math
 import time
 from pathlib import Path
 
-from gp.checkpoint import path_kind, read_json, read_regular
+from evaluators.files import path_kind, read_json, read_regular
 from gp.schema import finite_number
 
 from .errors import UserError

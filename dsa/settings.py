@@ -160,7 +160,7 @@ class ModelSpec(Spec):
 
     def check(self) -> None:
         from evaluators.models.loading import is_label, labelled_model, looks_like_path
-        from gp.checkpoint import path_kind
+        from evaluators.files import path_kind
         if self.model is None:
             return
         if is_label(self.model):
@@ -196,7 +196,7 @@ class DataSpec(Spec):
         return replace(self, **{k: v for k, v in sizes.items() if getattr(self, k) is None})
 
     def check(self) -> None:
-        from gp.checkpoint import path_kind
+        from evaluators.files import path_kind
         if self.data_dir is not None and not usable_path(self.data_dir, "--data-dir").is_dir():
             raise UserError(f"--data-dir folder not found: {self.data_dir}")
         for flag, value in (("--data", self.data), ("--calib", self.calib)):

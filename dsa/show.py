@@ -1,11 +1,13 @@
 """``dsa show RUN``: the hall of fame as a table (rank, fitness, selection-split fitness, simplified
 formula, size, allocation, flags), and a multi-objective run's Pareto front ranked by size. A run
 folder is shared input: its choice is checked as ``--allocation RUN`` checks it, and every text read
-from it is shown escaped (:func:`escape`, also what the CLI's error line goes through)."""
+from it is shown escaped (:func:`evaluators.errors.escape`, also what the CLI's error line goes through)."""
 from __future__ import annotations
 
 import math
 import textwrap
+
+from evaluators.errors import escape
 
 from .runs import read_run
 
@@ -54,14 +56,6 @@ def choice_line(selection: dict) -> str:
     if selection.get("shipped") == "found":
         return head + f" → ships rank {rank}"
     return head + f" → no found function beats {strongest}: the run ships {shipped}"
-
-
-def escape(value, width: int | None = 80) -> str:
-    """Text from a record (or a message quoting one) with every control character written as its escape
-    (a newline as backslash-n, ESC as backslash-x1b), so that it cannot split a line or drive a terminal
-    (a shared folder may hold anything); cut to ``width`` characters (None: whole)."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
-    return text if width is None else text[:width]
 
 
 def show(run_dir: str, top: int | None = None, notation: str = "formula") -> str:

@@ -7,23 +7,22 @@ from __future__ import annotations
 
 import base64
 import csv
-import errno
 import io
 import json
 import os
 import random
-import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from evaluators.files import read_json
+
 
 FILE = "checkpoint.json"
 LEGACY_FILE = "checkpoint.pkl"  # written by dsa-gp ≤ 0.1 with pickle; never loaded
 FORMAT = 1
-MAX_FILE_BYTES = 64 * 2**20  # a run folder's file larger than this is refused, not read
 
 
 class CheckpointError(ValueError):
@@ -71,61 +70,6 @@ def save(run_dir: Path, state: dict[str, Any]) -> None:
 
 def exists(run_dir: Path) -> bool:
     return os.path.lexists(Path(run_dir) / FILE)  # a dangling link counts: it is not a missing checkpoint
-
-
-# what a path is when it is not a regular file, in words for an error message
-KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
-def _kind(mode: int) -> str:
-    return "a file" if stat.S_ISREG(mode) else next((words for test, words in KINDS if test(mode)), "a special file")
-
-
-def path_kind(path: Path) -> str:
-    """What ``path`` is, in words for an error message, without opening it: "a file" (a regular file or a
-    link to one), "missing" (also below something that is not a folder), "a link to nothing", "a folder",
-    "a FIFO", "a character device" (a link to ``/dev/zero``) …; so that what is there is never reported
-    as missing."""
-    try:
-        return _kind(os.stat(path).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        return "a link to nothing" if os.path.lexists(path) else "missing"
-    except (OSError, ValueError) as exc:  # no permission, a name too long, a NUL byte
-        return f"unreadable ({exc.strerror if isinstance(exc, OSError) else exc})"
-
-
-def read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of ``path`` when it is a regular file (or a link to one) of at most ``limit`` bytes.
-    Anything else raises OSError without being read: a FIFO would block until a writer comes, a device
-    such as ``/dev/zero`` would never end. The FIFO is opened non-blocking, and the check is made on
-    the opened file, so that a file swapped in between cannot slip through."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, f"{_kind(info.st_mode)}, not a regular file", str(path))
-        if info.st_size > limit:
-            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
-        chunks, size = [], 0
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def read_json(path: Path, limit: int = MAX_FILE_BYTES) -> Any:
-    """JSON data of a regular file (:func:`read_regular`): OSError when it cannot be read, ValueError
-    when it is not JSON (text nested too deeply for the parser included)."""
-    data = read_regular(path, limit)
-    try:
-        return json.loads(data)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
 
 
 def load(run_dir: Path) -> dict[str, Any] | None:

@@ -618,6 +618,20 @@ def test_text_from_records_is_shown_escaped(run, tmp_path, capsys):
     expect_bad(["prune", "--allocation", shipped, "--save", tmp_path / "out"], "x\\ny\\x1b[2J", capsys, tmp_path)
 
 
+def test_flag_errors_quote_what_was_typed_escaped(tmp_path, capsys):
+    """argparse quotes unknown arguments and commands as typed: the one error line escapes them too."""
+    from dsa.commands import main as front
+
+    for args, needle in ((["search", "--seeds", "1,\x1b[31m"], "--seeds 1,\\x1b[31m"),
+                         (["search", "--frob\nFAKE"], "--frob\\nFAKE"),
+                         (["compare", "--out", "o", "x\ry"], "x\\ry")):
+        err = expect_bad(args, needle, capsys, tmp_path)
+        assert "\x1b" not in err and "\r" not in err
+    assert front(["\x1b[2J"]) == 2
+    err = capsys.readouterr().err
+    assert "\\x1b[2J" in err and "\x1b" not in err and len(err.splitlines()) == 1
+
+
 def test_compare_creates_out_only_with_its_first_row(tmp_path, capsys):
     """A model that does not load leaves no --out folder behind."""
     (tmp_path / "model").mkdir()

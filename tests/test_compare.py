@@ -269,13 +269,14 @@ def test_verify_remeasures_faithful_rows_and_writes_nothing(tiny_dir, compared, 
     capsys.readouterr()
     assert verify(tiny_dir, compared, "GP search (seed 0)") == 0
     seen = verdicts(capsys.readouterr().out)
-    fields = ("sparsities", "val ppl", "selection ppl", "test nlls", "test ppl", "c4 nlls", "c4 ppl")
+    fields = ("sparsities", "allocation", "val ppl", "selection ppl", "test nlls", "test ppl", "c4 nlls", "c4 ppl")
     assert {seen[("GP search (seed 0)", f)] for f in fields} == {"match"}, seen
     assert verify(tiny_dir, compared, "all") == 0
     out = capsys.readouterr().out
     seen = verdicts(out)
     names = [r["name"] for r in json.loads(text)["rows"]]
     assert all(seen[(name, "test nlls")] == "match" for name in names) and "MISMATCH" not in out
+    assert all(seen[(name, "allocation")] == "match" for name in names if name != "dense"), seen
     assert seen[("dense", "val ppl")] == "match" and ("dense", "sparsities") not in seen
     assert snapshot(compared) == before and (compared / "compare.json").read_text() == text
 
@@ -312,6 +313,19 @@ def test_verify_names_the_row_and_field_that_do_not_match(tiny_dir, compared, tm
     assert verify(tiny_dir, out, "owl") == 1
     printed = capsys.readouterr().out
     assert verdicts(printed)[("owl", "sparsities")] == "MISMATCH" and "not the target 0.7" in printed
+    # a valid allocation, but not the one its row names: two blocks of equal size swapped, or other parameters
+    def swapped(rows):
+        s = rows["owl"]["sparsities"]
+        s[0], s[-1] = s[-1], s[0]
+    edited(swapped)
+    capsys.readouterr()
+    assert verify(tiny_dir, out, "owl") == 1
+    seen = verdicts(capsys.readouterr().out)
+    assert seen[("owl", "sparsities")] == "match" and seen[("owl", "allocation")] == "MISMATCH", seen
+    edited(lambda rows: rows["owl"]["params"].update({"lam": rows["owl"]["params"]["lam"] * 2}))  # a wider spread
+    capsys.readouterr()
+    assert verify(tiny_dir, out, "owl") == 1
+    assert verdicts(capsys.readouterr().out)[("owl", "allocation")] == "MISMATCH"
 
 
 def test_verify_refuses_what_would_change_the_comparison(tiny_dir, compared, tmp_path, capsys):  # noqa: F811

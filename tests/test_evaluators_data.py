@@ -82,6 +82,33 @@ def test_missing_data_is_user_error(tmp_path, monkeypatch):
         load_split("nosuchset", "test")
 
 
+def test_special_files_are_named_never_missing_and_never_read(tmp_path, monkeypatch):
+    """A FIFO in a data folder would block the reader, a link to /dev/zero never end: each is refused in one
+    line that says what is there (not "missing"), before anything is opened."""
+    import os
+
+    monkeypatch.setattr(data, "hub_reachable", lambda: False)
+    root = tmp_path / "data"
+    (root / "wikitext-2/raw").mkdir(parents=True)
+    os.mkfifo(root / "wikitext-2/raw/test.raw.txt")
+    with pytest.raises(UserError, match="a FIFO, not a regular file") as err:
+        load_split("wikitext2", "test", data_dir=str(root))
+    assert "missing" not in str(err.value) and "\n" not in str(err.value)
+    (root / "c4").mkdir()
+    (root / "c4/c4_validation_2k.parquet").symlink_to("/dev/zero")
+    with pytest.raises(UserError, match="a character device, not a regular file"):
+        load_split("c4", "validation", data_dir=str(root))
+    os.mkfifo(tmp_path / "pipe.txt")
+    with pytest.raises(UserError, match="is a FIFO, not a regular file"):
+        load_split(str(tmp_path / "pipe.txt"))
+    (tmp_path / "folder.jsonl").mkdir()
+    with pytest.raises(UserError, match="is a folder, not a regular file"):
+        read_text_file(tmp_path / "folder.jsonl")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    with pytest.raises(UserError, match="a link to nothing"):  # no suffix: still taken as the file it names
+        load_split(str(tmp_path / "dangling"))
+
+
 SHARED = (Path(evaluators.__file__).parents[1] / "../shared/data").resolve()
 needs_shared = pytest.mark.skipif(not (SHARED / "wikitext-2").is_dir() or not (SHARED / "c4").is_dir(),
                                   reason="../shared/data not found next to the repository")

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from evaluators.errors import UserError
+from evaluators.files import path_kind
 from evaluators.models.hub import hub_reachable
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
@@ -80,9 +81,10 @@ def _rows(text: str) -> list[str]:
 def _dir_file(root: Path, relative: str, what: str, data_dir) -> Path:
     """``root/relative``, which must exist: a data folder once given is used alone."""
     path = root / relative
-    if not path.is_file():
+    if (kind := path_kind(path)) != "a file":  # a FIFO would block the reader, /dev/zero never end
         origin = "--data-dir" if data_dir is not None and str(data_dir) != "" else "$DSA_DATA_DIR"
-        raise UserError(f"{what}: missing {path} (data folder from {origin}); "
+        problem = "missing" if kind == "missing" else f"{kind}, not a regular file:"
+        raise UserError(f"{what}: {problem} {path} (data folder from {origin}); "
                         f"fix the folder, or pass a local file with {FLAGS}")
     return path
 
@@ -104,8 +106,9 @@ def _bundled_text(relative: str) -> str:
 def read_text_file(path: str | Path) -> Texts:
     """A local .txt (one row per line), .parquet, .json or .jsonl (column/field ``text``) file."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"data file not found: {path} ({FLAGS})")
+    if (kind := path_kind(path)) != "a file":  # a FIFO would block the reader, /dev/zero never end
+        problem = "not found" if kind == "missing" else f"is {kind}, not a regular file"
+        raise UserError(f"data file {problem}: {path} ({FLAGS})")
     source = f"file:{path.resolve()}"
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
     try:
@@ -197,7 +200,7 @@ def load_split(name: str, split: str = "test", data_dir: str | None = None) -> T
         return _wikitext2(split, data_dir)
     if key == "c4":
         return _c4(split, data_dir)
-    if Path(name).expanduser().suffix or Path(name).expanduser().exists():
+    if Path(name).expanduser().suffix or os.path.lexists(Path(name).expanduser()):
         return read_text_file(name)
     raise UserError(f"unknown dataset {name!r} ({FLAGS}): use wikitext2, c4 or a path to a .txt/.parquet/.json/.jsonl file")
 

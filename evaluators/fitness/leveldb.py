@@ -106,7 +106,8 @@ from tqdm.auto import tqdm
 
 from evaluators.data.calibration import LinearStats, StatsCollector, run_through_blocks
 from evaluators.errors import UserError
-from evaluators.fitness.levelfiles import (block_bound, decode_level, encode_level, file_digest, meta_problem,
+from evaluators.files import file_digest
+from evaluators.fitness.levelfiles import (block_bound, decode_level, encode_level, meta_problem,
                                           projected_bytes, read_meta)
 from evaluators.models.loading import model_linears
 from evaluators.pruning.pruners import Pruner, check_sparsities, get_pruner

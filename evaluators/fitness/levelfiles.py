@@ -15,23 +15,20 @@ not measured), so one layout serves every level.
 damaged, so a file is opened only when it is a regular file (a FIFO would block, ``/dev/zero`` never
 end) no larger than a bound computed from the model's shapes; ``meta.json`` is typed and ranged field
 by field; each block file's sha256 digest, written at build, is checked when the file is first opened.
-(Run folders follow the same rule with :func:`gp.checkpoint.read_regular`; the level database's files are
-read here, in chunks, to stream digests of files far larger than a run folder's bound.)
+(The reading itself is :mod:`evaluators.files`, shared with run and comparison folders and data files.)
 """
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import math
-import os
 import re
-import stat
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+
+from evaluators.files import read_regular
 
 META_MAX_BYTES = 16 * 2**20  # a meta.json larger than this is not read
 TENSOR_HEADER = 128  # about what one tensor's entry adds to a safetensors header (bytes)
@@ -73,52 +70,10 @@ def block_bound(shapes: Iterable[Sequence[int]], levels: int, element_size: int,
                                  for rows, cols in shapes)
 
 
-def open_regular(path: Path, limit: int) -> tuple[int, int]:
-    """(file descriptor, size) of ``path`` when it is a regular file, or a link to one, of at most ``limit``
-    bytes; OSError otherwise, before anything is read (opened non-blocking, checked on the opened file)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    info = os.fstat(fd)
-    problem = ("not a regular file" if not stat.S_ISREG(info.st_mode)
-               else f"larger than {limit} bytes" if info.st_size > limit else None)
-    if problem:
-        os.close(fd)
-        raise OSError(errno.EINVAL, problem, str(path))
-    return fd, info.st_size
-
-
-def _chunks(path: Path, limit: int, step: int):
-    """The bytes of the regular file ``path`` (:func:`open_regular`), ``step`` at a time; OSError once more
-    than ``limit`` have come (a file that grew while read)."""
-    fd, _ = open_regular(path, limit)
-    size = 0
-    try:
-        while chunk := os.read(fd, step):
-            size += len(chunk)
-            if size > limit:
-                raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
-            yield chunk
-    finally:
-        os.close(fd)
-
-
-def read_bounded(path: Path, limit: int) -> bytes:
-    """The bytes of the regular file ``path`` (:func:`open_regular`), at most ``limit`` of them."""
-    return b"".join(_chunks(path, limit, 1 << 20))
-
-
-def file_digest(path: Path, limit: int) -> tuple[int, str]:
-    """(size, sha256 hex digest) of the regular file ``path`` of at most ``limit`` bytes (OSError else)."""
-    h, size = hashlib.sha256(), 0
-    for chunk in _chunks(path, limit, 8 << 20):
-        h.update(chunk)
-        size += len(chunk)
-    return size, h.hexdigest()
-
-
 def read_meta(path: Path) -> object:
     """JSON data of ``meta.json`` at ``path``, None when it is no JSON; OSError when it is not a regular
     file of at most :data:`META_MAX_BYTES` bytes (the caller refuses: it is not ours to delete)."""
-    data = read_bounded(path, META_MAX_BYTES)
+    data = read_regular(path, META_MAX_BYTES)
     try:
         return json.loads(data)
     except (ValueError, RecursionError):  # RecursionError: nested too deeply for the parser
