@@ -4,14 +4,14 @@ variant, all on one protocol and the same search seeds, and one table row per va
     python -m bench.ablation --model PATH --name NAME --seeds 0,1,2 [--variants baseline,lexicase,...] \
         [--resume] [any other dsa compare flag: --method, --sparsity, --val-windows, --generations, --baselines …]
 
-Each variant runs ``dsa compare`` itself (:func:`dsa.cli.main`: its flag checks, then
-:func:`dsa.experiment.run_comparison` on a :class:`~dsa.experiment.Comparison`) with the flags given here
+Each variant runs ``dsa compare`` itself (:func:`dsa.cli.dispatch.main`: its flag checks, then
+:func:`dsa.experiment.compare.run_comparison` on a :class:`~dsa.experiment.compare.Comparison`) with the flags given here
 plus the variant's own (:data:`VARIANTS`): ``baseline`` (today's defaults), then each option alone. Writes
 ``bench/results/NAME/<variant>/`` (a comparison folder each: compare.json, compare.md, runs/) and
 ``bench/results/NAME.md``, rewritten after every variant: per variant, and per seed within it, the run's
 choice on the selection split (the paired verdict of its best against the strongest baseline it scored,
 and whether it ships its found function), and what the allocation it ships does against the comparison's
-strongest baseline on test and on held-out C4 (paired 95 % intervals, :func:`dsa.experiment.comparisons`).
+strongest baseline on test and on held-out C4 (paired 95 % intervals, :func:`dsa.experiment.report.comparisons`).
 ``--resume`` continues every comparison (finished rows kept, killed searches resumed).
 
 The resampling variant scores each generation on --val-windows windows drawn from a pool 4 times as large
@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import RESULTS, machine, markdown_table
-from dsa.flags import positive_int, seed_list
-from dsa.settings import DEFAULT_VAL_WINDOWS
+
 from evaluators.files import read_json
+
+from dsa.cli.flags import positive_int, seed_list
+from dsa.run.settings import DEFAULT_VAL_WINDOWS
 
 POOL = 4  # the resampling variant's pool, in multiples of the windows each generation scores
 
@@ -103,7 +105,7 @@ def variant_row(variant: Variant, folder: Path) -> dict:
     """One table row from a variant's comparison folder: its GP rows (one per seed), the choices their runs
     made on the selection split (the runs' config.json) and their paired verdicts against the comparison's
     strongest baseline on test and held-out C4."""
-    from dsa.experiment import comparisons, strongest_baseline
+    from dsa.experiment.report import comparisons, strongest_baseline
     data = read_json(folder / "compare.json")
     rows = data["rows"]
     stats, strongest = comparisons(rows), strongest_baseline(rows)

@@ -3,7 +3,7 @@ and does the shipped allocation lose to the strongest baseline on test?
 
 Per comparison folder (``compare.json``: its settings and every row's per-window test NLLs), the search's
 evaluator is rebuilt with its settings and ``--windows`` held-out validation windows (after the search's own):
-exactly what :func:`dsa.search.decide` reads. Per search row, the candidate is its run's hall-of-fame best (rank 1
+exactly what :func:`dsa.run.choice.decide` reads. Per search row, the candidate is its run's hall-of-fame best (rank 1
 by the search's own fitness) and the strongest baseline is the run's (lowest fitness among the baselines the
 search scored); per ``found:`` row (a function applied without a new search) the strongest baseline is the
 comparison's on validation. The rule ships the candidate only where the paired 95 % interval on the held-out
@@ -24,15 +24,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.common import RESULTS, machine, markdown_table
-from dsa.allocations import baseline_spec
-from dsa.experiment import pruned_nlls
-from dsa.llm import build_evaluator, load_inputs
-from dsa.runs import read_run
-from dsa.search import choice
-from dsa.settings import FITNESSES, SELECTION_WINDOWS, EvaluatorSpec
+
 from evaluators.data.text import load_split, token_windows
 from evaluators.fitness.intervals import paired_interval, verdict
 from evaluators.models.loading import same_model, weight_snapshot
+
+from dsa.experiment.compare import pruned_nlls
+from dsa.run.allocations import baseline_spec
+from dsa.run.choice import choice
+from dsa.run.folder import read_run
+from dsa.run.llm import build_evaluator, load_inputs
+from dsa.run.settings import FITNESSES, SELECTION_WINDOWS, EvaluatorSpec
 
 SEARCH_KINDS = ("gp", "random", "warm", "direct")
 

@@ -6,17 +6,18 @@ import argparse
 import json
 from pathlib import Path
 
-from dsa.runs import machine  # noqa: E402,F401 (the scripts import these from here)
-from evaluators.models.loading import model_label, weight_snapshot  # noqa: E402,F401
+from evaluators.models.loading import model_label, weight_snapshot  # noqa: F401 (the scripts import these from here)
+
+from dsa.run.folder import machine  # noqa: F401
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def add_model_args(ap: argparse.ArgumentParser, name: str, split: str = "validation", windows: int = 2) -> None:
-    """The CLI's model and data flags (one home: :func:`dsa.flags.add_model_args`: --model --dtype --device
+    """The CLI's model and data flags (one home: :func:`dsa.cli.flags.add_model_args`: --model --dtype --device
     --data --calib --data-dir --seqlen --batch-size --data-seed), plus --name, the number of WikiText-2
     windows of ``split`` (--val-windows or --test-windows) and the calibration size."""
-    from dsa.flags import add_model_args as model_args, positive_int
+    from dsa.cli.flags import add_model_args as model_args, positive_int
     model_args(ap, pruning=False)
     ap.add_argument("--name", default=name)
     ap.add_argument("--val-windows" if split == "validation" else "--test-windows", type=int, default=windows,
@@ -28,7 +29,7 @@ def add_model_args(ap: argparse.ArgumentParser, name: str, split: str = "validat
 def load_inputs(args: argparse.Namespace, split: str = "validation"):
     """(model, tokenizer, WikiText-2 ``split`` windows, C4 calibration batch) from :func:`add_model_args`'s
     flags; the sizes left unset are filled in for the device (and written back to ``args`` for the tables)."""
-    from dsa.cli import data_spec, model_spec
+    from dsa.cli.dispatch import data_spec, model_spec
     from evaluators.data.text import calibration_batch, load_split, token_windows
     from evaluators.models.loading import load_model
 
@@ -44,9 +45,9 @@ def load_inputs(args: argparse.Namespace, split: str = "validation"):
 
 
 def model_name(args: argparse.Namespace) -> str:
-    """The model of :func:`add_model_args`'s flags as tables name it (:func:`dsa.llm.model_name`: its label)."""
-    from dsa.llm import model_name as name
-    from dsa.settings import ModelSpec
+    """The model of :func:`add_model_args`'s flags as tables name it (:func:`dsa.run.llm.model_name`: its label)."""
+    from dsa.run.llm import model_name as name
+    from dsa.run.settings import ModelSpec
     return name(ModelSpec(args.model))
 
 

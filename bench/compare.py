@@ -1,8 +1,8 @@
-"""The fair comparison as a benchmark: ``dsa compare`` (:mod:`dsa.experiment`, the code ``dsa search``
+"""The fair comparison as a benchmark: ``dsa compare`` (:mod:`dsa.experiment.compare`, the code ``dsa search``
 runs) with its folder under ``bench/results/NAME``. Every flag is ``dsa compare``'s, checked as the CLI
 checks it.
 
-    python bench/compare.py NAME --method wanda --sparsity 0.7 --val-windows 4 --seeds 0,1,2 \
+    python -m bench.compare NAME --method wanda --sparsity 0.7 --val-windows 4 --seeds 0,1,2 \
         --searches gp --tune-constants 4 --seed-baselines [--resume]
 
 writes ``bench/results/NAME/`` (compare.md: the table with 95 % intervals; compare.json: every row with
@@ -13,9 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dsa.cli import main  # noqa: E402
+from dsa.cli import main
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

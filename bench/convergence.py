@@ -2,14 +2,14 @@
 evaluations, several seeds — best validation fitness against the number of evaluations (PNG + table),
 and how many evaluations each evolution variant needs to reach random search's final best.
 
-    python bench/convergence.py [--model M] [--seeds 3] [--population 10] [--budget 300] \
+    python -m bench.convergence [--model M] [--seeds 3] [--population 10] [--budget 300] \
         [--variants random,evolution,evolution+tune,evolution+seeds,evolution+tune+seeds]
 
 Variants: ``random`` (a fresh random population per generation), ``evolution`` (the default engine),
 ``+tune`` (each generation, 4 evaluations nudging the best formula's constants), ``+seeds`` (the
 baselines' formulas in the first population). Every run stops at the generation that reaches
 ``--budget`` evaluations. The model, calibration statistics and score ranks are built once
-(:func:`dsa.llm.build_evaluator`); each run is a ``dsa search`` run on them (:func:`dsa.search.run_search`,
+(:func:`dsa.run.llm.build_evaluator`); each run is a ``dsa search`` run on them (:func:`dsa.run.search.run_search`,
 its folder under ``bench/results/NAME/``), so a killed benchmark resumes its runs from their checkpoints
 and skips the finished ones.
 """
@@ -19,21 +19,19 @@ import argparse
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import RESULTS, add_model_args, markdown_table, model_name, write
 
-from bench.common import RESULTS, add_model_args, markdown_table, model_name, write  # noqa: E402
-from dsa.cli import data_spec, model_spec  # noqa: E402
-from dsa.distributed import LocalEvaluation  # noqa: E402
-from dsa.llm import build_evaluator  # noqa: E402
-from dsa.problem import baseline_seeds  # noqa: E402
-from dsa.search import SearchRun, run_search  # noqa: E402
-from dsa.settings import EvaluatorSpec, PruneSpec  # noqa: E402
-from evaluators.fitness.evaluator import FITNESSES  # noqa: E402
-from gp import SearchConfig  # noqa: E402
-from gp import checkpoint as checkpoints  # noqa: E402
+from evaluators.fitness.evaluator import FITNESSES
+from gp import SearchConfig, checkpoint as checkpoints
+
+from dsa.cli.dispatch import data_spec, model_spec
+from dsa.run.distributed import LocalEvaluation
+from dsa.run.llm import build_evaluator
+from dsa.run.problem import baseline_seeds
+from dsa.run.search import SearchRun, run_search
+from dsa.run.settings import EvaluatorSpec, PruneSpec
 
 VARIANTS = "random,evolution,evolution+tune,evolution+seeds,evolution+tune+seeds"
 

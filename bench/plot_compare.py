@@ -3,18 +3,15 @@ what the winners do differently (PNG next to the result file); and how well the 
 (validation perplexity, through the evaluator's masks) ranks all the result's allocations as their exact
 test perplexity does (Spearman ρ, printed).
 
-    python bench/plot_compare.py compare_cpu_smollm2_wanda70 [--rows uniform,atp-tuned,dlp,"GP search"]
+    python -m bench.plot_compare compare_cpu_smollm2_wanda70 [--rows uniform,atp-tuned,dlp,"GP search"]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import spearman  # noqa: E402
+from bench.common import spearman
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = "uniform,owl-tuned,atp-tuned,dlp,GP search,direct search from GP best"

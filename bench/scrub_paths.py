@@ -9,17 +9,17 @@ absolute path under one of :data:`MACHINE_ROOTS` is rewritten; the others are le
 - a model path (a ``model`` value of a JSON record, or any path ending in .gguf) becomes the model's label
   (:func:`evaluators.models.loading.model_label`: file name and content digest, computed when the file is
   at that path on this machine; the file name alone when it is not), and its file name where it starts a
-  multi-task name (``name|method|sparsity``, as :func:`dsa.multitask.task_name` writes it);
+  multi-task name (``name|method|sparsity``, as :func:`dsa.run.multitask.task_name` writes it);
 - a level database (``…/leveldb/<digest>``) becomes ``leveldb/<digest>`` (relative to the cache folder);
 - a path inside this repository, or inside a ``--relative-to`` folder (where a benchmark ran), becomes
   relative to it.
 
 JSON records are read, their strings (keys too) rewritten and written back in their own layout (indent,
 final newline), so no number changes; a ``compare.md`` is rendered again from its rewritten ``compare.json``
-by :func:`dsa.experiment.report` and must equal its own text with the paths replaced (else the replaced
+by :func:`dsa.experiment.report.report` and must equal its own text with the paths replaced (else the replaced
 text is kept and the difference named). A path no rule covers is listed and the exit code is 1.
 ``--check`` lists what would change and writes nothing. Resuming such a folder takes ``--model`` again
-(:meth:`dsa.settings.ModelSpec.located`).
+(:meth:`dsa.run.settings.ModelSpec.located`).
 """
 from __future__ import annotations
 
@@ -112,9 +112,10 @@ def files(targets: list[Path]) -> list[Path]:
 
 
 def render_compare(md: Path, record: dict) -> str:
-    """compare.md as :func:`dsa.experiment.report` writes it from ``record`` (its compare.json)."""
-    from dsa.experiment import Comparison, report
-    from dsa.settings import EvaluatorSpec
+    """compare.md as :func:`dsa.experiment.report.report` writes it from ``record`` (its compare.json)."""
+    from dsa.experiment.compare import Comparison
+    from dsa.experiment.report import report
+    from dsa.run.settings import EvaluatorSpec
     from gp import SearchConfig
     settings = record["settings"]
     c = Comparison(EvaluatorSpec.from_dict(settings["evaluator"]), md.parent, SearchConfig.from_dict(settings["gp"]),
@@ -146,7 +147,7 @@ def scrub(targets: list[Path], relative_to: list[Path], write: bool = True) -> i
             if path.name == "compare.md" and record is not None:
                 rendered = render_compare(path, record)
                 if rendered != new:
-                    print(f"{path}: dsa.experiment.report renders it otherwise than its text with the paths "
+                    print(f"{path}: dsa.experiment.report.report renders it otherwise than its text with the paths "
                           f"replaced; the replaced text is kept")
         print(f"{path}: {'rewritten' if write else 'would be rewritten'}")
         if write:

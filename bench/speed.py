@@ -2,7 +2,7 @@
 tokens — the floor — and (b) the naive approach: re-running Wanda pruning (calibration forward +
 pruning) for every candidate. Also the cost of decoding a tree into an allocation, and peak memory.
 
-    python bench/speed.py [--model M] [--seqlen 512] [--val-windows 2] [--repeats 5] [--device auto] \
+    python -m bench.speed [--model M] [--seqlen 512] [--val-windows 2] [--repeats 5] [--device auto] \
         [--variants fp32:1:inplace,fp32:all:forward,bf16:all:inplace]
 
 A variant is ``dtype:batch:masking[:chunk]``: evaluation dtype (``tf32`` = fp32 weights, TF32
@@ -19,23 +19,22 @@ import argparse
 import random
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from bench.common import add_model_args, load_inputs, markdown_table, model_name, weight_snapshot, write
+from deap import gp as dgp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from evaluators.fitness.evaluator import PruningEvaluator
+from evaluators.fitness.masking import MASKING
+from evaluators.fitness.perplexity import CHUNK, window_nlls
+from evaluators.pruning.pruners import prune
+from gp import half_and_half
+from primitives import LayerAllocator
 
-from bench.common import add_model_args, load_inputs, markdown_table, model_name, weight_snapshot, write  # noqa: E402
-from evaluators.fitness.evaluator import PruningEvaluator  # noqa: E402
-from evaluators.fitness.masking import MASKING  # noqa: E402
-from evaluators.fitness.perplexity import CHUNK, window_nlls  # noqa: E402
-from evaluators.pruning.pruners import prune  # noqa: E402
-from gp import half_and_half  # noqa: E402
-from dsa.problem import has_reduction  # noqa: E402
-from deap import gp as dgp  # noqa: E402
-from primitives import LayerAllocator  # noqa: E402
+from dsa.run.problem import has_reduction
+from dsa.run.settings import DEFAULT_MAX_SCORES
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -128,7 +127,7 @@ def main() -> None:
             before = torch.cuda.memory_allocated()
         t0 = time.perf_counter()
         ev = PruningEvaluator(model, tok, method="wanda", calib_ids=calib, val_windows=val, batch_size=bs,
-                              max_scores_per_block=2**18, masking=masking, head_chunk=chunk)
+                              max_scores_per_block=DEFAULT_MAX_SCORES, masking=masking, head_chunk=chunk)
         setup = time.perf_counter() - t0
         held = torch.cuda.memory_allocated() - before if cuda else None
         if allocations is None:

@@ -4,7 +4,7 @@ the end-to-end speed of the whole model (greedy decode and one long prefill) bef
 linears move to the sparse kernels.
 
     dsa prune --allocation RUN --nm 2:4 --sparsity 0.4 --dtype fp16 --save OUT   # the deployable model
-    python bench/speed_24.py OUT [--tokens 128] [--batches 1,16] [--name speed24_h200]
+    python -m bench.speed_24 OUT [--tokens 128] [--batches 1,16] [--name speed24_h200]
 
 Both sides run the same pruned fp16 weights, so the speed-up is the kernels' alone; the table also gives
 the largest logit difference between them and whether greedy decoding picks the same tokens. torch's
@@ -20,13 +20,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench.common import markdown_table, write
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from evaluators.models.loading import load_model, model_linears, pruned_linears
 
-from bench.common import markdown_table, write  # noqa: E402
-from dsa.errors import UserError  # noqa: E402
-from dsa.exports import read_record  # noqa: E402
-from evaluators.models.loading import load_model, model_linears, pruned_linears  # noqa: E402
+from dsa.errors import UserError
+from dsa.outputs.exports import read_record
 
 TOKEN_COUNTS = (1, 16, 256, 2048)  # rows of the activation matrix: decode steps up to a long prefill
 

@@ -1,6 +1,6 @@
 """Evolutionary vs random search on the synthetic task (known optimum), same evaluation budget.
 
-    python bench/synthetic_search.py [--seeds 5] [--population 30] [--generations 25] [--threshold 0.25]
+    python -m bench.synthetic_search [--seeds 5] [--population 30] [--generations 25] [--threshold 0.25]
 
 Reports, per mode and seed, the best fitness and the generation / fitness evaluations at which the
 best fitness first fell below the threshold ("reached the optimum"; fitness = mean |Δ sparsity| in
@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import markdown_table, write
 
-from bench.common import markdown_table, write  # noqa: E402
-from dsa.problem import allocation_problem  # noqa: E402
-from dsa.synthetic import HIDDEN_FORMULA, synthetic_task  # noqa: E402
-from gp import Search, SearchConfig  # noqa: E402
+from gp import Search, SearchConfig
+
+from dsa.run.problem import allocation_problem
+from dsa.run.synthetic import HIDDEN_FORMULA, synthetic_task
 
 
 def first_below(logbook, threshold):

@@ -13,7 +13,7 @@ COLUMNS = "110"
 
 def helps() -> dict[str, str]:
     """Each command's ``--help`` at :data:`COLUMNS` columns."""
-    from dsa.flags import build_parser
+    from dsa.cli.parser import build_parser
     saved = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = COLUMNS
     try:

@@ -1,5 +1,6 @@
-"""Reading back files the tool did not just write, without trusting them: the one home for "is this a
-regular file, and how much of it may be read".
+"""Files: written atomically (:func:`write_atomic`, :func:`write_json`: a process killed at any moment leaves
+the previous file whole), and read back without trusting them: the one home for "is this a regular file, and
+how much of it may be read".
 
 Run folders, comparison folders, the level database and local data files are shared between users and
 anything may have replaced one of their files: a FIFO blocks the reader until a writer comes, a link to
@@ -15,7 +16,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 MAX_FILE_BYTES = 64 * 2**20  # a record (checkpoint, hall of fame, compare.json …) larger than this is not read
 
@@ -92,3 +93,29 @@ def file_digest(path: Path | str, limit: int) -> tuple[int, str]:
         h.update(chunk)
         size += len(chunk)
     return size, h.hexdigest()
+
+
+def write_atomic(path: Path | str, data: bytes | Callable[[Path], None]) -> None:
+    """Write ``data`` (bytes, or a function that writes the file it is given) to a temporary file in the same
+    folder, fsync it, then rename it over ``path``: readers see the old file or the new one, never a part.
+    The temporary name carries the process id, so that two processes writing the same file do not collide."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        if callable(data):
+            data(tmp)
+        else:
+            tmp.write_bytes(data)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path | str, data: Any) -> None:
+    """A record as JSON (indented by one space; NumPy and torch scalars as floats), atomically."""
+    write_atomic(path, json.dumps(data, indent=1, default=float).encode())

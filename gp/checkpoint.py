@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluators.files import read_json
+from evaluators.files import read_json, write_atomic, write_json
 
 
 FILE = "checkpoint.json"
@@ -51,17 +51,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save(run_dir: Path, state: dict[str, Any]) -> None:
@@ -119,9 +108,9 @@ def resumable(run_dir: Path, config, identity: dict) -> dict | None:
 
 def write_tables(run_dir: Path, rows: list[dict], logbook: list[dict], front: list[dict] | None = None) -> None:
     """The run folder's readable tables, atomically: hall_of_fame.json (and pareto_front.json), logbook.csv."""
-    write_atomic(Path(run_dir) / "hall_of_fame.json", json.dumps(rows, indent=1, default=float).encode())
+    write_json(Path(run_dir) / "hall_of_fame.json", rows)
     if front is not None:
-        write_atomic(Path(run_dir) / "pareto_front.json", json.dumps(front, indent=1, default=float).encode())
+        write_json(Path(run_dir) / "pareto_front.json", front)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(logbook[0].keys()))
     writer.writeheader()

@@ -3,7 +3,7 @@ conventions and loop (:class:`gp.loop.GenerationLoop`): hall of fame, logbook, J
 
 An individual is one integer *level* per coordinate, within per-coordinate bounds, starting from all
 zeros; the space (:class:`IntegerSpace`) says what a vector stands for (``decode``). The LLM task's space
-is :class:`dsa.levels.LevelSpace`: a level is a per-layer sparsity step around a base allocation, and
+is :class:`dsa.run.levels.LevelSpace`: a level is a per-layer sparsity step around a base allocation, and
 levels summing to 0 keep the target mean exactly.
 
 Each generation (EvoPress's ``evo_prune_search.py``): ``offspring`` distinct children of the parent by

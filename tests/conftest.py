@@ -1,9 +1,12 @@
 """Shared fixtures: a tiny seeded random LLaMA and token windows for it."""
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 TINY_VOCAB = 256
 
@@ -62,5 +65,23 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def task():
     """The synthetic task (a known optimum; no model)."""
-    from dsa.synthetic import synthetic_task
+    from dsa.run.synthetic import synthetic_task
     return synthetic_task()
+
+
+WORDS = [f"w{i}" for i in range(TINY_VOCAB - 1)]  # the tiny tokenizer's words
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny LLaMA + word-level tokenizer in a folder, and a text file of its words."""
+    root = tmp_path_factory.mktemp("tiny")
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(root / "model")
+    make_tiny_llama(layers=4).save_pretrained(root / "model")
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(WORDS[:40]) for _ in range(30)) for _ in range(120)]
+    (root / "text.txt").write_text("\n".join(lines))
+    return root

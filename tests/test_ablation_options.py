@@ -18,12 +18,12 @@ import gp
 from bench import ablation
 from dsa.cli import main
 from dsa.errors import UserError
-from dsa.problem import allocation_problem
+from dsa.run.problem import allocation_problem
 from gp import checkpoint
 from gp.operators import select_lexicase, vary
 from gp.problem import rounded_key, tree_text
 from primitives import parse_tree
-from test_cli_llm import data_args, tiny_dir  # noqa: F401 (the fixture)
+from test_cli_llm import data_args
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py

@@ -1,4 +1,4 @@
-"""The choice rule of a search (``dsa.search.choice`` / ``decide``): the hall of fame's best ships only where the
+"""The choice rule of a search (``dsa.run.choice.choice`` / ``decide``): the hall of fame's best ships only where the
 paired 95 % interval of its per-window log-perplexity difference from the strongest baseline, on held-out
 windows, lies below 0; otherwise the run ships that baseline, and ``dsa prune --allocation RUN``, ``dsa show``
 and ``dsa compare`` follow. Per-window values are chosen by hand, so each verdict is known in advance."""
@@ -9,10 +9,11 @@ import json
 import pytest
 import torch
 
-from dsa.allocations import allocate, baseline_spec, best_row, check_allocation
-from dsa.search import decide, choice
-from dsa.show import show
 from primitives import LayerAllocator
+
+from dsa.outputs.show import show_run
+from dsa.run.allocations import allocate, baseline_spec, best_row, check_allocation, read_checked_run
+from dsa.run.choice import choice, decide
 
 BASE = [5.0 + 0.1 * (i % 5) for i in range(16)]  # per-window log-ppl of the strongest baseline
 
@@ -117,7 +118,7 @@ def test_a_run_that_ships_the_baseline_gives_it_to_prune_show_and_compare(tmp_pa
     want, _ = allocate("atp:beta=0.01", allocator, Blocks())
     got, formula = allocate(str(run), allocator, Blocks())
     assert got == pytest.approx(want) and formula is None
-    text = show(str(run))
+    text = show_run(read_checked_run(run))
     assert "no found function beats atp-tuned: the run ships atp:beta=0.01" in text
     assert "[-0.0400, +0.0200], tie" in text
 
@@ -129,7 +130,7 @@ def test_a_run_that_ships_its_formula(tmp_path):
     write_run(run, rows(), made)
     row, _ = best_row(run)
     assert row["tree"] == rows()[0]["tree"] and "baseline" not in row
-    assert "→ ships rank 1" in show(str(run))
+    assert "→ ships rank 1" in show_run(read_checked_run(run))
 
 
 def test_a_forged_choice_is_refused_in_one_line(tmp_path):

@@ -78,20 +78,21 @@ def test_bad_input_is_one_line_and_exit_code_2(args, needle, tmp_path):
 def test_command_help_loads_no_torch_transformers_or_sympy():
     """``dsa <command> --help`` builds the full parser from light modules (the flags, the specs, the configs,
     the names the CLI offers); what runs a command loads only when it runs."""
-    code = ("import contextlib, io, json, sys; from dsa.cli import main; from dsa.commands import COMMANDS\n"
+    code = ("import contextlib, io, json, sys; from dsa.cli import main; from dsa.cli.commands import COMMANDS\n"
             "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
             "    codes = {name: main([name, '--help']) for name in COMMANDS}\n"
             "heavy = sorted(m for m in ('torch', 'transformers', 'sympy') if m in sys.modules)\n"
             "print(json.dumps([codes, heavy, out.getvalue().count('usage: dsa ')]))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    from dsa.commands import COMMANDS
+    from dsa.cli.commands import COMMANDS
     assert json.loads(done.stdout) == [dict.fromkeys(COMMANDS, 0), [], len(COMMANDS)]
 
 
 def test_offered_names_are_the_records_names():
-    """The names the parser offers are written out in :mod:`dsa.settings` (so that it loads no torch); each is
+    """The names the parser offers are written out in :mod:`dsa.run.settings` (so that it loads no torch); each is
     what its records give: a new method, fitness, masking mode, baseline or export format is named there too."""
-    from dsa import allocations, exports, settings
+    from dsa.outputs import exports
+    from dsa.run import allocations, settings
     from evaluators.fitness.evaluator import FITNESSES
     from evaluators.fitness.masking import MASKING
     from evaluators.pruning.methods import METHODS
@@ -106,9 +107,9 @@ def test_offered_names_are_the_records_names():
 def test_flag_defaults_are_the_specs_defaults():
     """A run setting's default is declared once, on its spec field: the flags of dsa prune/eval/compare,
     given nothing, build the specs' defaults."""
-    from dsa.cli import data_spec, model_spec, prune_spec
-    from dsa.flags import build_parser
-    from dsa.settings import DataSpec, EvaluatorSpec, ModelSpec, PruneSpec
+    from dsa.cli.dispatch import data_spec, model_spec, prune_spec
+    from dsa.cli.parser import build_parser
+    from dsa.run.settings import DataSpec, EvaluatorSpec, ModelSpec, PruneSpec
     default = EvaluatorSpec()
     for argv in (["prune", "--save", "x"], ["eval"], ["compare", "--out", "x"]):
         args = build_parser().parse_args(argv)

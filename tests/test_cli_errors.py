@@ -1,5 +1,5 @@
 """Bad input, as a new user (or an adversary) types it: every case prints one line on stderr, exits with
-code 2 and writes nothing. In-process (``dsa.cli.main``), so the table runs in seconds; the subprocess
+code 2 and writes nothing. In-process (``dsa.cli.dispatch.main``), so the table runs in seconds; the subprocess
 tests in test_cli.py check that no traceback reaches a real terminal."""
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import dsa.llm
-import dsa.multitask
+import dsa.run.llm
+import dsa.run.multitask
 from dsa.cli import main
-from test_cli_llm import data_args, tiny_dir  # noqa: F401 (the fixture)
+from test_cli_llm import data_args
 
 SYN = ["search", "--task", "synthetic", "--no-progress"]
 DIRECT = [*SYN, "--space", "direct", "--offspring", "6"]
@@ -49,8 +49,8 @@ def no_model(monkeypatch):
     def load(*args, **kwargs):
         raise AssertionError("a model would be loaded")
     for name in ("prune_command", "eval_command", "llm_task"):
-        monkeypatch.setattr(dsa.llm, name, load)
-    monkeypatch.setattr(dsa.multitask, "build_tasks", load)
+        monkeypatch.setattr(dsa.run.llm, name, load)
+    monkeypatch.setattr(dsa.run.multitask, "build_tasks", load)
 
 
 @pytest.fixture(scope="module")
@@ -245,11 +245,11 @@ def test_export_out_unwritable(tmp_path, capsys):
 
 
 def test_a_failed_start_leaves_no_run_folder(tmp_path, monkeypatch):
-    import dsa.search
+    import dsa.run.search
 
     def broken(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(dsa.search, "build_task", broken)
+    monkeypatch.setattr(dsa.run.search, "build_task", broken)
     assert main([*SYN, "--run-dir", str(tmp_path / "run")]) == 130
     assert not (tmp_path / "run").exists()
     assert os.listdir(tmp_path) == []
@@ -476,7 +476,7 @@ def test_results_as_a_file_is_one_line(tmp_path, capsys, monkeypatch):
 def test_ctrl_c_in_prune_does_not_mention_resume(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(dsa.llm, "prune_command", interrupted)
+    monkeypatch.setattr(dsa.run.llm, "prune_command", interrupted)
     assert main(["prune", "--allocation", "uniform", "--save", str(tmp_path / "out"), "--no-progress"]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "dsa: interrupted"
@@ -538,8 +538,8 @@ def test_simplification_is_bounded_in_time():
         formula = Formula.of(tree, pset)  # sympy.simplify alone: minutes
     assert time.process_time() - start < 10
     assert not formula.simplified and formula.text.startswith("dsa(sin(cos(")
-    from dsa.problem import formula_display
-    from dsa.show import hall_of_fame_table
+    from dsa.run.problem import formula_display
+    from dsa.outputs.show import hall_of_fame_table
     shown = formula_display(tree, pset)  # what the hall of fame records, and dsa show prints
     assert shown["note"].startswith("not simplified: SymPy took over")
     row = {"rank": 1, "fitness": 1.0, "tree": chain, "size": len(tree), "output": None, **shown}
@@ -547,26 +547,26 @@ def test_simplification_is_bounded_in_time():
 
 
 def test_top_level_help_loads_nothing_heavy_and_is_the_full_parsers_help():
-    """``dsa --help`` answers from :mod:`dsa.commands` without torch, transformers, SymPy or DEAP, and
+    """``dsa --help`` answers from :mod:`dsa.cli.commands` without torch, transformers, SymPy or DEAP, and
     says exactly what the full parser (every command's flags added) says at the top level."""
     import subprocess
     import sys as _sys
 
-    code = ("import sys, contextlib, io; from dsa.commands import main; out = io.StringIO()\n"
+    code = ("import sys, contextlib, io; from dsa.cli import main; out = io.StringIO()\n"
             "with contextlib.redirect_stdout(out): rc = main(['--help'])\n"
             "heavy = sorted(m for m in ('torch', 'transformers', 'sympy', 'deap') if m in sys.modules)\n"
             "print(rc, heavy); print(out.getvalue(), end='')")
     done = subprocess.run([_sys.executable, "-c", code], capture_output=True, text=True, check=True)
     first, _, text = done.stdout.partition("\n")
     assert first == "0 []"
-    from dsa.flags import build_parser
+    from dsa.cli.parser import build_parser
     assert text == build_parser().format_help()
 
 
 def test_compare_formulas_split_only_outside_parentheses(tmp_path, capsys):
     """``--formulas`` is comma-separated, and formulas have commas of their own: the list splits only at
     top-level commas, so a formula reaches the check whole and only the bad item is named."""
-    from dsa.allocations import split_list
+    from dsa.run.allocations import split_list
     assert split_list(" owl, dsa(r_mean(S), 0.1),rank(t_log(r_var(S)), 0.2) ") == (
         "owl", "dsa(r_mean(S), 0.1)", "rank(t_log(r_var(S)), 0.2)")
     assert split_list("owl:m=7,lam=0.1, uniform,atp:beta=0.05") == ("owl:m=7,lam=0.1", "uniform", "atp:beta=0.05")
@@ -620,7 +620,7 @@ def test_text_from_records_is_shown_escaped(run, tmp_path, capsys):
 
 def test_flag_errors_quote_what_was_typed_escaped(tmp_path, capsys):
     """argparse quotes unknown arguments and commands as typed: the one error line escapes them too."""
-    from dsa.commands import main as front
+    from dsa.cli import main as front
 
     for args, needle in ((["search", "--seeds", "1,\x1b[31m"], "--seeds 1,\\x1b[31m"),
                          (["search", "--frob\nFAKE"], "--frob\\nFAKE"),

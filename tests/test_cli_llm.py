@@ -2,36 +2,18 @@
 import csv
 import json
 import math
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
 
-from conftest import TINY_VOCAB, make_tiny_llama
+from conftest import make_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = [f"w{i}" for i in range(TINY_VOCAB - 1)]
 SMALL = ["--seqlen", "32", "--nsamples", "2", "--calib-seqlen", "32", "--batch-size", "2"]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A tiny LLaMA + word-level tokenizer in a folder, and a text file of its words."""
-    root = tmp_path_factory.mktemp("tiny")
-    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(root / "model")
-    make_tiny_llama(layers=4).save_pretrained(root / "model")
-    rng = random.Random(0)
-    lines = [" ".join(rng.choice(WORDS[:40]) for _ in range(30)) for _ in range(120)]
-    (root / "text.txt").write_text("\n".join(lines))
-    return root
 
 
 def dsa(*args, cwd=None):
@@ -153,9 +135,9 @@ def test_multi_task_search_one_formula_for_every_task(tiny_dir, tmp_path):
 
 def test_prune_with_a_tuned_baseline_scores_the_model_once(tiny_dir, monkeypatch):
     """The tuner's scores are the allocation's: one calibration pass, one scoring (issue: twice before)."""
-    import dsa.llm as llm
+    import dsa.run.llm as llm
     import evaluators.fitness.evaluator as fitness
-    from dsa.settings import DataSpec, ModelSpec, PruneSpec
+    from dsa.run.settings import DataSpec, ModelSpec, PruneSpec
 
     calls = []
     for module in (llm, fitness):
@@ -194,7 +176,6 @@ def test_speed24_finds_the_2_4_linears_and_says_what_it_needs(tiny_dir, tmp_path
     """bench/speed_24.py (the GPU timing of a dense-or-2:4 model): it moves exactly the pruned blocks'
     linears to the 2:4 kernels, refuses a weight off the pattern, a folder that is not dense-or-2:4 and,
     without a CUDA GPU, runs nothing: one line, exit 2, nothing written."""
-    sys.path.insert(0, str(ROOT))
     from bench.speed_24 import check_folder, sparse_linears
     from dsa.errors import UserError
     pruned, plain = tmp_path / "pruned", tmp_path / "plain"
@@ -211,12 +192,12 @@ def test_speed24_finds_the_2_4_linears_and_says_what_it_needs(tiny_dir, tmp_path
         next(iter(found.values())).weight[0, :4] = 1.0
     with pytest.raises(UserError, match="not 2:4"):
         sparse_linears(model, record["requested"])
-    script = [sys.executable, str(ROOT / "bench" / "speed_24.py")]
+    script = [sys.executable, "-m", "bench.speed_24"]  # run as the docs say, from the repository root
     results = sorted((ROOT / "bench" / "results").iterdir())
-    bad = subprocess.run([*script, str(plain)], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([*script, str(plain)], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert bad.returncode == 2 and "not a dense-or-2:4 model" in bad.stderr and len(bad.stderr.splitlines()) == 1
     if not torch.cuda.is_available():
-        out = subprocess.run([*script, str(pruned)], capture_output=True, text=True, timeout=120)
+        out = subprocess.run([*script, str(pruned)], capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert out.returncode == 2 and "need a CUDA GPU" in out.stderr and len(out.stderr.splitlines()) == 1
     assert sorted((ROOT / "bench" / "results").iterdir()) == results
 

@@ -6,12 +6,12 @@ import shutil
 import numpy as np
 import pytest
 
-from dsa.allocations import best_row
+from dsa.run.allocations import best_row
 from conftest import make_tiny_llama
 from dsa.cli import main
 from evaluators.models.loading import model_label
 from evaluators.fitness.intervals import paired_interval, perplexity_interval, verdict
-from test_cli_llm import data_args, tiny_dir  # noqa: F401 (the fixture)
+from test_cli_llm import data_args
 
 GP = ["--population", "4", "--generations", "1", "--val-windows", "2", "--max-scores-per-layer", "5000",
       "--no-progress"]
@@ -282,7 +282,7 @@ def test_verify_remeasures_faithful_rows_and_writes_nothing(tiny_dir, compared, 
 
 
 def test_verify_names_the_row_and_field_that_do_not_match(tiny_dir, compared, tmp_path, capsys):  # noqa: F811
-    from dsa.settings import VERIFY_TOL
+    from dsa.run.settings import VERIFY_TOL
     from test_cli_errors import snapshot
     out = tmp_path / "cmp"
     shutil.copytree(compared, out)

@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from evaluators.errors import UserError
 from evaluators.models.compressed import check_available
-from test_cli_llm import data_args, dsa, tiny_dir  # noqa: F401
+from test_cli_llm import data_args, dsa
 
 try:
     check_available("2:4")

@@ -9,9 +9,9 @@ import random
 import pytest
 import torch
 
-from dsa.synthetic import synthetic_task
+from dsa.run.synthetic import synthetic_task
 from gp import ConfigError
-from dsa.levels import LevelSpace
+from dsa.run.levels import LevelSpace
 from gp.direct import DirectConfig, DirectSearch, switch_levels
 
 TARGET = 0.7
@@ -125,8 +125,8 @@ def test_cli_direct_search_resumes_to_the_uninterrupted_run(tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "per-layer sparsity" in shown
     # a direct run's best is an allocation for its model and sparsity: prune/eval take it as is
-    from dsa.allocations import allocate
-    from dsa.synthetic import synthetic_task
+    from dsa.run.allocations import allocate
+    from dsa.run.synthetic import synthetic_task
     allocator, _ = synthetic_task(0.7)
     assert allocate(str(tmp_path / "straight"), allocator)[0] == rows[0][0]["output"]
     with pytest.raises(Exception, match="sparsity"):

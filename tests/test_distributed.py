@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsa.cli import search_specs
-from dsa.flags import build_parser
-from dsa.distributed import LOOPBACK_ENV, EvaluatorActor, RayEvaluation, WorkerError
-from dsa.llm import build_evaluator
-from test_cli_llm import data_args, dsa, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
+from dsa.cli.dispatch import search_specs
+from dsa.cli.parser import build_parser
+from dsa.run.distributed import LOOPBACK_ENV, EvaluatorActor, RayEvaluation, WorkerError
+from dsa.run.llm import build_evaluator
+from test_cli_llm import data_args, dsa
 
 POISON = 0.123456789  # the first sparsity of the allocation that kills its worker
 

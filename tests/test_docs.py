@@ -4,7 +4,7 @@ import argparse
 import re
 from pathlib import Path
 
-from dsa.flags import build_parser
+from dsa.cli.parser import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -313,8 +313,8 @@ def test_owl_tuned_grid(blocks, evaluator):
 def test_baseline_records_hold_what_the_tool_reads():
     """What the CLI, the search and --seed-baselines read comes from the records, unchanged: the seed
     formulas as text (λ from each record's defaults), the default search baselines, Wanda's-metric readers."""
-    from dsa.allocations import COMPARE_BASELINES, SEARCH_BASELINES, WANDA_METRIC
-    from dsa.problem import baseline_seeds
+    from dsa.run.allocations import COMPARE_BASELINES, SEARCH_BASELINES, WANDA_METRIC
+    from dsa.run.problem import baseline_seeds
     assert baseline_seeds(0.7) == baseline_seeds(0.5) == (
         "dsa(r_outlier(S), 0.08)",
         "dsa(t_reciprocal(t_asin(t_atan(r_var(p_abslog(S))))), 0.08)",
@@ -326,7 +326,7 @@ def test_baseline_records_hold_what_the_tool_reads():
     assert COMPARE_BASELINES == tuple(name for name in BASELINES if name not in ("atp", "owl-nm"))
     assert BASELINES["owl"].defaults == {"m": 5.0, "lam": 0.08} and BASELINES["dlp"].defaults == {"alpha": 0.15}
     assert BASELINES["dsa-code"].defaults == BASELINES["dsa-paper"].defaults == {"lam": 0.08}
-    from dsa.flags import build_parser
+    from dsa.cli.parser import build_parser
     prune = build_parser()._subparsers._group_actions[0].choices["prune"]
     help_text = next(a.help for a in prune._actions if a.dest == "allocation")
     assert all(name in help_text for name in COMPARE_BASELINES)

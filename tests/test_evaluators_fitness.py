@@ -82,7 +82,7 @@ def test_block_scores_and_counts(tiny_llama, tiny_calib, tiny_val):
     small = PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val, max_scores_per_block=500)
     assert [s.numel() for s in small.blocks.scores] == [500] * 4
     # the evaluator's S_l is what dsa prune/eval compute from the model (same seeded subset)
-    from dsa.llm import score_source
+    from dsa.run.llm import score_source
     again = score_source(tiny_llama, "magnitude", None, max_per_block=500)
     assert all(torch.equal(a, b) for a, b in zip(again.scores, small.blocks.scores))
 
@@ -333,7 +333,7 @@ def test_wanda_scores_do_not_depend_on_the_number_of_calibration_tokens(tiny_lla
 
 def test_fitness_is_a_plug_in(tiny_llama, tiny_calib, tiny_val, monkeypatch):
     """A fitness is one record: the evaluator, the CLI's choices and the run's description read it."""
-    from dsa.settings import FITNESSES as CLI_FITNESSES
+    from dsa.run.settings import FITNESSES as CLI_FITNESSES
     from evaluators.fitness.evaluator import FITNESSES, Fitness
 
     record = Fitness("windows", "number of windows scored", lambda ev, tokens, split: float(tokens.shape[0]))

@@ -26,7 +26,7 @@ def test_collect_stats_shapes(tiny_llama, tiny_calib, capsys):
     again = collect_stats(tiny_llama, tiny_calib, need_hessian=False, batch_size=1, progress=True)
     assert "calibration: 100%" in capsys.readouterr().err  # one step per calibration batch, shown on request
     assert torch.equal(again["model.layers.0.self_attn.q_proj"].sq_norm, stats["model.layers.0.self_attn.q_proj"].sq_norm)
-    from dsa.llm import score_source  # dsa prune/eval's scores: the same bar through their progress flag
+    from dsa.run.llm import score_source  # dsa prune/eval's scores: the same bar through their progress flag
     score_source(tiny_llama, "wanda", tiny_calib, progress=True)
     assert "calibration: 100%" in capsys.readouterr().err
     assert set(stats) == {n for block in model_linears(tiny_llama) for n in block}
@@ -184,7 +184,7 @@ def test_bad_inputs(tiny_llama):
 
 def test_every_pruner_has_one_method_record():
     """A pruner is reachable only through its method record (evaluators.pruning.methods): scorer, pruner, ε, modifier."""
-    from dsa.settings import METHODS as CLI_METHODS
+    from dsa.run.settings import METHODS as CLI_METHODS
     from evaluators.pruning.methods import METHODS, get_method
     from evaluators.pruning.pruners import PRUNERS
     assert {m.pruner for m in METHODS.values()} == set(PRUNERS.values())

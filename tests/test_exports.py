@@ -1,4 +1,4 @@
-"""``dsa prune`` writes its allocation record through ``dsa.exports``; ``dsa export`` turns it into JSON or
+"""``dsa prune`` writes its allocation record through ``dsa.outputs.exports``; ``dsa export`` turns it into JSON or
 an llm-compressor recipe whose per-layer sparsities are the allocation's, layer by layer."""
 import json
 import re
@@ -8,11 +8,11 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from dsa import cli
-from dsa.exports import DECODER_LAYERS, allocation_record, llmcompressor_recipe, read_record
+from dsa.cli import dispatch as cli
+from dsa.outputs.exports import DECODER_LAYERS, allocation_record, llmcompressor_recipe, read_record
 from evaluators.models.loading import model_label
 from dsa.errors import UserError
-from test_cli_llm import data_args, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
+from test_cli_llm import data_args
 
 SPARSITIES = [0.55, 0.68, 0.74, 0.83]
 LAYERS = [f"model.layers.{i}" for i in range(4)]

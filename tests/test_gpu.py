@@ -11,7 +11,7 @@ from evaluators.fitness.evaluator import PruningEvaluator
 from evaluators.models.loading import model_linears
 from evaluators.fitness.perplexity import perplexity
 from evaluators.pruning.pruners import measured_sparsity, prune
-from test_cli_llm import data_args, dsa, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
+from test_cli_llm import data_args, dsa
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 ALLOCATIONS = [[0.3, 0.5, 0.65, 0.8], [0.7] * 4]
@@ -71,10 +71,10 @@ def test_alphapruning_esd_on_gpu():
 
 def test_ray_actors_share_one_gpu(tiny_dir, monkeypatch):  # noqa: F811
     """Two Ray actors on one card (fractional ``num_gpus``) give the in-process evaluator's fitness."""
-    from dsa.cli import search_specs
-    from dsa.distributed import LOOPBACK_ENV, RayEvaluation
-    from dsa.flags import build_parser
-    from dsa.llm import build_evaluator
+    from dsa.cli.dispatch import search_specs
+    from dsa.run.distributed import LOOPBACK_ENV, RayEvaluation
+    from dsa.cli.parser import build_parser
+    from dsa.run.llm import build_evaluator
     monkeypatch.setenv(LOOPBACK_ENV, "0")
     ray = pytest.importorskip("ray")
     spec = search_specs(build_parser().parse_args(["search", *map(str, data_args(tiny_dir)), "--device", "cuda"]))[0]
@@ -96,9 +96,6 @@ def test_ray_actors_share_one_gpu(tiny_dir, monkeypatch):  # noqa: F811
 def test_sparse_24_kernels_keep_the_outputs(tiny_val):
     """bench/speed_24.py's swap: the pruned blocks' linears on torch's semi-structured 2:4 kernels give the
     dense kernels' logits (fp16) on the same weights."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench.speed_24 import sparse_linears, to_sparse_kernels
     model, sparsities = make_tiny_llama(), [0.0, 0.0, 0.5, 0.5]
     prune(model, "magnitude", sparsities, m=4)

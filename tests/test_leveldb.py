@@ -16,7 +16,6 @@ from evaluators.fitness.leveldb import LevelWeights, level_grid, mixed_rows, ope
 from evaluators.models.loading import model_linears
 from evaluators.fitness.perplexity import perplexity
 from evaluators.pruning.pruners import PRUNERS, ScorePruner, SparseGPTPruner
-from test_cli_llm import tiny_dir  # noqa: F401 (the fixture: a tiny model folder with a tokenizer, and a text)
 
 GRID = level_grid(0.1)  # 0, 0.1, …, 0.9, 0.99: 10 stored levels
 KEY = {"model": "tiny-llama", "dtype": "fp32", "calib": "random", "nsamples": 4, "seqlen": 64, "seed": 1}

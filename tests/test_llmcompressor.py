@@ -21,7 +21,7 @@ def test_oneshot_prunes_each_layer_to_the_recipes_sparsity(tmp_path):
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     from conftest import TINY_VOCAB, make_tiny_llama
-    from dsa.exports import llmcompressor_recipe
+    from dsa.outputs.exports import llmcompressor_recipe
     from evaluators.models.loading import model_linears
     from evaluators.pruning.pruners import measured_sparsity
 

@@ -8,14 +8,15 @@ import math
 import pytest
 import torch
 from deap import creator
+from test_search import HOF_KEYS, CountingFitness, _hof, _log, _run
 
 import gp
-from dsa import cli
-from dsa.allocations import allocate
-from dsa.problem import allocation_problem
-from dsa.show import show
 from primitives import parse_tree
-from test_search import HOF_KEYS, CountingFitness, _hof, _log, _run
+
+from dsa.cli import dispatch as cli
+from dsa.outputs.show import show_run
+from dsa.run.allocations import allocate, read_checked_run
+from dsa.run.problem import allocation_problem
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
@@ -121,14 +122,14 @@ def test_resume_continues_to_the_uninterrupted_front(task, tmp_path):  # noqa: F
 def test_single_objective_has_no_front(task, tmp_path):  # noqa: F811
     result = _run(task, run_dir=tmp_path, population=8, generations=1, seed=0)
     assert result.pareto_front is None and not (tmp_path / "pareto_front.json").exists()
-    assert "Pareto" not in show(str(tmp_path))
+    assert "Pareto" not in show_run(read_checked_run(tmp_path))
     with pytest.raises(ValueError, match="objectives"):
         gp.SearchConfig(objectives=("size",))
 
 
 def test_show_prints_the_front_by_size(run):
     run_dir, result = run
-    text = show(str(run_dir)).split("Pareto front")[1]
+    text = show_run(read_checked_run(run_dir)).split("Pareto front")[1]
     positions = [text.index(row["formula"][:40]) for row in result.pareto_front]
     assert positions == sorted(positions)
 

@@ -24,16 +24,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import dsa.llm
-import dsa.multitask
-import dsa.search
+import dsa.run.llm
+import dsa.run.multitask
+import dsa.run.search
 from conftest import TINY_VOCAB, make_tiny_llama
 from dsa.cli import main
-from dsa.exports import allocation_record, write_record
+from dsa.outputs.exports import allocation_record, write_record
 from evaluators.errors import UserError
 from evaluators.fitness.leveldb import open_levels
 from test_cli_errors import DEEP, DIRECT, SYN, snapshot, time_limit
-from test_cli_llm import data_args, tiny_dir  # noqa: F401 (the fixture)
+from test_cli_llm import data_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SEED = int(os.environ.get("DSA_FUZZ_SEED", 17))  # more variants, other seeds: set these (a longer hunt)
@@ -64,14 +64,14 @@ def sources(tmp_path_factory):
 def no_model(monkeypatch):
     """``dsa prune/eval`` past their checks: stop where the model would be loaded (exit 0: accepted).
     No plots either (most of a synthetic run's time; they read nothing from the run folder)."""
-    monkeypatch.setattr(dsa.llm, "prune_command", lambda *args, **kwargs: None)
-    monkeypatch.setattr(dsa.search, "plot_fitness", lambda *args, **kwargs: None)
-    monkeypatch.setattr(dsa.search, "plot_allocations", lambda *args, **kwargs: None)
+    monkeypatch.setattr(dsa.run.llm, "prune_command", lambda *args, **kwargs: None)
+    monkeypatch.setattr(dsa.run.search, "plot_fitness", lambda *args, **kwargs: None)
+    monkeypatch.setattr(dsa.run.search, "plot_allocations", lambda *args, **kwargs: None)
 
     def load(*args, **kwargs):
         raise AssertionError("a model would be loaded")
-    monkeypatch.setattr(dsa.llm, "llm_task", load)
-    monkeypatch.setattr(dsa.multitask, "build_tasks", load)
+    monkeypatch.setattr(dsa.run.llm, "llm_task", load)
+    monkeypatch.setattr(dsa.run.multitask, "build_tasks", load)
 
 
 # --- damage --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 from deap import creator
 
 import gp
-from dsa.problem import allocation_problem
+from dsa.run.problem import allocation_problem
 from primitives import parse_tree
 
 LOG_COLUMNS = {"gen", "evals", "partial_evals", "text_hits", "output_hits", "invalid", "total_evals",
@@ -218,7 +218,7 @@ def test_run_folder_files(task, tmp_path):
     assert [int(r["gen"]) for r in rows] == [0, 1, 2, 3]
     assert float(rows[-1]["best"]) == pytest.approx(hof[0]["fitness"])
     assert (tmp_path / "checkpoint.json").stat().st_size > 0
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob(".*.tmp*"))
 
 
 def test_trees_that_sympy_calls_equal_keep_their_own_fitness(task):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import gp
-from dsa.multitask import MultiTaskFitness, Task
-from dsa.search import choose_on_selection
+from dsa.run.multitask import MultiTaskFitness, Task
+from dsa.run.choice import choose_on_selection
 
 UNIFORM = "loses to uniform on the selection split"
 

@@ -19,7 +19,7 @@ pytest.importorskip("lm_eval")
 
 from dsa.errors import UserError  # noqa: E402
 from dsa.cli import main as cli_main  # noqa: E402
-from dsa.zeroshot import PAPER_TASKS, parse_tasks, task_manager, zero_shot  # noqa: E402
+from dsa.outputs.zeroshot import PAPER_TASKS, parse_tasks, task_manager, zero_shot  # noqa: E402
 
 TASKS = Path(__file__).parent / "data" / "zeroshot"
 DATA = TASKS / "tiny_yesno.jsonl"
@@ -138,7 +138,7 @@ def test_lm_eval_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if not installed
     with pytest.raises(UserError, match=re.escape("pip install -e .[zeroshot]")):
         task_manager(["tiny_yesno"], TASKS)
-    code = "import sys, dsa.cli, dsa.llm, dsa.zeroshot; assert 'lm_eval' not in sys.modules"  # imported lazily
+    code = "import sys, dsa.cli, dsa.run.llm, dsa.outputs.zeroshot; assert 'lm_eval' not in sys.modules"  # imported lazily
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent).returncode == 0
 
 

@@ -1,14 +1,13 @@
 """The ``dsa`` command's front: its commands with their one-line help and the top-level parser.
 
 Imports nothing but the standard library, so ``dsa`` and ``dsa --help`` answer at once; any command
-imports :mod:`dsa.cli`, which adds each command's flags (:func:`dsa.flags.build_parser`, from modules that
+imports :mod:`dsa.cli.dispatch`, which adds each command's flags (:func:`dsa.cli.parser.build_parser`, from modules that
 load no torch, transformers or SymPy, so ``dsa <command> --help`` answers quickly too) to these same
 subparsers and runs it (torch, transformers and SymPy load only then).
 """
 from __future__ import annotations
 
 import argparse
-import sys
 
 DESCRIPTION = "Discover and apply layer-wise sparsity allocation functions for LLM pruning."
 
@@ -35,19 +34,3 @@ def top_parser() -> tuple[Parser, dict[str, Parser]]:
     parser = Parser(prog="dsa", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     return parser, {name: sub.add_parser(name, help=text) for name, text in COMMANDS.items()}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The ``dsa`` script: the top-level help and errors here; a command runs in :func:`dsa.cli.main`."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0].startswith("-"):  # no command yet: nothing below needs the heavy modules
-        try:
-            top_parser()[0].parse_args(argv)
-        except SystemExit as exc:
-            return int(exc.code or 0)
-    from .cli import main as run
-    return run(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

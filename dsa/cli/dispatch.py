@@ -1,7 +1,7 @@
 """The ``dsa`` command: search, compare, show, prune, eval, export.
 
-Every flag is checked before any work starts: ranges and fixed sets as it is parsed (:mod:`dsa.flags`),
-files and output paths by :mod:`dsa.settings`, search settings by their typed configs. Bad input prints
+Every flag is checked before any work starts: ranges and fixed sets as it is parsed (:mod:`dsa.cli.flags`),
+files and output paths by :mod:`dsa.run.settings`, search settings by their typed configs. Bad input prints
 one line on stderr and exits with code 2, having written nothing. Below this module, commands take
 typed settings, never the parsed arguments. What runs a command (torch, transformers, SymPy) is imported
 inside it, so that ``dsa <command> --help`` answers at once.
@@ -14,15 +14,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from evaluators.pruning.nm import TOL as NM_TOL
-from evaluators.pruning.nm import parse_nm
+from evaluators.pruning.nm import TOL as NM_TOL, parse_nm
 from gp import ConfigError, SearchConfig
 from gp.config import DirectConfig
 
-from .errors import UserError
-from .flags import DEFAULTS, DIRECT, DIRECT_ONLY, GENERALIZATION, GP_ONLY, LLM_ONLY, build_parser, given_flags
-from .settings import (MAX_SPARSITY, SELECTION_WINDOWS, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec, check_output_dir,
-                       check_output_file)
+from dsa.cli.flags import DEFAULTS, DIRECT, DIRECT_ONLY, GENERALIZATION, GP_ONLY, LLM_ONLY
+from dsa.cli.parser import build_parser, given_flags
+from dsa.errors import UserError
+from dsa.paths import check_output_dir, check_output_file
+from dsa.run.settings import MAX_SPARSITY, SELECTION_WINDOWS, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec
 
 
 def model_spec(args) -> ModelSpec:
@@ -58,7 +58,7 @@ def evaluator_spec(args, given: set[str] = frozenset()) -> EvaluatorSpec:
 
 
 def search_config(args, given: set[str], generations: int | None = None) -> SearchConfig:
-    from .problem import baseline_seeds
+    from dsa.run.problem import baseline_seeds
     # the default elitism (2) shrinks for a population of 2; an --elitism given explicitly is checked as is
     elitism = args.elitism if "elitism" in given else min(args.elitism, args.population - 1)
     tournament = args.tournament if "tournament" in given else min(args.tournament, args.population)
@@ -132,8 +132,8 @@ def search_specs(args, given: set[str] = frozenset()) -> list[EvaluatorSpec]:
 
 
 def search_command(args, given: set[str]) -> None:
-    from .distributed import import_ray
-    from .search import SearchRun, resume_run, run_search
+    from dsa.run.distributed import import_ray
+    from dsa.run.search import SearchRun, resume_run, run_search
     if args.workers or args.ray_address:  # a missing extra is named before anything else is checked
         import_ray(local=args.ray_address is None)
     if args.resume:
@@ -185,7 +185,8 @@ VERIFYING = {"command", "verify", "out", "model", "device", "no_progress"}
 def compare_command(args, given: set[str]) -> int:
     """``dsa compare``: the search's settings through the same builders as ``dsa search``; with ``--verify``,
     a re-measurement of the folder's rows (exit code 1 where a number does not match)."""
-    from .experiment import Comparison, run_comparison, verify_comparison
+    from dsa.experiment.compare import Comparison, run_comparison
+    from dsa.experiment.verify import verify_comparison
     if args.verify is not None:
         other = given - VERIFYING
         if other:
@@ -193,8 +194,8 @@ def compare_command(args, given: set[str]) -> int:
                             f"it (only --out, --model, --device and --no-progress)")
         return 0 if verify_comparison(Path(args.out), args.verify, (args.model,) if args.model else (),
                                       args.device if "device" in given else None, not args.no_progress) else 1
-    from .levels import check_level_step
-    from .search import check_cases
+    from dsa.run.levels import check_level_step
+    from dsa.run.search import check_cases
     args.seed = args.seeds[0]  # each search's seed is set per seed; the builders check the first
     spec = evaluator_spec(args, given)
     check_stage_windows(args.stages, args.val_windows)
@@ -207,7 +208,7 @@ def compare_command(args, given: set[str]) -> int:
     check_cases(gp_config, spec)
     direct = direct_config(argparse.Namespace(**{**vars(args), "offspring": args.direct_offspring,
                                                  "stages": args.direct_stages, "generations": 10_000}))
-    from .allocations import check_allocation, split_list
+    from dsa.run.allocations import check_allocation, split_list
     formulas = split_list(args.formulas)
     for f in formulas:
         check_allocation(f, "--formulas item")
@@ -221,7 +222,7 @@ def compare_command(args, given: set[str]) -> int:
 def prune_or_eval(args, given: set[str]):
     """The specs of ``dsa prune/eval``: with ``--allocation RUN``, the run's model, method, sparsity,
     seed and calibration settings unless given here (so that the formula gives the run's allocation)."""
-    from .allocations import check_allocation, run_settings
+    from dsa.run.allocations import check_allocation, run_settings
     if args.allocation is not None:
         check_allocation(args.allocation)
         for name, value in run_settings(args.allocation).items():
@@ -244,17 +245,18 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "no_progress", False):
             quiet()
         if args.command == "show":
-            from .show import show
-            print(show(args.run, args.top, args.notation))
+            from dsa.outputs.show import show_run
+            from dsa.run.allocations import read_checked_run
+            print(show_run(read_checked_run(args.run), args.top, args.notation))
         elif args.command == "export":
-            from .exports import export_command
+            from dsa.outputs.exports import export_command
             export_command(args.source, args.to, check_output_file(args.out, "--out") if args.out else None)
         elif args.command == "search":
             search_command(args, given_flags(argv))
         elif args.command == "compare":
             return compare_command(args, given_flags(argv))
         elif args.command == "prune":
-            from .llm import prune_command
+            from dsa.run.llm import prune_command
             save = check_new_dir(args.save, "--save")
             model, data, prune = prune_or_eval(args, given_flags(argv))
             if args.format == "compressed-tensors":
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dsa: interrupted{resumes.get(args.command, '')}", file=sys.stderr)
         return 130
     except RuntimeError as exc:
-        from .distributed import WorkerError
+        from dsa.run.distributed import WorkerError
         if not isinstance(exc, WorkerError):
             raise
         print(f"dsa: error: {escape(exc, width=None)} (the search resumes with --resume RUN_DIR)",
@@ -296,13 +298,13 @@ def check_new_dir(path: str, flag: str) -> Path:
 
 
 def eval_main(args, given: set[str]) -> None:
-    from .llm import eval_command
+    from dsa.run.llm import eval_command
     if args.no_perplexity and not args.tasks:
         raise UserError("--no-perplexity leaves nothing to evaluate: add --tasks")
     out = check_output_file(args.json, "--json") if args.json else None
     tasks = None
     if args.tasks:
-        from .zeroshot import parse_tasks
+        from dsa.outputs.zeroshot import parse_tasks
         tasks = parse_tasks(args.tasks)
     model, data, prune = prune_or_eval(args, given)
     if prune.nm and not args.allocation:
@@ -329,6 +331,3 @@ def quiet() -> None:
     transformers.utils.logging.disable_progress_bar()
     gguf_utils.tqdm = functools.partial(tqdm, disable=True)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,12 +1,12 @@
 """``dsa compare``: the fair comparison at one (model, pruner, sparsity), on the code paths the tool
 itself runs, and test numbers with 95 % intervals.
 
-One model load, one evaluator (:func:`dsa.llm.build_evaluator`, the search's), then rows:
+One model load, one evaluator (:func:`dsa.run.llm.build_evaluator`, the search's), then rows:
 
 - ``dense``, and every baseline as its authors run it, a tuned one tuned on the search's validation
-  windows (:func:`dsa.search.score_baselines`, what ``dsa search`` scores at its start);
-- found functions (run folders or formulas, :func:`dsa.allocations.allocate`);
-- per search seed: ``dsa search`` itself (:func:`dsa.search.run_search` on the loaded evaluator, its
+  windows (:func:`dsa.run.choice.score_baselines`, what ``dsa search`` scores at its start);
+- found functions (run folders or formulas, :func:`dsa.run.allocations.allocate`);
+- per search seed: ``dsa search`` itself (:func:`dsa.run.search.run_search` on the loaded evaluator, its
   own run folder under ``OUT/runs``; its row is what the run ships by its choice rule), random search
   (the same seed formulas, then fresh random trees) and the direct search with the same number of
   evaluations, and the direct search started from the GP's choice (``--init``: the hybrid).
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import statistics
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,30 +29,26 @@ from pathlib import Path
 import torch
 
 from evaluators.data.text import heldout_docs, load_split, token_windows
-from evaluators.errors import escape
-from evaluators.files import read_json
-from evaluators.fitness.intervals import paired_interval, perplexity_interval, verdict
+from evaluators.files import read_json, write_json
 from evaluators.fitness.perplexity import perplexity_from_nlls, window_nlls
 from evaluators.models.loading import weight_snapshot
-from evaluators.pruning.blockscores import param_counts
-from evaluators.pruning.methods import get_method
-from evaluators.pruning.nm import on_pattern, parse_nm
+from evaluators.pruning.nm import parse_nm
 from evaluators.pruning.pruners import prune
-from gp import SearchConfig
-from gp import checkpoint as checkpoints
+from gp import SearchConfig, checkpoint as checkpoints
 from gp.config import EVOLUTION_ONLY
 from gp.direct import DirectConfig
-from primitives import LayerAllocator
 
-from .allocations import (BASELINES, SEARCH_BASELINES, allocate, baseline_candidates, baseline_spec, best_row,
-                          check_allocation, check_fits, check_sparsities, run_folder)
-from .distributed import LocalEvaluation
-from .errors import UserError
-from .llm import allocator_for, build_evaluator, load_inputs, score_source
-from .plots import plot_allocations, plot_differences
-from .runs import finite_number, machine, write_json
-from .search import SearchRun, run_search, score_baselines
-from .settings import MAX_SPARSITY, TEST_WINDOWS, VERIFY_TOL, DataSpec, EvaluatorSpec
+from dsa.errors import UserError
+from dsa.experiment.report import comparisons, report
+from dsa.outputs.plots import plot_allocations, plot_differences
+from dsa.run.allocations import (SEARCH_BASELINES, allocate, baseline_candidates, best_row, check_allocation,
+                                 check_fits, run_folder)
+from dsa.run.choice import score_baselines
+from dsa.run.distributed import LocalEvaluation
+from dsa.run.folder import finite_number, machine
+from dsa.run.llm import allocator_for, build_evaluator, load_inputs
+from dsa.run.search import SearchRun, run_search
+from dsa.run.settings import MAX_SPARSITY, TEST_WINDOWS, DataSpec, EvaluatorSpec
 
 FILE = "compare.json"
 VERSION = 1
@@ -355,269 +349,3 @@ class Runner:
                      run=str(run.run_dir.relative_to(self.c.out)), **{"val ppl": row["fitness"]},
                      search_seconds=round(time.perf_counter() - t0, 1))
         return result.evaluations
-
-
-# --- re-measuring what a folder claims ------------------------------------------------------------------
-
-def verify_comparison(out: Path, name: str, models: tuple[str, ...] = (), device: str | None = None,
-                      progress: bool = True) -> bool:
-    """``dsa compare --verify``: re-measure row ``name`` of the comparison in ``out`` ("all": every row) as the
-    comparison measured it, and print per stored number whether it matches; writes nothing; True when all do.
-
-    The row's stored sparsities are checked as an allocation of the folder's model and target (one per block,
-    the parameter-weighted mean, the N:M pattern) and re-derived from what the row names (:func:`row_source`:
-    a baseline with its parameters, a formula, the row's run folder) on this model's scores; they are pruned by :func:`pruned_nlls` with the folder's method, pattern, data and calibration. Compared:
-    per-window test and held-out-C4 NLLs within :data:`VERIFY_TOL` each, their perplexities and the validation
-    and selection values within a relative :data:`VERIFY_TOL`. The validation values only where the evaluator
-    re-measures them cheaply: a mask pruner's (SparseGPT's reads a level database) and not a search's value
-    estimated from resampled windows. ``models``: where the recorded model is (``--model``); ``device``:
-    another device than the recorded one."""
-    import transformers
-
-    if not os.path.lexists(out / FILE):
-        raise UserError(f"--out {out} holds no {FILE} to verify")
-    saved, spec = read_saved(out, "verify")
-    settings, fixed = saved["settings"], saved["settings"].get("test_windows")
-    problem = next(iter(spec.problems()), None)
-    if problem is None and not (fixed is None or type(fixed) is int and 0 <= fixed < 2**63):
-        problem = "its test_windows is not a count"
-    if problem is None:
-        model = spec.model.located(models, str(out))
-        spec = replace(spec, model=replace(model, device=device or model.device))
-        problem = rows_problem(saved, Comparison(spec, out, test_windows=fixed))
-    if problem:
-        raise UserError(f"cannot verify {out}: {FILE} is damaged ({problem})")
-    spec = replace(spec, data=spec.data.sized(spec.model.is_cuda()))  # sizes a record leaves unset: the protocol's
-    spec.check()
-    rows = [r for r in saved["rows"] if name in ("all", r["name"])]
-    if not rows:
-        names = ", ".join(r["name"] for r in saved["rows"])
-        raise UserError(f"{out} holds no row {name!r} (its rows: {names[:300]}; or all)")
-    info = saved.get("info")
-    recorded = info.get("machine") if isinstance(info, dict) else None
-    then = {k: recorded.get(k) if isinstance(recorded, dict) else None for k in ("torch", "transformers")}
-    print(f"re-measuring {len(rows)} row{'s' * (len(rows) > 1)} of {out}: recorded with torch "
-          f"{escape(then['torch'], 40)}, transformers {escape(then['transformers'] or 'unrecorded', 40)}; "
-          f"here torch {torch.__version__}, transformers {transformers.__version__}; tolerance {VERIFY_TOL:g} "
-          f"nats per window", flush=True)
-
-    inputs = load_inputs(spec)
-    second_windows = max((len(r["c4 nlls"]) for r in rows if "c4 nlls" in r), default=0)
-    test, second, _ = comparison_texts(spec.data, inputs.tokenizer, len(rows[0]["test nlls"]), second_windows)
-    restore = weight_snapshot(inputs.model)
-    cheap = not get_method(spec.prune.method).updates_weights
-    evaluator = build_evaluator(spec, inputs=inputs)[0] if cheap and any(
-        r.get("val ppl") is not None or "selection ppl" in r for r in rows) else None
-    counts = param_counts(inputs.model)
-    sources = {r["name"]: row_source(r, out) for r in rows if r["kind"] != "dense"}
-    blocks = (evaluator.blocks if evaluator is not None else score_source(
-        inputs.model, spec.prune.method, inputs.calib, spec.data.batch_size, spec.prune.max_scores_per_layer,
-        spec.data.seed, progress)) if any(s is not None for s in sources.values()) else None
-    allocation = LayerAllocator(torch.zeros(len(counts), 1), spec.prune.sparsity, weights=counts)  # bounds, mean
-    resampled = SearchConfig.from_dict(settings["gp"]).resample_windows > 0
-
-    def remeasure(row: dict):
-        """(field, True/False/None for not re-measured, what was found) per stored number of ``row``."""
-        alloc, dense = row.get("sparsities"), row["kind"] == "dense"
-        if not dense:
-            try:
-                alloc = check_sparsities([] if alloc is None else alloc, allocation, "the row")
-                if spec.prune.nm and any(abs(a - b) > 1e-12 for a, b in
-                                         zip(on_pattern(spec.prune.nm, alloc, counts)[0], alloc)):
-                    raise UserError(f"the row's sparsities are not on the N:M pattern {spec.prune.nm}")
-            except UserError as exc:
-                yield "sparsities", False, str(exc)
-                return
-            yield "sparsities", True, f"an allocation of the {len(counts)} blocks at mean {spec.prune.sparsity:g}"
-            yield "allocation", *_rederive(sources[row["name"]], alloc, blocks, spec)
-        if row.get("val ppl") is not None:
-            if evaluator is None:
-                yield "val ppl", None, f"not re-measured ({spec.prune.method}'s fitness reads a level database)"
-            elif row["kind"] in ("gp", "random") and resampled:
-                yield "val ppl", None, "not re-measured (the search estimated it from resampled windows)"
-            else:
-                yield "val ppl", *_close(row["val ppl"], evaluator.dense_perplexity() if dense else evaluator(alloc))
-        if "selection ppl" in row and not dense:
-            if evaluator is None or "selection" not in evaluator.splits:
-                yield "selection ppl", None, "not re-measured"
-            else:
-                yield "selection ppl", *_close(row["selection ppl"], evaluator(alloc, split="selection"))
-        texts = {"test nlls": test, **({"c4 nlls": second} if "c4 nlls" in row and second is not None else {})}
-        if dense:
-            restore()
-            measured = [window_nlls(inputs.model, t, spec.data.batch_size, progress).tolist() for t in texts.values()]
-        else:
-            measured = pruned_nlls(inputs.model, spec.prune.method, alloc, inputs.calib, list(texts.values()), restore,
-                                   spec.prune.nm, spec.data.batch_size, progress)
-        for number, nlls in zip(texts, measured):
-            yield number, *_close_nlls(row[number], nlls)
-            ppl = number.replace("nlls", "ppl")  # test ppl, c4 ppl: the perplexity of those NLLs
-            if ppl in row:
-                yield ppl, *_close(row[ppl], perplexity_from_nlls(torch.tensor(nlls, dtype=torch.float64)))
-        if "c4 nlls" in row and second is None:
-            yield "c4 nlls", False, "no held-out calibration documents here to re-measure them on"
-
-    checked, failed = 0, []
-    try:
-        for row in rows:
-            for number, ok, found in remeasure(row):
-                print(f"{'skip' if ok is None else 'match' if ok else 'MISMATCH':8} {escape(row['name'])}: {number}: "
-                      f"{found}", flush=True)
-                checked += ok is not None
-                if ok is False:
-                    failed.append(f"{escape(row['name'], 60)} ({number})")
-    finally:
-        if evaluator is not None:
-            evaluator.close()
-        restore()
-    print(f"{checked - len(failed)} of {checked} numbers match" + (f"; mismatched: {', '.join(failed)}" if failed
-                                                                      else ""), flush=True)
-    return not failed
-
-
-def row_source(row: dict, out: Path) -> str | None:
-    """What a comparison row's allocation comes from, as an ``--allocation`` spec: a baseline with the
-    parameters it was measured with, the row's run folder (what the search ships: a formula, a direct
-    allocation or a baseline), or its formula; None when the row names none of them."""
-    kind, name = row["kind"], row["name"]
-    if kind == "baseline" and name in BASELINES and isinstance(row.get("params"), dict):
-        return baseline_spec(name, row["params"])
-    run = row.get("run")
-    if isinstance(run, str) and run and not Path(run).is_absolute() and ".." not in Path(run).parts \
-            and (out / run).is_dir():  # a folder of the comparison's own, never one elsewhere
-        return str(out / run)
-    formula = row.get("formula")
-    return formula if isinstance(formula, str) and formula else None
-
-
-def _rederive(source: str | None, stored: list[float], blocks, spec: EvaluatorSpec) -> tuple[bool | None, str]:
-    """(whether ``source`` gives the stored sparsities on this model's ``blocks``, within VERIFY_TOL each;
-    None when it cannot be re-derived here, what was found)."""
-    if source is None:
-        return None, "not re-derived (the row names no baseline, formula or run folder)"
-    what = escape(source if not os.path.isabs(source) else Path(source).name, 60)
-    try:
-        derived, _ = allocate(source, allocator_for(blocks, spec.prune.sparsity), blocks)
-    except UserError as exc:
-        return False, f"{what} gives no allocation here ({escape(exc, 200)})"
-    if spec.prune.nm:
-        derived = on_pattern(spec.prune.nm, derived, blocks.counts)[0]
-    worst = max(abs(a - b) for a, b in zip(derived, stored))
-    return worst <= VERIFY_TOL, f"re-derived from {what}, max |Δ sparsity| {worst:.2g}"
-
-
-def _close(stored, measured: float) -> tuple[bool, str]:
-    """(whether a stored value matches the measured one within a relative VERIFY_TOL, both)."""
-    try:
-        if isinstance(stored, bool) or not isinstance(stored, (int, float)):
-            raise TypeError
-        return math.isclose(stored, measured, rel_tol=VERIFY_TOL), f"stored {stored:.6g}, measured {measured:.6g}"
-    except (TypeError, OverflowError):
-        return False, f"stored {str(stored)[:40]!r}, not a number; measured {measured:.6g}"
-
-
-def _close_nlls(stored: list, measured: list[float]) -> tuple[bool, str]:
-    """(whether stored per-window NLLs match the measured ones, each within VERIFY_TOL, what differs)."""
-    if len(stored) != len(measured):
-        return False, f"{len(stored)} windows stored, {len(measured)} measured here"
-    diffs = [abs(float(a) - b) for a, b in zip(stored, measured)]
-    worst = max(range(len(diffs)), key=lambda i: (math.isnan(diffs[i]), diffs[i]))
-    mean = (sum(measured) - sum(map(float, stored))) / len(diffs)
-    return all(d <= VERIFY_TOL for d in diffs), (f"{len(diffs)} windows, max |Δ| {diffs[worst]:.2g} (window "
-                                                 f"{worst + 1}), mean Δ {mean:+.2g}")
-
-
-# --- the report -------------------------------------------------------------------------------------
-
-def _fmt(x, digits: int = 4) -> str:
-    if x is None:
-        return ""
-    if isinstance(x, float):
-        return "inf" if math.isinf(x) else f"{x:.{digits}g}"
-    return str(x)
-
-
-def strongest_baseline(rows: list[dict]) -> dict | None:
-    """The baseline with the lowest *validation* perplexity other than uniform (chosen without test)."""
-    base = [r for r in rows if r["kind"] == "baseline" and r["name"] != "uniform"]
-    return min(base, key=lambda r: r["val ppl"]) if base else None
-
-
-def comparisons(rows: list[dict]) -> dict[str, dict]:
-    """Per row: its test perplexity interval, and its paired log-ppl difference from uniform and from the
-    strongest baseline on validation (intervals and verdicts)."""
-    uniform = next((r for r in rows if r["name"] == "uniform"), None)
-    strongest = strongest_baseline(rows)
-    out = {}
-    for r in rows:
-        item = {"test": perplexity_interval(r["test nlls"])}
-        for label, ref in (("uniform", uniform), ("strongest", strongest)):
-            if ref is not None and ref is not r and r["kind"] != "dense":
-                iv = paired_interval(r["test nlls"], ref["test nlls"])
-                item[label] = (iv, verdict(iv))
-        if strongest is not None and strongest is not r and r["kind"] != "dense" and "c4 nlls" in r \
-                and len(strongest.get("c4 nlls") or ()) == len(r["c4 nlls"]):
-            iv = paired_interval(r["c4 nlls"], strongest["c4 nlls"])
-            item["strongest c4"] = (iv, verdict(iv))
-        out[r["name"]] = item
-    return out
-
-
-def _difference(item) -> str:
-    """A table cell: Δ with its interval and verdict (bold where it decides), or empty."""
-    if item is None:
-        return ""
-    iv, word = item
-    return f"{iv.value:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}] {'**' + word + '**' if word != 'tie' else 'tie'}"
-
-
-def report(c: Comparison, info: dict, rows: list[dict]) -> str:
-    spec = c.spec
-    strongest = strongest_baseline(rows)
-    stats = comparisons(rows)
-    m = info.get("machine", {})
-    head = (f"Machine: {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}, CUDA: {m.get('cuda')}; "
-            f"{m.get('date')}\n\nModel {info.get('model')}, {spec.prune.method} at {spec.prune.sparsity:.0%} "
-            f"({'GPU' if spec.model.is_cuda() else 'CPU'} protocol). Test: raw WikiText-2, {info.get('test_windows')} "
-            f"windows × {spec.data.seqlen} tokens; validation (fitness, tuning): {spec.val_windows} windows, selection "
-            f"split: the next {spec.selection_windows}; calibration {spec.data.calib} {spec.data.nsamples} × "
-            f"{spec.data.calib_seqlen} (data seed {spec.data.seed}); exact sequential pruning. Second test text: "
-            f"{info.get('c4_windows') or 'no'} windows of calibration-domain documents calibration never read. Test ppl with its 95 % "
-            f"bootstrap interval over windows; Δ = log(ppl / ppl of the reference) on the same windows with its paired "
-            f"95 % interval: *beats* / *loses* where the interval excludes 0. Strongest baseline on validation: "
-            f"{strongest['name'] if strongest else '—'}. Searches: GP population {c.gp.population}, {c.gp.generations} "
-            f"generations; direct searches with the GP run's evaluations; search seeds {', '.join(map(str, c.seeds))}.\n")
-    cols = ["allocation", "val ppl", "selection ppl", "test ppl [95 % CI]", "Δ vs uniform [95 % CI]",
-            "Δ vs strongest [95 % CI]", "held-out C4 ppl", "Δ vs strongest on C4 [95 % CI]", "evaluations",
-            "formula / params"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        s = stats[r["name"]]
-        cells = [r["name"], _fmt(r.get("val ppl")), _fmt(r.get("selection ppl")), s["test"].text()]
-        cells += [_difference(s.get("uniform")), _difference(s.get("strongest")), _fmt(r.get("c4 ppl")),
-                  _difference(s.get("strongest c4")), _fmt(r.get("evaluations")),
-                  str(r.get("formula") or r.get("params") or "").replace("|", "\\|")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return head + "\n" + "\n".join(lines) + "\n" + seeds_summary(rows, stats) + "\n"
-
-
-def seeds_summary(rows: list[dict], stats: dict) -> str:
-    """Per search kind over its seeds: test perplexity mean and spread, and how many seeds beat uniform and
-    the strongest baseline (every seed is in the table above)."""
-    kinds = {}
-    for r in rows:
-        if r.get("seed") is not None:
-            kinds.setdefault(r["kind"], []).append(r)
-    if not kinds:
-        return ""
-    lines = ["", "| search | seeds | test ppl mean ± sd | beats uniform | beats strongest | beats strongest on "
-             "held-out C4 |", "|---|---|---|---|---|---|"]
-    for kind, group in kinds.items():
-        ppl = [r["test ppl"] for r in group]
-        sd = statistics.stdev(ppl) if len(ppl) > 1 else 0.0
-        count = {label: sum(stats[r["name"]].get(label, (None, ""))[1] == "beats" for r in group)
-                 for label in ("uniform", "strongest", "strongest c4")}
-        lines.append(f"| {kind} | {len(group)} | {statistics.mean(ppl):.4g} ± {sd:.2g} | "
-                     f"{count['uniform']}/{len(group)} | {count['strongest']}/{len(group)} | "
-                     f"{count['strongest c4']}/{len(group)} |")
-    return "\n".join(lines) + "\n"

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import yaml
 
+from evaluators.files import path_kind, read_json, write_json
 from evaluators.pruning.methods import METHODS
-from evaluators.files import path_kind, read_json
 from primitives import Formula, build_pset, parse_tree
+from primitives.bounds import MAX_SPARSITY
 
-from .errors import UserError
-from .runs import write_json
-from .settings import MAX_SPARSITY, usable_path
+from dsa.errors import UserError
+from dsa.paths import usable_path
 
 ALLOCATION_FILE = "allocation.json"
 FORMATS = ("json", "llmcompressor")

@@ -1,15 +1,13 @@
 """``dsa show RUN``: the hall of fame as a table (rank, fitness, selection-split fitness, simplified
 formula, size, allocation, flags), and a multi-objective run's Pareto front ranked by size. A run
-folder is shared input: its choice is checked as ``--allocation RUN`` checks it, and every text read
-from it is shown escaped (:func:`evaluators.errors.escape`, also what the CLI's error line goes through)."""
+folder is shared input: it is read and its choice checked as ``--allocation RUN`` checks it
+(:func:`dsa.run.allocations.read_checked_run`), and every text read from it is shown escaped (:func:`evaluators.errors.escape`, also what the CLI's error line goes through)."""
 from __future__ import annotations
 
-import math
 import textwrap
 
 from evaluators.errors import escape
 
-from .runs import read_run
 
 
 def format_allocation(values, per_line: int = 15) -> list[str]:
@@ -58,11 +56,9 @@ def choice_line(selection: dict) -> str:
     return head + f" → no found function beats {strongest}: the run ships {shipped}"
 
 
-def show(run_dir: str, top: int | None = None, notation: str = "formula") -> str:
-    from .allocations import check_run
-    run = read_run(run_dir)
-    if any(r["fitness"] != math.inf for r in run["hall_of_fame"]):  # a run that found nothing valid is shown
-        check_run(run["dir"])  # what --allocation RUN would refuse is refused here too
+def show_run(run: dict, top: int | None = None, notation: str = "formula") -> str:
+    """A run folder as :func:`dsa.run.allocations.read_checked_run` reads it, as text: its settings, baselines,
+    choice, hall of fame (the ``top`` rows) and Pareto front."""
     cfg = run["config"]
     head = [f"run: {escape(run['dir'], None)}"]
     if cfg:

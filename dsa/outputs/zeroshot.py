@@ -16,7 +16,7 @@ import math
 import time
 from pathlib import Path
 
-from .errors import UserError
+from dsa.errors import UserError
 
 PAPER_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 INSTALL = "pip install -e .[zeroshot]"

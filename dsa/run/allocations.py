@@ -13,9 +13,9 @@ from pathlib import Path
 from evaluators.baselines import BASELINES, search_baselines
 from primitives import FormulaError, LayerAllocator, build_pset, parse_tree
 
-from .errors import UserError
-from .runs import read_run
-from .settings import MAX_SPARSITY, EvaluatorSpec, carried_settings
+from dsa.errors import UserError
+from dsa.run.folder import read_run
+from dsa.run.settings import MAX_SPARSITY, EvaluatorSpec, carried_settings
 
 WANDA_METRIC = tuple(name for name, b in BASELINES.items() if b.wanda_metric)  # read it whatever the pruner
 SEARCH_BASELINES = search_baselines()  # scored at the start of every search (Baseline.search)
@@ -114,7 +114,7 @@ def baseline_spec(name: str, params: dict) -> str:
 
 def shipped_baseline(run_dir: Path, config: dict | None = None) -> str | None:
     """The baseline spec a run folder ships instead of a found function (its choice rule found none that
-    beats the strongest baseline on the selection split, :func:`dsa.search.decide`), else None."""
+    beats the strongest baseline on the selection split, :func:`dsa.run.choice.decide`), else None."""
     config = read_run(run_dir)["config"] if config is None else config
     selection = config.get("selection")
     shipped = selection.get("shipped") if isinstance(selection, dict) else None
@@ -234,6 +234,15 @@ def check_allocation(spec: str, flag: str = "--allocation") -> None:
     if path is not None:
         return check_run(path)
     _parse(spec, build_pset(), flag)
+
+
+def read_checked_run(run_dir: Path | str) -> dict:
+    """A run folder's files (:func:`dsa.run.folder.read_run`), its choice checked as ``--allocation RUN`` checks
+    it (a run that found nothing valid is read as it is): what ``dsa show`` and ``dsa search`` display."""
+    run = read_run(run_dir)
+    if any(r["fitness"] != math.inf for r in run["hall_of_fame"]):
+        check_run(run["dir"])
+    return run
 
 
 def check_run(run_dir: Path) -> None:

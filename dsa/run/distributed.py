@@ -4,7 +4,7 @@
 Both are an :class:`Evaluation`: ``task()`` gives what the search needs from the model (block scores,
 parameter counts, baseline allocations, run info) and ``map(fn, allocations)`` scores allocations in
 input order. Each :class:`EvaluatorActor` rebuilds the search's evaluator from the run's
-:class:`~dsa.settings.EvaluatorSpec` through :func:`dsa.llm.build_evaluator`, the same code path as a
+:class:`~dsa.run.settings.EvaluatorSpec` through :func:`dsa.run.llm.build_evaluator`, the same code path as a
 single-process search. The driver loads no model. Fitness is a pure function of the allocation, so the
 hall of fame is the same as a single-process run's (bit-identical where the workers compute like the
 single process: same device type, dtype and thread count; CPU actors run single-threaded).
@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .errors import UserError
-from .settings import EvaluatorSpec
+from dsa.errors import UserError
+from dsa.run.settings import EvaluatorSpec
 
 INSTALL_HINT = "pip install -e .[ray]"
 FLAGS = "--workers/--ray-address"
@@ -87,7 +87,7 @@ class EvaluatorActor:
         import transformers
         transformers.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()
-        from .llm import build_evaluator
+        from dsa.run.llm import build_evaluator
         self.error: str | None = None
         self.evaluator, self.info = None, {}
         try:
@@ -106,7 +106,7 @@ class EvaluatorActor:
 
     def setup(self, target: float, baselines: tuple[str, ...]) -> dict:
         """What the driver needs: block scores and counts, the baselines' candidate allocations, ``info``."""
-        from .allocations import baseline_candidates
+        from dsa.run.allocations import baseline_candidates
         self._check()
         return {"blocks": self.evaluator.blocks.summary(), "info": self.info,
                 "candidates": baseline_candidates(baselines, self.evaluator.blocks, target)}
@@ -121,7 +121,7 @@ class EvaluatorActor:
 
 class LocalEvaluation:
     """The search's evaluator in this process; ``map`` is the builtin. ``built``: an (evaluator, info) of
-    :func:`dsa.llm.build_evaluator` already in memory (``dsa compare`` runs several searches on it);
+    :func:`dsa.run.llm.build_evaluator` already in memory (``dsa compare`` runs several searches on it);
     None: each :meth:`task` builds its own."""
 
     map = staticmethod(map)
@@ -130,7 +130,7 @@ class LocalEvaluation:
         self.built = built
 
     def task(self, spec: EvaluatorSpec, baselines: tuple[str, ...]):
-        from .llm import llm_task
+        from dsa.run.llm import llm_task
         return llm_task(spec, baselines, self.built)
 
     def close(self) -> None:
@@ -211,9 +211,9 @@ class RayEvaluation:
             raise
 
     def task(self, spec: EvaluatorSpec, baselines: tuple[str, ...]):
-        """(allocator, fitness, info, baseline candidates) like :func:`dsa.llm.llm_task`, with the
+        """(allocator, fitness, info, baseline candidates) like :func:`dsa.run.llm.llm_task`, with the
         evaluator on the workers."""
-        from .llm import allocation_task, model_name
+        from dsa.run.llm import allocation_task, model_name
         setup = self._get(self.actors[0].setup.remote(spec.prune.sparsity, tuple(baselines)))
         info = {**setup["info"], "model": model_name(spec.model),  # its label, as a single process records it
                 "workers": len(self.actors), "worker": "gpu" if self.use_gpu else "cpu"}

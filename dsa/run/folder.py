@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import importlib
 import io
-import json
 import math
 import time
 from pathlib import Path
@@ -15,8 +14,8 @@ from pathlib import Path
 from evaluators.files import path_kind, read_json, read_regular
 from gp.schema import finite_number
 
-from .errors import UserError
-from .settings import usable_path
+from dsa.errors import UserError
+from dsa.paths import usable_path
 
 RESULTS_DIR = Path("results")
 ROW_KEYS = {"rank", "fitness", "tree", "formula", "size", "output"}
@@ -32,12 +31,6 @@ def new_run_dir(task: str, base: Path = RESULTS_DIR) -> Path:
     while path.exists():
         path, i = base / f"{stamp}-{task}-{i}", i + 1
     return path
-
-
-def write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    tmp.replace(path)
 
 
 def read_json_file(path: Path, what: str):

@@ -14,7 +14,7 @@ import torch
 
 from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY
 
-from .errors import UserError
+from dsa.errors import UserError
 
 MIN_LEVEL_STEP = 1e-4  # allocations are cached and compared to 4 decimals: a smaller level moves nothing
 

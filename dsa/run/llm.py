@@ -1,5 +1,5 @@
 """The LLM side of the tool: the search's fitness evaluator, ``dsa prune`` and ``dsa eval``. Every
-function here takes typed settings (:mod:`dsa.settings`), never command-line arguments."""
+function here takes typed settings (:mod:`dsa.run.settings`), never command-line arguments."""
 from __future__ import annotations
 
 import time
@@ -8,24 +8,24 @@ from pathlib import Path
 
 import torch
 
-from evaluators.pruning.blockscores import BlockScores, block_scores
 from evaluators.data.calibration import collect_stats
 from evaluators.data.text import calibration_batch, load_split, marker_tokens, token_windows
 from evaluators.fitness.evaluator import FITNESSES, PruningEvaluator
-from evaluators.models.loading import block_names, default_model, load_model
-from evaluators.models.compressed import sparsity_compressor
-from evaluators.models.saving import save_pruned
 from evaluators.fitness.intervals import perplexity_interval
 from evaluators.fitness.perplexity import window_nlls
+from evaluators.models.compressed import sparsity_compressor
+from evaluators.models.loading import block_names, default_model, load_model
+from evaluators.models.saving import save_pruned
+from evaluators.pruning.blockscores import BlockScores, block_scores
 from evaluators.pruning.methods import get_method
 from evaluators.pruning.nm import on_pattern, parse_nm
 from evaluators.pruning.pruners import measured_sparsity, prune
 from primitives import LayerAllocator
 
-from .allocations import allocate, baseline_candidates, needs_wanda_metric
-from .exports import allocation_record, write_record
-from .errors import UserError
-from .settings import DEFAULT_VAL_WINDOWS, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec
+from dsa.errors import UserError
+from dsa.outputs.exports import allocation_record, write_record
+from dsa.run.allocations import allocate, baseline_candidates, needs_wanda_metric
+from dsa.run.settings import DEFAULT_VAL_WINDOWS, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec
 
 
 def model_name(model: ModelSpec) -> str:
@@ -85,7 +85,7 @@ def build_evaluator(spec: EvaluatorSpec, loaded: tuple | None = None,
     """(evaluator, info) for the search: load the model, the validation windows and the calibration
     set (:func:`load_inputs`, unless ``inputs`` holds them), and build the :class:`PruningEvaluator`
     (scores and ranks, once). The one home of this recipe: the single-process search, every Ray worker
-    (:mod:`dsa.distributed`) and the comparison (:mod:`dsa.experiment`) call it. ``loaded``: the
+    (:mod:`dsa.run.distributed`) and the comparison (:mod:`dsa.experiment.compare`) call it. ``loaded``: the
     (model, tokenizer) already in memory (a multi-task search shares one model between evaluators)."""
     x = inputs or load_inputs(spec, loaded)
     start = time.perf_counter()
@@ -127,7 +127,7 @@ def level_database(spec: EvaluatorSpec, x: Inputs) -> dict:
     if spec.prune.nm:  # the pattern's levels: n/M for every n (mixed), or 0 and N/M (dense or N:M)
         n, m = parse_nm(spec.prune.nm)
         grid = [k / m for k in range(m)] if n is None else [0.0, n / m]
-    # --no-progress turns transformers' bars off (dsa.cli.quiet); the build's bar follows the same switch
+    # --no-progress turns transformers' bars off (dsa.cli.dispatch.quiet); the build's bar follows the same switch
     levels = open_levels(x.model, x.calib, spec.prune.method, key, grid=grid, progress=is_progress_bar_enabled(),
                          batch_size=spec.data.batch_size, m=m)
     print(levels.describe())
@@ -231,7 +231,7 @@ def eval_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, a
     pruning): the numbers to report."""
     manager = None
     if tasks:  # unknown task names and a missing lm-eval fail here, before any loading or pruning
-        from .zeroshot import task_manager
+        from dsa.outputs.zeroshot import task_manager
         manager = task_manager(tasks, tasks_path)
     if allocation:
         model, tokenizer, record = prune_model(model_spec, data, prune_spec, allocation, val_windows, progress)
@@ -249,7 +249,7 @@ def eval_command(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, a
                        "perplexity_95ci": [interval.lo, interval.hi],
                        "seconds": round(time.perf_counter() - start, 2)})
     if tasks:
-        from .zeroshot import zero_shot
+        from dsa.outputs.zeroshot import zero_shot
         result["zeroshot"] = zero_shot(model, tokenizer, tasks, batch_size=data.batch_size, limit=zeroshot_limit,
                                        include_path=tasks_path, manager=manager, progress=progress)
     return {**result, **record}

@@ -18,8 +18,8 @@ from evaluators.models.loading import load_model
 from gp import Problem, rounded_key
 from primitives import LayerAllocator, build_pset
 
-from .problem import formula_display, has_reduction
-from .settings import EvaluatorSpec
+from dsa.run.problem import formula_display, has_reduction
+from dsa.run.settings import EvaluatorSpec
 
 
 @dataclass
@@ -79,7 +79,7 @@ def multitask_problem(tasks: list[Task]) -> Problem:
 
 def build_tasks(specs: list[EvaluatorSpec]) -> tuple[list[Task], dict]:
     """Load each model once and build one evaluator per (model, pruner); one task per spec."""
-    from .llm import build_evaluator
+    from dsa.run.llm import build_evaluator
     pset = build_pset()
     loaded: dict = {}
     evaluators: dict = {}

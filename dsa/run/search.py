@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import shutil
 from dataclasses import dataclass, replace
@@ -13,26 +12,26 @@ from pathlib import Path
 import torch
 
 import gp
+from evaluators.files import write_json
+from evaluators.fitness.evaluator import FITNESSES as FITNESS_RECORDS
+from evaluators.fitness.perplexity import perplexity_from_nlls
 from evaluators.pruning.nm import on_pattern, parse_nm
-from gp import CheckpointError, ConfigError, Search, SearchConfig, schema
-from gp import checkpoint as checkpoints
+from gp import CheckpointError, ConfigError, Search, SearchConfig, checkpoint as checkpoints, schema
 from gp.direct import DirectConfig, DirectSearch
 from primitives import build_pset
 
-from evaluators.fitness.evaluator import FITNESSES as FITNESS_RECORDS
-from evaluators.fitness.intervals import paired_interval, verdict
-from evaluators.fitness.perplexity import perplexity_from_nlls
-
-from .allocations import SEARCH_BASELINES, baseline_spec
-from .multitask import MultiTaskFitness, first_allocation
-from .distributed import evaluation
-from .levels import LevelSpace, PatternLevels, check_level_step, level_step
-from .errors import UserError
-from .plots import plot_allocations, plot_fitness
-from .problem import allocation_problem, has_reduction
-from .runs import finite_number, new_run_dir, read_json_file, write_json
-from .settings import MAX_SPARSITY, MIN_DECISION_WINDOWS, SPACES, EvaluatorSpec, usable_path
-from .show import show
+from dsa.errors import UserError
+from dsa.outputs.plots import plot_allocations, plot_fitness
+from dsa.outputs.show import show_run
+from dsa.paths import usable_path
+from dsa.run.allocations import SEARCH_BASELINES, read_checked_run
+from dsa.run.choice import decide, rescore_on_selection, score_baselines
+from dsa.run.distributed import evaluation
+from dsa.run.folder import finite_number, new_run_dir, read_json_file
+from dsa.run.levels import LevelSpace, PatternLevels, check_level_step, level_step
+from dsa.run.multitask import MultiTaskFitness, first_allocation
+from dsa.run.problem import allocation_problem, has_reduction
+from dsa.run.settings import MAX_SPARSITY, SPACES, EvaluatorSpec
 
 CONFIG_VERSION = 2
 TASKS = ("llm", "synthetic")
@@ -119,7 +118,7 @@ def resume_run(run_dir: Path, generations: int | None, progress: bool = True, wo
                ray_address: str | None = None, models: tuple[str, ...] = ()) -> SearchRun:
     """The :class:`SearchRun` saved in ``run_dir/config.json``, to be continued (``generations`` may grow); its
     models found among ``models`` (``--model``: a record names a local model, never its path), or as recorded
-    (:meth:`~dsa.settings.ModelSpec.located`)."""
+    (:meth:`~dsa.run.settings.ModelSpec.located`)."""
     saved = read_config(run_dir)
     try:
         search = dict(saved["search"])
@@ -144,17 +143,17 @@ def resume_run(run_dir: Path, generations: int | None, progress: bool = True, wo
 
 def build_task(run: SearchRun, ev):
     """(allocator, fitness, info, baseline candidates) for the run's task; the llm task's evaluator lives
-    where ``ev`` (an :class:`~dsa.distributed.LocalEvaluation` or Ray workers) keeps it. Multi-task: the
-    list of :class:`~dsa.multitask.Task` (each with its allocator) and the multi-task fitness (uniform
+    where ``ev`` (an :class:`~dsa.run.distributed.LocalEvaluation` or Ray workers) keeps it. Multi-task: the
+    list of :class:`~dsa.run.multitask.Task` (each with its allocator) and the multi-task fitness (uniform
     scores 0 there)."""
     if run.tasks:
-        from .multitask import build_tasks
+        from dsa.run.multitask import build_tasks
         tasks, infos = build_tasks(list(run.tasks))
         info = {"model": ", ".join(t.name for t in tasks), "fitness": "mean log(fitness / uniform's) over tasks",
                 "tasks": infos}
         return tasks, MultiTaskFitness(tasks), info, {}
     if run.task == "synthetic":
-        from .synthetic import synthetic_task
+        from dsa.run.synthetic import synthetic_task
         allocator, distance = synthetic_task(run.spec.prune.sparsity, seed=run.spec.data.seed)
         uniform = [({}, allocator.ctx.uniform.tolist())]
         return allocator, functools.partial(_on_any_windows, distance), {"fitness": "distance to optimum (pp)"}, \
@@ -193,7 +192,7 @@ def grammar_problem() -> gp.Problem:
 
 def run_search(run: SearchRun, ev=None):
     """Run (or resume) ``run``; returns (run folder, :class:`gp.search.SearchResult`). ``ev``: an
-    :class:`~dsa.distributed.Evaluation` already holding the model (``dsa compare`` runs several searches
+    :class:`~dsa.run.distributed.Evaluation` already holding the model (``dsa compare`` runs several searches
     on one loaded model); None: this run's own, built from its spec."""
     if run.space == "formula":
         try:
@@ -206,7 +205,7 @@ def run_search(run: SearchRun, ev=None):
         if run.tasks and any(spec.prune.nm for spec in run.tasks):
             raise UserError("--nm with --space direct: one task at a time")
     if run.init is not None:
-        from .allocations import check_allocation
+        from dsa.run.allocations import check_allocation
         check_allocation(run.init)
     run_dir = run.run_dir or new_run_dir(run.task)
     if not run.resume and (checkpoints.exists(run_dir) or (run_dir / checkpoints.LEGACY_FILE).exists()):
@@ -277,7 +276,7 @@ def _search(run: SearchRun, ev):
     uniform = [run.spec.prune.sparsity] * len(first_allocation(best["output"]) or shown.get("uniform") or [])
     plot_allocations({"best found": first_allocation(best["output"]) or uniform, **shown},
                      run.run_dir / "allocation.png", target=run.spec.prune.sparsity, title=best["formula"][:80])
-    print(show(str(run.run_dir), top=5))
+    print(show_run(read_checked_run(run.run_dir), top=5))
     files = ["hall_of_fame.json", *(["pareto_front.json"] if result.pareto_front is not None else []),
              "logbook.csv", "fitness.png", "allocation.png", checkpoints.FILE]
     print(f"\nwrote {run.run_dir}/ ({', '.join(files)})")
@@ -289,7 +288,7 @@ def build_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> Sear
     if run.space == "direct":
         return direct_search(run, allocator, fitness, info, map_fn)
     if run.tasks:
-        from .multitask import multitask_problem
+        from dsa.run.multitask import multitask_problem
         return Search(multitask_problem(allocator), run.config, run.run_dir, map_fn=map_fn,
                       progress=run.progress, identity=run.identity())
     problem = allocation_problem(allocator, fitness)
@@ -327,7 +326,7 @@ def direct_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> Dir
     target = run.spec.prune.sparsity
     base = allocator.ctx.uniform
     if run.init is not None:
-        from .allocations import allocate
+        from dsa.run.allocations import allocate
         base = torch.as_tensor(allocate(run.init, allocator)[0], dtype=torch.float64)
     nm = run.spec.prune.nm
     if nm:  # levels on the pattern, around the base allocation put on it
@@ -345,92 +344,3 @@ def direct_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> Dir
     return DirectSearch(space, fitness, windows, run.config, run.run_dir, map_fn=map_fn, progress=run.progress,
                         identity=run.identity(),
                         describe=f"direct (EvoPress levels{', from ' + run.init if run.init else ''})")
-
-
-RULE = "paired-95"  # the choice rule's name in config.json
-
-
-def decide(run_dir: Path, rows: list[dict], baselines: dict, fitness, map_fn=map) -> dict:
-    """The run's choice, a statistical decision on the selection split (validation windows the search
-    never read): the hall of fame's best (by the search's own fitness) ships only where the paired 95 %
-    interval of its log-perplexity difference from the strongest baseline (the lowest fitness among the
-    baselines scored at the start, uniform included) lies below 0 (:func:`choice`); otherwise the run
-    ships that baseline. The candidate's row gets its selection perplexity and, where it does not ship,
-    a ``flag``; the hall of fame is rewritten; returns what config.json records."""
-    scored = [r for r in rows if r["output"] is not None and r["fitness"] != gp.WORST]
-    named = {n: b for n, b in baselines.items() if b.get("allocation") is not None}
-    if not scored or not named:
-        return {"rule": RULE, "best_rank": scored[0]["rank"] if scored else None, "shipped": "found"}
-    strongest = min(named, key=lambda n: named[n]["fitness"])
-    candidate = scored[0]
-    per_window = functools.partial(fitness, split="selection", per_window=True)
-    cand, base = map_fn(per_window, [torch.as_tensor(a, dtype=torch.float64)
-                                     for a in (candidate["output"], named[strongest]["allocation"])])
-    made = choice(cand, base)
-    candidate["selection"] = math.exp(sum(cand) / len(cand))
-    shipped = "found" if made["verdict"] == "beats" else baseline_spec(strongest, named[strongest].get("params") or {})
-    if shipped != "found":
-        candidate["flag"] = (f"does not beat {strongest} on {len(cand)} held-out windows "
-                             f"(Δ {made['delta'][0]:+.3f} [{made['delta'][1]:+.3f}, {made['delta'][2]:+.3f}]): "
-                             f"the run ships {shipped}")
-    checkpoints.write_atomic(run_dir / "hall_of_fame.json", json.dumps(rows, indent=1, default=float).encode())
-    return {"rule": RULE, **made, "candidate_rank": candidate["rank"], "strongest": strongest, "shipped": shipped,
-            "best_rank": candidate["rank"] if shipped == "found" else None,
-            "baselines": {strongest: math.exp(sum(base) / len(base))}}
-
-
-def choice(candidate: list[float], baseline: list[float], min_windows: int = MIN_DECISION_WINDOWS) -> dict:
-    """The choice rule on per-window log-perplexities of the same windows: the candidate *beats* the
-    baseline only where the paired 95 % bootstrap interval of their mean difference lies below 0
-    (:func:`evaluators.fitness.intervals.paired_interval`); with fewer than ``min_windows`` windows it
-    never does (too few to resolve a difference). Returns the verdict, the interval and the windows."""
-    interval = paired_interval(candidate, baseline)
-    verdict_ = verdict(interval) if len(candidate) >= min_windows else "too few windows"
-    return {"verdict": verdict_, "delta": [interval.value, interval.lo, interval.hi], "windows": len(candidate)}
-
-
-def rescore_on_selection(run_dir: Path, rows: list[dict], baselines: dict, fitness, map_fn) -> dict:
-    """:func:`choose_on_selection`, with the hall of fame rewritten; returns what config.json records: the
-    baselines' selection values and the rank of the row chosen as best (and its flag)."""
-    best, base = choose_on_selection(rows, baselines, fitness, map_fn)
-    checkpoints.write_atomic(run_dir / "hall_of_fame.json", json.dumps(rows, indent=1, default=float).encode())
-    return {"baselines": base, "best_rank": best["rank"] if best else None,
-            "best_flag": best.get("flag") if best else None}
-
-
-def choose_on_selection(rows: list[dict], baselines: dict, fitness, map_fn=map) -> tuple[dict | None, dict]:
-    """Score the hall of fame and the baselines on the selection split (validation windows the search
-    never read), write each row's ``selection`` value and, where it loses there, a ``flag``; returns the
-    row chosen as best (lowest selection value among the rows that beat every baseline there, else the
-    lowest overall, flagged; None without a valid row) and the baselines' selection values."""
-    scored = [r for r in rows if r["output"] is not None and r["fitness"] != gp.WORST]
-    names = [n for n in baselines if baselines[n].get("allocation") is not None]
-    multi = isinstance(fitness, MultiTaskFitness)  # its outputs: one allocation per task; uniform scores 0
-    allocations = [list(r["output"].values()) if multi else r["output"] for r in scored] + \
-        [baselines[n]["allocation"] for n in names]
-    tensors = [[torch.as_tensor(x, dtype=torch.float64) for x in a] if multi else torch.as_tensor(a, dtype=torch.float64)
-               for a in allocations]
-    values = [float(v) for v in map_fn(functools.partial(fitness, split="selection"), tensors)]
-    base = {"uniform": 0.0} if multi else dict(zip(names, values[len(scored):]))
-    others = {n: v for n, v in base.items() if n != "uniform"}
-    strongest = min(others, key=others.get) if others else None
-    for row, value in zip(scored, values):
-        row["selection"] = value
-        if "uniform" in base and value >= base["uniform"]:
-            row["flag"] = "loses to uniform on the selection split"
-        elif strongest is not None and value >= others[strongest]:
-            row["flag"] = f"loses to {strongest} on the selection split"
-    clean = [r for r in scored if "flag" not in r]
-    return (min(clean or scored, key=lambda r: r["selection"]) if scored else None), base
-
-
-def score_baselines(candidates: dict[str, list[tuple[dict, list[float]]]], fitness, map_fn=map) -> dict[str, dict]:
-    """Each baseline's fitness; a tuned baseline's candidates (its grid) are all scored and the best is kept,
-    as its authors tuned it, here on the validation windows."""
-    flat = [(name, params, alloc) for name, cands in candidates.items() for params, alloc in cands]
-    values = [float(v) for v in map_fn(fitness, [torch.as_tensor(a, dtype=torch.float64) for _, _, a in flat])]
-    out: dict[str, dict] = {}
-    for (name, params, alloc), value in zip(flat, values):
-        if name not in out or value < out[name]["fitness"]:
-            out[name] = {"fitness": value, "params": params, "allocation": list(alloc)}
-    return out

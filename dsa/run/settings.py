@@ -5,15 +5,13 @@
 - :class:`PruneSpec`: pruning method, target sparsity, how many scores an allocation function reads.
 - :class:`EvaluatorSpec`: everything that defines the search's fitness (also what a Ray worker gets).
 
-The CLI (:mod:`dsa.cli`) builds these from its flags, whose defaults are these records' (:mod:`dsa.flags`);
+The CLI (:mod:`dsa.cli`) builds these from its flags, whose defaults are these records' (:mod:`dsa.cli.flags`);
 nothing below the CLI sees an ``argparse.Namespace``. Checks that need no model (file paths, ranges) run
 before any work starts. This module imports no torch, transformers or SymPy (the parser reads it).
 """
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -21,7 +19,8 @@ from evaluators.pruning.nm import parse_nm
 from gp.config import MAX_SEED
 from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY  # noqa: F401 (re-exported: the bounds' one home)
 
-from .errors import UserError
+from dsa.errors import UserError
+from dsa.paths import usable_path
 
 # The names the command line offers, written out so that its parser loads no torch, transformers or SymPy
 # (``dsa <command> --help`` answers at once). Each is what its records give, which tests/test_cli.py
@@ -29,10 +28,10 @@ from .errors import UserError
 METHODS = ("magnitude", "wanda", "sparsegpt")  # evaluators.pruning.methods: the listed records (--method)
 FITNESSES = ("ppl", "ppl-known", "kl")  # evaluators.fitness.evaluator.FITNESSES (--fitness)
 MASKING = ("inplace", "forward", "block")  # evaluators.fitness.masking.MASKING (--masking)
-SEARCH_BASELINES = ("uniform", "owl", "atp-tuned", "dsa-code", "dlp")  # dsa.allocations.SEARCH_BASELINES
+SEARCH_BASELINES = ("uniform", "owl", "atp-tuned", "dsa-code", "dlp")  # dsa.run.allocations.SEARCH_BASELINES
 COMPARE_BASELINES = ("uniform", "global", "er", "er-plus", "alphapruning", "owl", "owl-tuned", "dsa-code",
-                     "dsa-paper", "atp-tuned", "dlp")  # dsa.allocations.COMPARE_BASELINES
-EXPORT_FORMATS = ("json", "llmcompressor")  # dsa.exports.FORMATS (dsa export --to)
+                     "dsa-paper", "atp-tuned", "dlp")  # dsa.run.allocations.COMPARE_BASELINES
+EXPORT_FORMATS = ("json", "llmcompressor")  # dsa.outputs.exports.FORMATS (dsa export --to)
 DTYPES = ("fp32", "fp16", "bf16")
 SPACES = ("formula", "direct")  # what a search evolves: allocation functions, or per-layer sparsities
 DEFAULT_MAX_SCORES = 2**18
@@ -42,7 +41,7 @@ DEFAULT_MAX_SCORES = 2**18
 PAPER_SIZES = {"nsamples": 128, "calib_seqlen": 2048, "seqlen": 2048}  # Wanda/SparseGPT/DSA, on a GPU
 CPU_SIZES = {"nsamples": 64, "calib_seqlen": 512, "seqlen": 512}
 TEST_WINDOWS = {"cuda": None, "cpu": 128}
-# held-out validation windows a search's choice is decided on (dsa.search.decide): paired per-window
+# held-out validation windows a search's choice is decided on (dsa.run.choice.decide): paired per-window
 # log-ppl differences between allocations spread with σ ≈ 0.1–0.15 (the committed comparisons' test windows),
 # so 32 windows resolve a difference of 0.05 (5 % perplexity) with ~80 % power at σ = 0.1
 SELECTION_WINDOWS = 32
@@ -315,62 +314,3 @@ def carried_settings() -> dict[str, tuple[str, str]]:
     """CLI argument name → (spec group, field) of the CARRIED settings (what a run folder passes on)."""
     return {f.metadata.get("flag", f.name): (group, f.name) for group, cls in SPEC_TYPES.items()
             for f in fields(cls) if f.metadata.get("carried")}
-
-
-# --- output paths: checked before any work ------------------------------------------------------
-
-def _existing_ancestor(path: Path) -> Path:
-    for parent in (path, *path.parents):
-        if parent.exists():
-            return parent
-    return Path("/")
-
-
-def _can_create_in(folder: Path) -> bool:
-    """True when a file can really be created in ``folder`` (``os.access`` says yes to root in /proc)."""
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
-
-
-def usable_path(path: str | Path, what: str) -> Path:
-    """``path`` (``~`` expanded) when the system takes it as a name at all; UserError for one it refuses
-    outright (longer than a file name may be) instead of an OSError wherever it is first looked at."""
-    path = Path(path).expanduser()
-    try:
-        path.exists()
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-        name = str(path) if len(str(path)) <= 60 else str(path)[:60] + "…"
-        raise UserError(f"{what} {name}: {reason}") from None
-    return path
-
-
-def check_output_dir(path: str | Path, flag: str) -> Path:
-    """A folder this command will create or fill: it is a folder (or does not exist yet) and can be written."""
-    path = usable_path(path, flag)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path} exists and is not a folder")
-    base = _existing_ancestor(path.absolute())
-    if not base.is_dir():
-        raise UserError(f"{flag} {path}: {base} is not a folder")
-    if not _can_create_in(base):
-        raise UserError(f"{flag} {path} cannot be written ({base} is not writable)")
-    return path
-
-
-def check_output_file(path: str | Path, flag: str) -> Path:
-    """A file this command will write: its folder exists and can be written, and it is not a folder."""
-    path = usable_path(path, flag)
-    if path.is_dir():
-        raise UserError(f"{flag} {path} is a folder, not a file")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UserError(f"{flag} {path} cannot be written")
-    parent = path.absolute().parent
-    if not parent.is_dir():
-        raise UserError(f"{flag} {path}: folder {parent} does not exist")
-    if not _can_create_in(parent):
-        raise UserError(f"{flag} {path} cannot be written ({parent} is not writable)")
-    return path

@@ -36,7 +36,7 @@ class Baseline:
     grid: Callable[[int, float], list[dict]] | None = None
     prepare: Callable[[BlockScores, list[dict]], Callable[[dict], dict]] | None = None
     tuned: bool = False
-    # what the rest of the tool reads about it (dsa/allocations.py, the CLI's help, --seed-baselines):
+    # what the rest of the tool reads about it (dsa/run/allocations.py, the CLI's help, --seed-baselines):
     wanda_metric: bool = False  # reads Wanda's metric whatever the pruner (so needs calibration data)
     search: int | None = None  # its place among the baselines every search scores at its start (None: not one)
     seeds: tuple[str, ...] = ()  # itself as formulas of the GP grammar, ``{param}`` filled from ``defaults``

@@ -60,7 +60,7 @@ class Fitness:
     description: str  # as the run's info and the plots say it
     score: Callable[["PruningEvaluator", torch.Tensor, str], float]
     reference: bool = False
-    # per window, the log-perplexity whose paired differences decide a search's choice (dsa.search.decide)
+    # per window, the log-perplexity whose paired differences decide a search's choice (dsa.run.choice.decide)
     windows: Callable[["PruningEvaluator", torch.Tensor, str], torch.Tensor] | None = None
     markers: bool = False  # reads ``ignore``: the targets of each split that are a marker (<unk>)
 

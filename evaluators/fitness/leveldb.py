@@ -106,9 +106,9 @@ from tqdm.auto import tqdm
 
 from evaluators.data.calibration import LinearStats, StatsCollector, run_through_blocks
 from evaluators.errors import UserError
-from evaluators.files import file_digest
-from evaluators.fitness.levelfiles import (block_bound, decode_level, encode_level, meta_problem,
-                                          projected_bytes, read_meta)
+from evaluators.files import file_digest, write_atomic
+from evaluators.fitness.levelfiles import (block_bound, decode_level, encode_level, meta_problem, projected_bytes,
+                                           read_meta)
 from evaluators.models.loading import model_linears
 from evaluators.pruning.pruners import Pruner, check_sparsities, get_pruner
 
@@ -246,15 +246,6 @@ def _block_done(file: Path, key_text: str, names: list[str], n_levels: int, boun
         return False
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 @torch.no_grad()
 def _pruned(pruner: Pruner, lin: nn.Linear, level: float, stats: LinearStats | None,
             m: int | None = None) -> torch.Tensor:
@@ -319,14 +310,14 @@ def _build(path: Path, expected: dict, bounds: list[int], model: nn.Module, line
                 for part, t in encode_level(_pruned(pruner, lin, level, stats.get(name), m)).items():
                     tensors[f"{name}@{i}/{part}"] = t
             stats.pop(name, None)  # free its hessian
-        _write_atomic(_block_file(path, l), lambda tmp, t=tensors: save_file(t, str(tmp), metadata={"key": key_text}))
+        write_atomic(_block_file(path, l), lambda tmp, t=tensors: save_file(t, str(tmp), metadata={"key": key_text}))
         del tensors
         bar.update()
     bar.close()
     sizes, digests = zip(*(file_digest(_block_file(path, l), bound) for l, bound in enumerate(bounds)))
     meta = {**expected, "sizes": list(sizes), "digests": list(digests),
             "build_seconds": round(time.perf_counter() - start, 1)}
-    _write_atomic(path / META, lambda tmp: tmp.write_text(json.dumps(meta, indent=1) + "\n"))
+    write_atomic(path / META, lambda tmp: tmp.write_text(json.dumps(meta, indent=1) + "\n"))
     return meta
 
 
