@@ -32,7 +32,7 @@ from evaluators.models.loading import same_model, weight_snapshot
 from dsa.experiment.compare import pruned_nlls
 from dsa.run.allocations import baseline_spec
 from dsa.run.choice import choice
-from dsa.run.folder import read_run
+from dsa.run.folder import Run
 from dsa.run.llm import build_evaluator, load_inputs
 from dsa.run.settings import FITNESSES, SELECTION_WINDOWS, EvaluatorSpec
 
@@ -50,9 +50,9 @@ def cases(folder: Path, rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
         if r["kind"] in SEARCH_KINDS and r.get("run"):
-            run = read_run(folder / r["run"])
-            valid = [h for h in run["hall_of_fame"] if h["fitness"] != math.inf and h["output"] is not None]
-            config = run["config"]
+            run = Run.read(folder / r["run"])
+            valid = [h for h in run.hall_of_fame if h["fitness"] != math.inf and h["output"] is not None]
+            config = run.config
             scored = {n: s["allocation"] for n, s in config["baseline_settings"].items() if s.get("allocation")}
             name = min(scored, key=lambda n: config["baselines"][n])
             out.append({"row": r["name"], "candidate": valid[0]["output"], "rank": valid[0]["rank"],

@@ -56,16 +56,16 @@ def choice_line(selection: dict) -> str:
     return head + f" → no found function beats {strongest}: the run ships {shipped}"
 
 
-def show_run(run: dict, top: int | None = None, notation: str = "formula") -> str:
+def show_run(run, top: int | None = None, notation: str = "formula") -> str:
     """A run folder as :func:`dsa.run.allocations.read_checked_run` reads it, as text: its settings, baselines,
     choice, hall of fame (the ``top`` rows) and Pareto front."""
-    cfg = run["config"]
-    head = [f"run: {escape(run['dir'], None)}"]
+    cfg = run.config
+    head = [f"run: {escape(run.dir, None)}"]
     if cfg:
         bits = [f"task={escape(cfg.get('task', '?'))}"]
         head.append("  ".join(bits + [f"{k}={escape(cfg[k])}" for k in ("model", "method", "sparsity") if k in cfg]))
-    if run["logbook"]:
-        last = run["logbook"][-1]
+    if run.logbook:
+        last = run.logbook[-1]
         head.append(f"generations: {escape(last['gen'])}  evaluations: {escape(last['total_evals'])}  "
                     f"cache hit rate: {float(last['hit_rate']):.1%}")
     baselines = cfg.get("baselines")
@@ -83,8 +83,8 @@ def show_run(run: dict, top: int | None = None, notation: str = "formula") -> st
             " (beats every baseline there)"
         head.append(f"best, chosen on the selection split (windows the search never read): rank "
                     f"{escape(selection['best_rank'])}{verdict}")
-    body = ["", hall_of_fame_table(run["hall_of_fame"], top, notation)]
-    if run["pareto_front"] is not None:
+    body = ["", hall_of_fame_table(run.hall_of_fame, top, notation)]
+    if run.pareto_front is not None:
         body += ["", "Pareto front of fitness and size, ranked by size: each formula is fitter than every smaller one",
-                 hall_of_fame_table(run["pareto_front"], notation=notation)]
+                 hall_of_fame_table(run.pareto_front, notation=notation)]
     return "\n".join(head + body)

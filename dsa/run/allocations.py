@@ -14,7 +14,7 @@ from evaluators.baselines import BASELINES, search_baselines
 from primitives import FormulaError, LayerAllocator, build_pset, parse_tree
 
 from dsa.errors import UserError
-from dsa.run.folder import read_run
+from dsa.run.folder import Run
 from dsa.run.settings import MAX_SPARSITY, EvaluatorSpec, carried_settings
 
 WANDA_METRIC = tuple(name for name, b in BASELINES.items() if b.wanda_metric)  # read it whatever the pruner
@@ -112,10 +112,11 @@ def baseline_spec(name: str, params: dict) -> str:
     return plain + (":" + ",".join(f"{k}={v:g}" for k, v in numbers.items()) if numbers else "")
 
 
-def shipped_baseline(run_dir: Path, config: dict | None = None) -> str | None:
+def shipped_baseline(run: Run | Path) -> str | None:
     """The baseline spec a run folder ships instead of a found function (its choice rule found none that
     beats the strongest baseline on the selection split, :func:`dsa.run.choice.decide`), else None."""
-    config = read_run(run_dir)["config"] if config is None else config
+    run = Run.of(run)
+    run_dir, config = run.dir, run.config
     selection = config.get("selection")
     shipped = selection.get("shipped") if isinstance(selection, dict) else None
     if shipped is None or shipped == "found":
@@ -125,20 +126,20 @@ def shipped_baseline(run_dir: Path, config: dict | None = None) -> str | None:
     return shipped
 
 
-def best_row(run_dir: Path) -> tuple[dict, dict]:
+def best_row(run: Run | Path) -> tuple[dict, dict]:
     """A run folder's choice and its config: the valid hall-of-fame row its choice rule shipped (the one
     chosen on the selection split where the run re-scored it there), or, where it ships the strongest
     baseline instead, that baseline as a row (``tree`` its spec, ``output`` its allocation, ``baseline``
     its name)."""
-    run = read_run(run_dir)
-    config = run["config"]
-    shipped = shipped_baseline(run_dir, config)
+    run = Run.of(run)
+    run_dir, config = run.dir, run.config
+    shipped = shipped_baseline(run)
     if shipped is not None:
         name = config["selection"].get("strongest")
         setting = (config.get("baseline_settings") or {}).get(name) or {}
         return {"rank": None, "tree": shipped, "formula": shipped, "output": setting.get("allocation"),
                 "fitness": (config.get("baselines") or {}).get(name), "baseline": name}, config
-    valid = [r for r in run["hall_of_fame"] if r["fitness"] != float("inf")]
+    valid = [r for r in run.hall_of_fame if r["fitness"] != float("inf")]
     if not valid:
         raise UserError(f"{run_dir} has no valid candidate in its hall of fame")
     selection = config.get("selection")
@@ -146,19 +147,20 @@ def best_row(run_dir: Path) -> tuple[dict, dict]:
     return next((r for r in valid if r["rank"] == chosen), valid[0]), config
 
 
-def best_formula(run_dir: Path) -> str:
+def best_formula(run: Run) -> str:
     """The formula a run folder ships, or the spec of the baseline it ships instead."""
-    row, config = best_row(run_dir)
+    row, config = best_row(run)
     if config.get("space") == "direct" and "baseline" not in row:
-        raise UserError(f"{run_dir} is a direct search: it holds an allocation, not a formula")
+        raise UserError(f"{run.dir} is a direct search: it holds an allocation, not a formula")
     return row["tree"]
 
 
-def _direct_row(run_dir: Path) -> tuple[list, float] | None:
+def _direct_row(run: Run) -> tuple[list, float] | None:
     """A direct search's best allocation as stored and its target (None for a formula run), checked as
     far as it can be without the model: numbers within [0, MAX_SPARSITY], as many as the other rows of
     its hall of fame hold, a target in (0, MAX_SPARSITY]."""
-    row, config = best_row(run_dir)
+    row, config = best_row(run)
+    run_dir = run.dir
     if config.get("space") != "direct":
         return None
     values, target = row["output"], config.get("sparsity")
@@ -167,17 +169,17 @@ def _direct_row(run_dir: Path) -> tuple[list, float] | None:
     if not isinstance(values, list) or not all(isinstance(v, (int, float)) and 0 <= v <= MAX_SPARSITY for v in values):
         raise UserError(f"{run_dir}/hall_of_fame.json is damaged: its best allocation is not a list of sparsities "
                         f"in [0, {MAX_SPARSITY}]")
-    others = {len(r["output"]) for r in read_run(run_dir)["hall_of_fame"] if isinstance(r["output"], list)}
+    others = {len(r["output"]) for r in run.hall_of_fame if isinstance(r["output"], list)}
     if others - {len(values)}:
         raise UserError(f"{run_dir}/hall_of_fame.json is damaged: its best allocation has {len(values)} sparsities, "
                         f"its other rows {', '.join(map(str, sorted(others - {len(values)})))}")
     return values, target
 
 
-def direct_allocation(run_dir: Path, allocator: LayerAllocator) -> list[float] | None:
+def direct_allocation(run: Run, allocator: LayerAllocator) -> list[float] | None:
     """A direct search's best allocation (None for a formula run): per-layer sparsities for its model and
     target only, checked (:func:`check_sparsities`)."""
-    stored = _direct_row(run_dir)
+    stored, run_dir = _direct_row(run), run.dir
     if stored is None:
         return None
     values, target = stored
@@ -209,7 +211,7 @@ def run_settings(spec: str) -> dict:
     path = run_folder(spec)
     if path is None:
         return {}
-    evaluator = read_run(path)["config"].get("evaluator")
+    evaluator = Run.read(path).config.get("evaluator")
     if not isinstance(evaluator, dict):
         return {}  # a synthetic run, or one written before run folders recorded their settings
     try:
@@ -236,32 +238,33 @@ def check_allocation(spec: str, flag: str = "--allocation") -> None:
     _parse(spec, build_pset(), flag)
 
 
-def read_checked_run(run_dir: Path | str) -> dict:
-    """A run folder's files (:func:`dsa.run.folder.read_run`), its choice checked as ``--allocation RUN`` checks
-    it (a run that found nothing valid is read as it is): what ``dsa show`` and ``dsa search`` display."""
-    run = read_run(run_dir)
-    if any(r["fitness"] != math.inf for r in run["hall_of_fame"]):
-        check_run(run["dir"])
+def read_checked_run(run_dir: Path | str) -> Run:
+    """A run folder (:class:`dsa.run.folder.Run`), its choice checked as ``--allocation RUN`` checks it (a run
+    that found nothing valid is read as it is): what ``dsa show`` and ``dsa search`` display."""
+    run = Run.read(run_dir)
+    if any(r["fitness"] != math.inf for r in run.hall_of_fame):
+        check_run(run)
     return run
 
 
-def check_run(run_dir: Path) -> None:
+def check_run(run: Run | Path) -> None:
     """A run folder's choice, checked as far as it can be without the model (what ``--allocation RUN``
     and ``dsa show`` check): the baseline it ships, a direct search's stored allocation, or its best
     tree (a formula of the grammar)."""
-    if (shipped := shipped_baseline(run_dir)) is not None:
-        return check_allocation(shipped, f"{run_dir}/config.json's choice")
-    if _direct_row(run_dir) is None:
-        _run_tree(run_dir, build_pset())
+    run = Run.of(run)
+    if (shipped := shipped_baseline(run)) is not None:
+        return check_allocation(shipped, f"{run.dir}/config.json's choice")
+    if _direct_row(run) is None:
+        _run_tree(run, build_pset())
 
 
-def _run_tree(run_dir: Path, pset):
+def _run_tree(run: Run, pset):
     """A formula run's best tree, parsed; a tree that does not parse is a damaged hall of fame."""
-    text = best_formula(run_dir)
+    text = best_formula(run)
     try:
         return text, parse_tree(text, pset)
     except FormulaError as exc:
-        raise UserError(f"{run_dir}/hall_of_fame.json is damaged: its best tree is not a formula ({exc})") from None
+        raise UserError(f"{run.dir}/hall_of_fame.json is damaged: its best tree is not a formula ({exc})") from None
 
 
 def _parse(spec: str, pset, flag: str = "--allocation"):
@@ -285,16 +288,17 @@ def allocate(spec: str, allocator: LayerAllocator, blocks=None, fitness=None) ->
             raise UserError(f"{spec} needs the model (use it with dsa prune/eval)")
         return check_sparsities(base(blocks, allocator.ctx.target, fitness=fitness, **params), allocator, spec), None
     path = run_folder(spec)
-    if path is not None and (shipped := shipped_baseline(path)) is not None:  # the run's choice: a baseline
+    run = Run.read(path) if path is not None else None  # read once: every answer below is from one reading
+    if run is not None and (shipped := shipped_baseline(run)) is not None:  # the run's choice: a baseline
         if blocks is None and shipped != "uniform":  # no model here: the allocation the run stored for it
-            stored = best_row(path)[0]["output"]
+            stored = best_row(run)[0]["output"]
             if not isinstance(stored, list):
                 raise UserError(f"{path}/config.json is damaged: no allocation stored for {shipped}")
             return check_sparsities(stored, allocator, f"{path}'s {shipped}"), None
         return allocate(shipped, allocator, blocks, fitness)
-    if path is not None and (values := direct_allocation(path, allocator)) is not None:
+    if run is not None and (values := direct_allocation(run, allocator)) is not None:
         return values, None
-    text, tree = _run_tree(path, allocator.pset) if path is not None else (spec, _parse(spec, allocator.pset))
+    text, tree = _run_tree(run, allocator.pset) if run is not None else (spec, _parse(spec, allocator.pset))
     result = allocator(tree)
     if not result.valid:
         raise UserError(f"formula {text!r:.200} gives non-finite layer importances on this model ({result.error})")
@@ -306,8 +310,7 @@ def check_fits(spec: str, allocator: LayerAllocator, flag: str = "--formulas ite
     before any is made: a run folder's stored allocation (its length and target) and a formula's
     allocation on this model. A baseline (or a run that ships one) needs the model's scores: it is
     checked when it is computed."""
-    path = run_folder(spec)
-    if _baseline(spec, flag) is None and (path is None or shipped_baseline(path) is None):
+    if _baseline(spec, flag) is None and ((path := run_folder(spec)) is None or shipped_baseline(path) is None):
         allocate(spec, allocator)
 
 

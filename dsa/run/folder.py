@@ -9,6 +9,7 @@ import importlib
 import io
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from evaluators.files import path_kind, read_json, read_regular
@@ -94,9 +95,33 @@ def _logbook(path: Path) -> list[dict]:
     return rows
 
 
-def read_run(run_dir: str | Path) -> dict:
-    """Config, hall of fame, Pareto front and logbook of a run folder (UserError when it is not one, or
-    when one of its files is damaged)."""
+@dataclass(frozen=True)
+class Run:
+    """A run folder as read once (:meth:`read`): its config, hall of fame, Pareto front and logbook, every file
+    checked. What reads a run folder (``dsa show``, ``--allocation RUN``, ``dsa compare``'s search rows, the
+    exports) reads it through this, once, and asks the object: no file is read twice, so one answer never
+    mixes two versions of a folder that is being rewritten."""
+
+    dir: Path
+    config: dict
+    hall_of_fame: list[dict]
+    pareto_front: list[dict] | None
+    logbook: list[dict]
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> Run:
+        """UserError when ``run_dir`` is not a run folder, or when one of its files is damaged."""
+        return cls(**_read_files(run_dir))
+
+    @classmethod
+    def of(cls, run: Run | str | Path) -> Run:
+        """``run`` itself, or the run folder it names, read."""
+        return run if isinstance(run, Run) else cls.read(run)
+
+
+def _read_files(run_dir: str | Path) -> dict:
+    """Config, hall of fame, Pareto front and logbook of a run folder as a dict (:class:`Run`'s fields);
+    UserError when it is not one, or when one of its files is damaged."""
     run_dir = usable_path(run_dir, "run folder")
     hof_path = run_dir / "hall_of_fame.json"
     kind = path_kind(hof_path)
