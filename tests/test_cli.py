@@ -104,6 +104,31 @@ def test_offered_names_are_the_records_names():
     assert settings.EXPORT_FORMATS == exports.FORMATS
 
 
+def test_setting_groups_are_derived_from_the_specs():
+    """What --task synthetic refuses and what names a level database come from the spec fields' roles:
+    each name is a real flag, the synthetic task keeps exactly the settings it reads, and the level key
+    moves with a calibration setting but not with a runtime or perplexity one."""
+    from dataclasses import replace
+
+    from dsa.cli.flags import LLM_ONLY
+    from dsa.cli.parser import build_parser
+    from dsa.run.llm import level_key
+    from dsa.run.settings import DataSpec, ModelSpec
+    parser = build_parser()
+    search = next(a for a in parser._actions if a.dest == "command").choices["search"]
+    dests = {a.dest for a in search._actions}
+    assert set(LLM_ONLY) <= dests and {"sparsity", "data_seed", "seed"}.isdisjoint(LLM_ONLY)
+    assert {"model", "nm", "val_windows", "masking", "baselines"} <= set(LLM_ONLY)
+    model, data = ModelSpec("m.gguf"), DataSpec()
+    key = level_key(model, data)
+    assert set(key) == {"model", "dtype", "calib", "data_dir", "nsamples", "calib_seqlen", "data_seed"}
+    for changed in (replace(data, seed=1), replace(data, nsamples=8), replace(data, calib="x.txt")):
+        assert level_key(model, changed) != key
+    for same in (replace(data, batch_size=4), replace(data, data="y.txt"), replace(data, seqlen=64)):
+        assert level_key(model, same) == key
+    assert level_key(replace(model, device="cpu"), data) == key != level_key(replace(model, dtype="bf16"), data)
+
+
 def test_flag_defaults_are_the_specs_defaults():
     """A run setting's default is declared once, on its spec field: the flags of dsa prune/eval/compare,
     given nothing, build the specs' defaults."""

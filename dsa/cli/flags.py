@@ -12,7 +12,7 @@ from gp import ConfigError, SearchConfig
 from gp.config import MAX_SEED, MODES, OBJECTIVES, SELECTIONS, DirectConfig
 
 from dsa.run.settings import (DTYPES, FITNESSES, MASKING, MAX_SPARSITY, METHODS, MIN_DECISION_WINDOWS,
-                              SELECTION_WINDOWS, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec)
+                              SELECTION_WINDOWS, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec, model_settings)
 
 DEFAULTS = SearchConfig()
 DIRECT = DirectConfig()
@@ -23,10 +23,9 @@ GP_ONLY = ("population", "mode", "cxpb", "mutpb", "tournament", "elitism", "max_
 GENERALIZATION = ("selection", "resample_windows", "parsimony", "dedup", "restart_after")  # SearchConfig fields too
 GP_ONLY += GENERALIZATION
 DIRECT_ONLY = ("max_level", "level_step", "init")
-# what the synthetic task has no use for (it has no model, data, pruner or validation windows)
-LLM_ONLY = ("model", "dtype", "device", "data", "calib", "data_dir", "seqlen", "batch_size", "method", "nsamples", "nm",
-            "calib_seqlen", "max_scores_per_layer", "val_windows", "selection_windows", "fitness", "masking",
-            "baselines")
+# what the synthetic task has no use for: every model, data, pruning and fitness setting but the ones it reads
+# (derived from the specs' fields), and the baselines
+LLM_ONLY = (*model_settings(), "baselines")
 
 
 def _number(kind, text: str, what: str):

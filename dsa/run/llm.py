@@ -3,7 +3,7 @@ function here takes typed settings (:mod:`dsa.run.settings`), never command-line
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from primitives import LayerAllocator
 from dsa.errors import UserError
 from dsa.outputs.exports import allocation_record, write_record
 from dsa.run.allocations import allocate, baseline_candidates, needs_wanda_metric
-from dsa.run.settings import DEFAULT_VAL_WINDOWS, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec
+from dsa.run.settings import DEFAULT_VAL_WINDOWS, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec, flag_name
 
 
 def model_name(model: ModelSpec) -> str:
@@ -108,10 +108,11 @@ def build_evaluator(spec: EvaluatorSpec, loaded: tuple | None = None,
 def level_key(model: ModelSpec, data: DataSpec) -> dict:
     """What names a level database besides its content digests (calibration tokens, weights, grid, pruner
     settings: :func:`evaluators.fitness.leveldb.open_levels` adds those); ``dsa search``, ``dsa compare`` and the
-    benchmarks share a database through it."""
-    return {"model": model.model or default_model(), "dtype": model.dtype, "calib": data.calib,
-            "data_dir": data.data_dir, "nsamples": data.nsamples, "calib_seqlen": data.calib_seqlen,
-            "data_seed": data.seed}
+    benchmarks share a database through it. Its fields are the settings whose record declares the LEVELS role
+    (:mod:`dsa.run.settings`), by flag name; a model left unset is the default model."""
+    key = {flag_name(f): getattr(spec, f.name)
+           for spec in (model, data) for f in fields(spec) if f.metadata.get("levels")}
+    return {**key, "model": key["model"] or default_model()}
 
 
 def level_database(spec: EvaluatorSpec, x: Inputs) -> dict:

@@ -65,14 +65,28 @@ DATA_SUFFIXES = (".txt", ".parquet", ".json", ".jsonl", ".json.gz", ".jsonl.gz")
 # Field roles, declared on the fields themselves (``metadata``) so that everything else is derived:
 # RUNTIME: where or how fast a run computes, not what it computes (left out of the resume identity);
 # CARRIED: a setting that a run folder passes on to ``dsa prune/eval --allocation RUN`` unless given
-# there (so that the run's formula gives the run's allocation); "flag": the CLI flag's name where it
-# differs from the field's (DataSpec.seed is --data-seed).
+# there (so that the run's formula gives the run's allocation); LEVELS: what a SparseGPT level database's
+# content depends on besides the pruner (its key, :func:`dsa.run.llm.level_key`); TOY: a setting the synthetic
+# task reads too (every other model, data and pruning setting is refused with --task synthetic); RECORD: a
+# value a record sets, which no flag gives (the model's name in records); "flag": the
+# CLI flag's name where it differs from the field's (DataSpec.seed is --data-seed).
 RUNTIME = {"runtime": True}
 CARRIED = {"carried": True}
+LEVELS = {"levels": True}
+TOY = {"toy": True}
+RECORD = {"record": True}  # set from a record, never by a flag
 
 
-def carried(flag: str | None = None) -> dict:
-    return {**CARRIED, **({"flag": flag} if flag else {})}
+def carried(flag: str | None = None, *roles: dict) -> dict:
+    out = {**CARRIED, **({"flag": flag} if flag else {})}
+    for role in roles:
+        out.update(role)
+    return out
+
+
+def flag_name(f) -> str:
+    """The CLI argument name (argparse ``dest``) of a spec field."""
+    return f.metadata.get("flag", f.name)
 
 
 # a field's annotation → the JSON values it takes (what from_dict may be handed by a damaged config.json)
@@ -119,10 +133,11 @@ class ModelSpec(Spec):
     and content digest, never its path), and a spec read from a record holds the label until :meth:`located`
     finds the model on this machine."""
 
-    model: str | None = field(default=None, metadata=CARRIED)
-    dtype: str = field(default="fp32", metadata=CARRIED)
+    model: str | None = field(default=None, metadata=carried(None, LEVELS))
+    dtype: str = field(default="fp32", metadata=carried(None, LEVELS))
     device: str = field(default="auto", metadata=RUNTIME)
-    name: str | None = None  # the record's name of the model (kept on resume: checkpoints hold it); None: the label
+    # the record's name of the model (kept on resume: checkpoints hold it; no flag); None: the label
+    name: str | None = field(default=None, metadata=RECORD)
 
     def label(self) -> str | None:
         """The model as records name it."""
@@ -181,13 +196,15 @@ class ModelSpec(Spec):
 @dataclass(frozen=True)
 class DataSpec(Spec):
     data: str = "wikitext2"          # perplexity text: wikitext2 or a local file
-    calib: str = field(default="c4", metadata=CARRIED)  # calibration text: c4 or a local file
-    data_dir: str | None = field(default=None, metadata=CARRIED)  # wikitext-2/ and c4/ files (else env, hub, bundled)
+    calib: str = field(default="c4", metadata=carried(None, LEVELS))  # calibration text: c4 or a local file
+    # wikitext-2/ and c4/ files (else env, hub, bundled)
+    data_dir: str | None = field(default=None, metadata=carried(None, LEVELS))
     seqlen: int | None = None        # perplexity window; None: 2048 on CUDA, 512 on CPU
-    nsamples: int | None = field(default=None, metadata=CARRIED)      # calibration windows; None: 128 CUDA, 64 CPU
-    calib_seqlen: int | None = field(default=None, metadata=CARRIED)  # calibration window; None: 2048 CUDA, 512 CPU
+    nsamples: int | None = field(default=None, metadata=carried(None, LEVELS))  # calibration windows; 128 CUDA, 64 CPU
+    calib_seqlen: int | None = field(default=None, metadata=carried(None, LEVELS))  # calibration window; 2048 / 512
     batch_size: int = field(default=1, metadata=RUNTIME)
-    seed: int = field(default=0, metadata=carried("data_seed"))  # the data seed: calibration sample, score subsets
+    # the data seed: calibration sample, score subsets (the synthetic task's layer scores too)
+    seed: int = field(default=0, metadata=carried("data_seed", LEVELS, TOY))
 
     def sized(self, cuda: bool) -> "DataSpec":
         """Sizes left unset get the papers' values on CUDA and smaller ones on CPU."""
@@ -221,7 +238,7 @@ def _nm_ok(text: str) -> bool:
 @dataclass(frozen=True)
 class PruneSpec(Spec):
     method: str = field(default="wanda", metadata=CARRIED)
-    sparsity: float = field(default=0.7, metadata=CARRIED)
+    sparsity: float = field(default=0.7, metadata=carried(None, TOY))
     # S_l: a seeded subset of this many scores; None = all
     max_scores_per_layer: int | None = field(default=DEFAULT_MAX_SCORES, metadata=CARRIED)
     nm: str | None = field(default=None, metadata=CARRIED)  # N:M pattern per block ("8" or "2:4"); None: unstructured
@@ -312,5 +329,18 @@ def leaves(spec) -> list[tuple[str, object, dict]]:
 
 def carried_settings() -> dict[str, tuple[str, str]]:
     """CLI argument name → (spec group, field) of the CARRIED settings (what a run folder passes on)."""
-    return {f.metadata.get("flag", f.name): (group, f.name) for group, cls in SPEC_TYPES.items()
+    return {flag_name(f): (group, f.name) for group, cls in SPEC_TYPES.items()
             for f in fields(cls) if f.metadata.get("carried")}
+
+
+def model_settings() -> tuple[str, ...]:
+    """CLI argument names of every model, data, pruning and fitness setting the synthetic task has no use for
+    (it has no model, data, pruner or validation windows): all but the TOY ones, from the specs' fields."""
+    def names(cls):
+        for f in fields(cls):
+            nested = SPEC_TYPES.get(f.name)
+            if nested is not None and f.type == nested.__name__:  # EvaluatorSpec.model is a ModelSpec …
+                yield from names(nested)
+            elif not f.metadata.get("toy") and not f.metadata.get("record"):
+                yield flag_name(f)
+    return tuple(names(EvaluatorSpec))
