@@ -11,6 +11,8 @@ from evaluators.models.loading import model_label, weight_snapshot  # noqa: F401
 from dsa.run.folder import machine  # noqa: F401
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# LLaMA-2-7B's decoder linears (rows, cols): 32 blocks of q, k, v, o (4096×4096), gate, up (11008×4096), down
+LLAMA2_7B_SHAPES = 32 * (4 * [(4096, 4096)] + 2 * [(11008, 4096)] + [(4096, 11008)])
 
 
 def add_model_args(ap: argparse.ArgumentParser, name: str, split: str = "validation", windows: int = 2) -> None:

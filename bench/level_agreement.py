@@ -21,13 +21,14 @@ import random
 import sys
 import time
 
-from bench.common import (RESULTS, add_model_args, agreement, load_inputs, markdown_table, model_name, recorded,
-                          weight_snapshot, write)
+from bench.common import (LLAMA2_7B_SHAPES, RESULTS, add_model_args, agreement, load_inputs, markdown_table,
+                          model_name, recorded, weight_snapshot, write)
 from deap import gp as dgp
 
 from evaluators.data.text import load_split, token_windows
 from evaluators.fitness.evaluator import PruningEvaluator
 from evaluators.fitness.leveldb import level_grid, open_levels
+from evaluators.fitness.levelfiles import projected_bytes
 from evaluators.fitness.perplexity import perplexity
 from evaluators.models.loading import model_linears
 from evaluators.pruning.pruners import prune
@@ -40,16 +41,15 @@ from dsa.run.llm import level_key
 from dsa.run.problem import has_reduction
 from dsa.run.settings import DEFAULT_MAX_SCORES
 
-# LLaMA-2-7B's decoder linears: 32 blocks of q, k, v, o (4096×4096) and gate, up, down (11008×4096)
-LLAMA2_7B_LINEAR_PARAMS = 32 * (4 * 4096 * 4096 + 3 * 11008 * 4096)
 # what --resume requires to be unchanged
 SAME_FOR_RESUME = ("model", "dtype", "method", "sparsity", "val_windows", "test_windows", "nsamples", "calib_seqlen",
                    "seqlen", "data", "calib", "data_seed", "grid_step", "baselines")
 
 
-def projection(levels: int) -> dict:
-    """The database's size for LLaMA-2-7B with the same number of stored levels."""
-    return {f"LLaMA-2-7B database {name} (GB)": round(LLAMA2_7B_LINEAR_PARAMS * levels * size / 1e9, 1)
+def projection(grid: list[float]) -> dict:
+    """The database's size for LLaMA-2-7B at the same grid, in the stored format (kept values and a bitmask per
+    level: :func:`evaluators.fitness.levelfiles.projected_bytes`)."""
+    return {f"LLaMA-2-7B database {name} (GB)": round(projected_bytes(LLAMA2_7B_SHAPES, grid, size) / 1e9, 1)
             for name, size in (("bf16", 2), ("fp32", 4))}
 
 
@@ -110,7 +110,7 @@ def main() -> None:
     params = sum(lin.weight.numel() for block in model_linears(model) for lin in block.values())
     database = {"levels stored": len(grid) - 1, "database": db.path.name, "size (GB)": round(db.size_bytes / 1e9, 2),
                 "build seconds": db.meta["build_seconds"], "reused": db.reused, "open seconds": round(opened, 1),
-                "linear params": params, **projection(len(grid) - 1)}
+                "linear params": params, **projection(grid)}
 
     common = dict(calib_ids=calib, val_windows=val, max_scores_per_block=DEFAULT_MAX_SCORES, seed=args.data_seed,
                   batch_size=args.batch_size)

@@ -26,7 +26,7 @@ import argparse
 import statistics
 import time
 
-from bench.common import add_model_args, load_inputs, markdown_table, model_name, write
+from bench.common import LLAMA2_7B_SHAPES, add_model_args, load_inputs, markdown_table, model_name, write
 
 from evaluators.files import file_digest
 from evaluators.fitness.evaluator import PruningEvaluator
@@ -38,8 +38,6 @@ from evaluators.models.loading import model_linears
 from dsa.cli.dispatch import data_spec, model_spec
 from dsa.run.llm import level_key
 
-# LLaMA-2-7B's decoder linears (rows, cols): 32 blocks of q, k, v, o (4096×4096), gate, up (11008×4096), down
-LLAMA2_7B_SHAPES = 32 * (4 * [(4096, 4096)] + 2 * [(11008, 4096)] + [(4096, 11008)])
 GB = 1e9
 
 
