@@ -64,29 +64,21 @@ def test_same_seed_same_run_other_seed_other_run(task):
 
 # (b) ----------------------------------------------------------------------------------------------
 
-def test_evolution_beats_random_search_with_the_same_budget(task):
-    """Over twelve seeds (1–12, not picked), population 30, 25 generations.
+# The statistical claim (evolution beats random search at the same budget, over seeds) is measured by
+# bench/synthetic_search.py (docs/results.md, "The engine on the synthetic task"); this suite keeps seeded,
+# structural checks.
 
-    Measured on seeds 1–25 (2026-12-01): evolution's best is either in the hidden formula's basin
-    (kurtosis of log |S|, λ tuned to ≈ 0.17: 0.171–0.227, 10 of 25 seeds) or on a plateau (1.70–4.17);
-    random search never gets below 0.39 (0.393–3.716). Seeds 1–12: evolution 2.83, 0.17, 0.18, 0.18,
-    1.99, 0.17, 3.16, 3.50, 4.17, 0.22, 3.75, 0.18; random 0.43, 2.43, 2.46, 3.05, 2.08, 2.77, 0.60,
-    1.95, 2.15, 1.05, 2.55, 1.07.
 
-    The thresholds are bounds a broken search (selection without heredity is random search) misses:
-    resampling the 25 measured seeds, twelve correct seeds put ≥ 2 in the basin with probability 0.98
-    (p ≈ 10/25), twelve random-search seeds with ≈ 0 (none of 25 came below 0.39), and the best
-    evolution seed is 0.1 below the best random seed with 0.998 against 0.27. (The test had six seeds and
-    ``median(evo) < median(rnd) − 0.3``: by the same resampling that holds for 0.44 of correct and 0.34
-    of broken runs — it could not decide — and "≥ 2 of 6" was the count seeds 1–6 once gave.)
-    """
-    seeds = range(1, 13)
-    evo = [_run(task, population=30, generations=25, seed=s).hall_of_fame[0]["fitness"] for s in seeds]
-    rnd = [_run(task, population=30, generations=25, seed=s, mode="random").hall_of_fame[0]["fitness"] for s in seeds]
-    print(f"\n  evolution {[round(v, 3) for v in evo]}\n  random    {[round(v, 3) for v in rnd]}")
-    assert sum(v < 0.3 for v in evo) >= 2
-    assert sum(v < 0.3 for v in evo) > sum(v < 0.3 for v in rnd)
-    assert min(evo) < min(rnd) - 0.1
+def test_evolution_keeps_its_best_and_random_search_keeps_nothing(task):
+    """Seeded and structural: with elitism a generation's best (its population's minimum) never rises from
+    one generation to the next; random search draws a fresh population each generation, so nothing of
+    generation g carries on and its best rises somewhere (seed 1, measured)."""
+    evo = _run(task, population=12, generations=6, seed=1)
+    mins = [row["min"] for row in evo.logbook]
+    assert all(b <= a for a, b in zip(mins, mins[1:])), mins
+    rnd = _run(task, population=12, generations=6, seed=1, mode="random")
+    per_gen = [row["min"] for row in rnd.logbook]
+    assert any(b > a for a, b in zip(per_gen, per_gen[1:])), per_gen  # no elite carried over
 
 
 # (c) ----------------------------------------------------------------------------------------------
