@@ -27,11 +27,12 @@ from evaluators.fitness.evaluator import FITNESSES
 from gp import SearchConfig, checkpoint as checkpoints
 
 from dsa.cli.dispatch import data_spec, model_spec
+from dsa.cli.flags import items, positive_int, sparsity
 from dsa.run.distributed import LocalEvaluation
 from dsa.run.llm import build_evaluator
 from dsa.run.problem import baseline_seeds
 from dsa.run.search import SearchRun, run_search
-from dsa.run.settings import EvaluatorSpec, PruneSpec
+from dsa.run.settings import METHODS, EvaluatorSpec, PruneSpec
 
 VARIANTS = "random,evolution,evolution+tune,evolution+seeds,evolution+tune+seeds"
 
@@ -44,16 +45,25 @@ def config(variant: str, args, seed: int) -> SearchConfig:
                         seeds=baseline_seeds(args.sparsity) if "seeds" in parts else ())
 
 
+def variants(text: str) -> str:
+    """--variants: known variants, comma-separated, each once (the tool's list type)."""
+    names = items(text, "variants")
+    known = set(VARIANTS.split(","))
+    if set(names) - known or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected variants from {', '.join(sorted(known))}, each once, got {text!r}")
+    return ",".join(names)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(ap, "convergence_smollm2_wanda70")
-    ap.add_argument("--method", default="wanda")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--population", type=int, default=10)
-    ap.add_argument("--budget", type=int, default=300, help="fitness evaluations per run")
-    ap.add_argument("--sparsity", type=float, default=0.7)
+    ap.add_argument("--method", choices=METHODS, default="wanda")
+    ap.add_argument("--seeds", type=positive_int, default=3)
+    ap.add_argument("--population", type=positive_int, default=10)
+    ap.add_argument("--budget", type=positive_int, default=300, help="fitness evaluations per run")
+    ap.add_argument("--sparsity", type=sparsity, default=0.7)
     ap.add_argument("--fitness", choices=tuple(FITNESSES), default="ppl")
-    ap.add_argument("--variants", default=VARIANTS)
+    ap.add_argument("--variants", type=variants, default=VARIANTS)
     ap.add_argument("--resume", action="store_true", help="keep the finished runs of bench/results/NAME.json")
     args = ap.parse_args()
 
