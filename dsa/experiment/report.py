@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import TYPE_CHECKING
 
 from evaluators.fitness.intervals import paired_interval, perplexity_interval, verdict
-
-if TYPE_CHECKING:
-    from dsa.experiment.compare import Comparison
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -55,7 +51,8 @@ def _difference(item) -> str:
     return f"{iv.value:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}] {'**' + word + '**' if word != 'tie' else 'tie'}"
 
 
-def report(c: Comparison, info: dict, rows: list[dict]) -> str:
+def report(c, info: dict, rows: list[dict]) -> str:
+    """``compare.md`` of the comparison ``c`` (a :class:`dsa.experiment.compare.Comparison`) from its rows."""
     spec = c.spec
     strongest = strongest_baseline(rows)
     stats = comparisons(rows)
