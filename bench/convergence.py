@@ -31,7 +31,7 @@ from dsa.cli.flags import items, positive_int, sparsity
 from dsa.run.distributed import LocalEvaluation
 from dsa.run.llm import build_evaluator
 from dsa.run.problem import baseline_seeds
-from dsa.run.search import SearchRun, run_search
+from dsa.run.search import Runtime, SearchRun, run_search
 from dsa.run.settings import METHODS, EvaluatorSpec, PruneSpec
 
 VARIANTS = "random,evolution,evolution+tune,evolution+seeds,evolution+tune+seeds"
@@ -84,8 +84,8 @@ def main() -> None:
                 continue
             ran = True
             run_dir = folder / f"{variant}-seed{seed}"
-            run = SearchRun("llm", spec, config(variant, args, seed), run_dir, resume=checkpoints.exists(run_dir),
-                            progress=False, baselines=("uniform",))
+            run = SearchRun("llm", spec, config(variant, args, seed), run_dir,
+                            Runtime(resume=checkpoints.exists(run_dir), progress=False), baselines=("uniform",))
             _, result = run_search(run, ev)
             curves[(variant, seed)] = [(r["total_evals"], r["best"]) for r in result.logbook]
             rows.append({"variant": variant, "seed": seed, "evaluations": result.evaluations,

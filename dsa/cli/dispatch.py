@@ -133,7 +133,7 @@ def search_specs(args, given: set[str] = frozenset()) -> list[EvaluatorSpec]:
 
 def search_command(args, given: set[str]) -> None:
     from dsa.run.distributed import import_ray
-    from dsa.run.search import SearchRun, resume_run, run_search
+    from dsa.run.search import Runtime, SearchRun, resume_run, run_search
     if args.workers or args.ray_address:  # a missing extra is named before anything else is checked
         import_ray(local=args.ray_address is None)
     if args.resume:
@@ -169,8 +169,8 @@ def search_command(args, given: set[str]) -> None:
             raise UserError("--stages: --task synthetic has no validation windows (every step scores the same "
                             "distance to the optimum), so a step's window count does nothing: write 1 (e.g. "
                             "1:8,all:4)")
-        run = SearchRun(args.task, spec, config, run_dir, progress=not args.no_progress, workers=args.workers,
-                        ray_address=args.ray_address, baselines=tuple(args.baselines.split(",")), space=args.space,
+        run = SearchRun(args.task, spec, config, run_dir, Runtime(False, not args.no_progress, args.workers,
+                                                                  args.ray_address), baselines=tuple(args.baselines.split(",")), space=args.space,
                         init=args.init, level_step=args.level_step, tasks=tasks)
         if args.task == "synthetic" and (args.workers or args.ray_address):
             raise UserError("--workers/--ray-address distribute the llm task's evaluations; --task synthetic "

@@ -47,7 +47,7 @@ from dsa.run.choice import score_baselines
 from dsa.run.distributed import LocalEvaluation
 from dsa.run.folder import finite_number, machine
 from dsa.run.llm import allocator_for, build_evaluator, load_inputs
-from dsa.run.search import SearchRun, run_search
+from dsa.run.search import Runtime, SearchRun, run_search
 from dsa.run.settings import MAX_SPARSITY, TEST_WINDOWS, DataSpec, EvaluatorSpec
 
 FILE = "compare.json"
@@ -318,22 +318,22 @@ class Runner:
         c = self.c
         budget, gp_dir = c.budget, c.out / "runs" / f"gp-seed{seed}"
         if "gp" in c.searches:
-            run = SearchRun("llm", c.spec, replace(c.gp, seed=seed), gp_dir, progress=c.progress,
+            run = SearchRun("llm", c.spec, replace(c.gp, seed=seed), gp_dir, Runtime(progress=c.progress),
                             baselines=SEARCH_BASELINES)
             evaluations = self.search(f"GP search (seed {seed})", "gp", seed, run)
             budget = evaluations or budget
         if "random" in c.searches:  # dsa search's random mode at the GP run's evaluations (seeded alike)
             config = replace(c.gp, seed=seed, mode="random", **EVOLUTION_ONLY, generations=10_000,
                              max_evaluations=budget)
-            run = SearchRun("llm", c.spec, config, c.out / "runs" / f"random-seed{seed}", progress=c.progress,
-                            baselines=SEARCH_BASELINES)
+            run = SearchRun("llm", c.spec, config, c.out / "runs" / f"random-seed{seed}",
+                            Runtime(progress=c.progress), baselines=SEARCH_BASELINES)
             self.search(f"random search (seed {seed})", "random", seed, run)
         starts = [("direct search", "direct", None)] * ("direct" in c.searches) + \
                  [("direct search from GP", "warm", str(gp_dir))] * ("warm" in c.searches)
         for label, kind, init in starts:
             config = replace(c.direct, seed=seed, max_evaluations=budget)
-            run = SearchRun("llm", c.spec, config, c.out / "runs" / f"{kind}-seed{seed}", progress=c.progress,
-                            baselines=("uniform",), space="direct", init=init, level_step=c.level_step)
+            run = SearchRun("llm", c.spec, config, c.out / "runs" / f"{kind}-seed{seed}",
+                            Runtime(progress=c.progress), baselines=("uniform",), space="direct", init=init, level_step=c.level_step)
             self.search(f"{label} (seed {seed})", kind, seed, run)
 
     def search(self, name: str, kind: str, seed: int, run: SearchRun) -> int | None:
@@ -343,7 +343,7 @@ class Runner:
             return next(r.get("evaluations") for r in self.rows if r["name"] == name)
         t0 = time.perf_counter()
         resume = checkpoints.exists(run.run_dir)
-        _, result = run_search(replace(run, resume=resume), self.ev)
+        _, result = run_search(replace(run, runtime=replace(run.runtime, resume=resume)), self.ev)
         row, _ = best_row(run.run_dir)
         self.measure(name, kind, row["output"], seed=seed, formula=row.get("tree"), evaluations=result.evaluations,
                      run=str(run.run_dir.relative_to(self.c.out)), **{"val ppl": row["fitness"]},

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import math
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -37,18 +37,26 @@ CONFIG_VERSION = 2
 TASKS = ("llm", "synthetic")
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """How a search runs, not what it computes: never part of a run's identity or of its records."""
+
+    resume: bool = False              # continue the run folder's checkpoint
+    progress: bool = True             # progress bars
+    workers: int | None = None        # Ray actors on a local instance (None: this process)
+    ray_address: str | None = None    # an existing Ray cluster
+
+
 @dataclass
 class SearchRun:
-    """A search to run: the task, what defines its fitness, the GP settings and where it goes."""
+    """A search to run: the task, what defines its fitness, the GP settings and where it goes; how it runs
+    (resume, progress bars, workers) is its :class:`Runtime`."""
 
     task: str                     # "llm" or "synthetic"
     spec: EvaluatorSpec           # synthetic: only prune.sparsity and data.seed matter
     config: SearchConfig | DirectConfig  # formulas (GP), or per-layer levels (space "direct")
     run_dir: Path | None = None   # None: results/<time>-<task>
-    resume: bool = False
-    progress: bool = True
-    workers: int | None = None
-    ray_address: str | None = None
+    runtime: Runtime = field(default_factory=Runtime)
     baselines: tuple[str, ...] = SEARCH_BASELINES
     space: str = "formula"        # "formula" (allocation functions) or "direct" (per-layer sparsities)
     init: str | None = None       # direct: start from this run folder's (or formula's) allocation
@@ -136,8 +144,8 @@ def resume_run(run_dir: Path, generations: int | None, progress: bool = True, wo
         specs = [replace(spec, model=spec.model.located(models, f"{run_dir}")) for spec in specs]
     elif models:
         raise UserError(f"--model does not apply to {run_dir}: a synthetic run has no model")
-    return SearchRun(saved["task"], specs[0], config, run_dir, resume=True, progress=progress, workers=workers,
-                     ray_address=ray_address, baselines=tuple(saved["baselines"]) or SEARCH_BASELINES, space=space,
+    return SearchRun(saved["task"], specs[0], config, run_dir, Runtime(True, progress, workers, ray_address),
+                     baselines=tuple(saved["baselines"]) or SEARCH_BASELINES, space=space,
                      init=saved.get("init"), level_step=saved.get("level_step"), tasks=tuple(specs[1:]))
 
 
@@ -208,12 +216,12 @@ def run_search(run: SearchRun, ev=None):
         from dsa.run.allocations import check_allocation
         check_allocation(run.init)
     run_dir = run.run_dir or new_run_dir(run.task)
-    if not run.resume and (checkpoints.exists(run_dir) or (run_dir / checkpoints.LEGACY_FILE).exists()):
+    if not run.runtime.resume and (checkpoints.exists(run_dir) or (run_dir / checkpoints.LEGACY_FILE).exists()):
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
-    if run.resume:  # a checkpoint that cannot be resumed fails now, before any loading
+    if run.runtime.resume:  # a checkpoint that cannot be resumed fails now, before any loading
         check_resumable(run, run_dir)
     with started(run_dir), (contextlib.nullcontext(ev) if ev is not None
-                            else evaluation(run.task, run.spec, run.workers, run.ray_address)) as ev:
+                            else evaluation(run.task, run.spec, run.runtime.workers, run.runtime.ray_address)) as ev:
         return _search(replace(run, run_dir=run_dir), ev)
 
 
@@ -236,13 +244,13 @@ def _search(run: SearchRun, ev):
     allocator, fitness, info, candidates = build_task(run, ev)  # multi-task: the task list as "allocator"
     map_fn = ev.map
     search = build_search(run, allocator, fitness, info, map_fn)
-    if run.resume:  # checked again against the task (a direct search's levels within its space), unwritten
+    if run.runtime.resume:  # checked again against the task (a direct search's levels within its space), unwritten
         try:
             search.checkpoint_state()
         except CheckpointError as exc:
             raise UserError(str(exc)) from None
     config_path = run.run_dir / "config.json"
-    if run.resume:  # the baselines were scored when the run started; only the generations may have grown
+    if run.runtime.resume:  # the baselines were scored when the run started; only the generations may have grown
         config = read_config(run.run_dir)
         config.update(run.settings())
         baselines = {name: {"fitness": value, **config.get("baseline_settings", {}).get(name, {})}
@@ -261,7 +269,7 @@ def _search(run: SearchRun, ev):
         }
     run.run_dir.mkdir(parents=True, exist_ok=True)
     write_json(config_path, config)
-    result = search.run(resume=run.resume)
+    result = search.run(resume=run.runtime.resume)
     # the tables as the result has them: a resumed run with no generation left rewrites them too
     checkpoints.write_tables(run.run_dir, result.hall_of_fame, list(result.logbook), result.pareto_front)
     if run.task == "llm" and run.spec.selection_windows:
@@ -290,12 +298,12 @@ def build_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> Sear
     if run.tasks:
         from dsa.run.multitask import multitask_problem
         return Search(multitask_problem(allocator), run.config, run.run_dir, map_fn=map_fn,
-                      progress=run.progress, identity=run.identity())
+                      progress=run.runtime.progress, identity=run.identity())
     problem = allocation_problem(allocator, fitness)
     if run.task == "llm":  # per-window losses (lexicase selection, resampled windows), paired with uniform's
         problem = replace(problem, cases=functools.partial(fitness, per_window=True), n_cases=info["val_windows"],
                           link=perplexity_of_mean, reference=allocator.ctx.uniform)
-    return Search(problem, run.config, run.run_dir, map_fn=map_fn, progress=run.progress, identity=run.identity())
+    return Search(problem, run.config, run.run_dir, map_fn=map_fn, progress=run.runtime.progress, identity=run.identity())
 
 
 def perplexity_of_mean(mean_nll: float) -> float:
@@ -341,6 +349,6 @@ def direct_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> Dir
         step = level_step(target, run.level_step)
         space = LevelSpace(base, allocator.ctx.weights, step, run.config.max_level, allocator.ctx.lo, allocator.ctx.hi)
     windows = info.get("val_windows", 1)
-    return DirectSearch(space, fitness, windows, run.config, run.run_dir, map_fn=map_fn, progress=run.progress,
+    return DirectSearch(space, fitness, windows, run.config, run.run_dir, map_fn=map_fn, progress=run.runtime.progress,
                         identity=run.identity(),
                         describe=f"direct (EvoPress levels{', from ' + run.init if run.init else ''})")
