@@ -277,6 +277,13 @@ def test_verify_remeasures_faithful_rows_and_writes_nothing(tiny_dir, compared, 
     names = [r["name"] for r in json.loads(text)["rows"]]
     assert all(seen[(name, "test nlls")] == "match" for name in names) and "MISMATCH" not in out
     assert all(seen[(name, "allocation")] == "match" for name in names if name != "dense"), seen
+    # the search ships tuned ATP here: its row is not pruned again but takes atp-tuned's NLLs, and says so;
+    # re-measured, they match
+    rows = {r["name"]: r for r in json.loads(text)["rows"]}
+    gp, atp = rows["GP search (seed 0)"], rows["atp-tuned"]
+    assert gp["formula"].startswith("atp:") and gp["sparsities"] == atp["sparsities"]
+    assert gp["nlls of"] == "atp-tuned" and gp["test nlls"] == atp["test nlls"] and gp["c4 nlls"] == atp["c4 nlls"]
+    assert "nlls of" not in atp and seen[("GP search (seed 0)", "test nlls")] == "match"
     assert seen[("dense", "val ppl")] == "match" and ("dense", "sparsities") not in seen
     assert snapshot(compared) == before and (compared / "compare.json").read_text() == text
 

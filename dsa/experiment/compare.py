@@ -279,7 +279,9 @@ class Runner:
 
     def measure(self, name: str, kind: str, alloc, **extra) -> None:
         """Validation (and selection) fitness by the search's evaluator, then exact pruning and the test
-        split's per-window NLLs; the dense weights are back afterwards."""
+        split's per-window NLLs; the dense weights are back afterwards. An allocation some row already pruned
+        (a search that ships the strongest baseline) is not pruned again: exact pruning is deterministic, so
+        its NLLs are that row's, and the row says whose (``nlls of``; ``--verify`` re-measures it)."""
         t0 = time.perf_counter()
         alloc = [float(s) for s in alloc]
         row = {"name": name, "kind": kind, "val ppl": extra.pop("val ppl", None) or self.evaluator(alloc)}
@@ -288,8 +290,12 @@ class Runner:
         alloc = self.evaluator.on_pattern(alloc)  # what the evaluator scored: on the N:M pattern, if any
         texts = {"test nlls": self.test, **({"c4 nlls": self.second} if self.second is not None else {})}
         spec = self.c.spec
-        row.update(zip(texts, pruned_nlls(self.model, spec.prune.method, alloc, self.calib, list(texts.values()),
-                                          self.restore, spec.prune.nm, spec.data.batch_size, self.c.progress)))
+        same = next((r for r in self.rows if r.get("sparsities") == alloc and all(k in r for k in texts)), None)
+        if same is not None:
+            row.update({k: same[k] for k in texts}, **{"nlls of": same["name"]})
+        else:
+            row.update(zip(texts, pruned_nlls(self.model, spec.prune.method, alloc, self.calib, list(texts.values()),
+                                              self.restore, spec.prune.nm, spec.data.batch_size, self.c.progress)))
         self.add({**row, **extra, "sparsities": alloc, "seconds": round(time.perf_counter() - t0, 1)})
 
     def add(self, row: dict) -> None:
