@@ -126,3 +126,16 @@ def test_the_fitness_of_an_nm_allocation_is_the_exactly_pruned_models(tiny_llama
     assert fitness == pytest.approx(perplexity(tiny_llama, tiny_val), rel=1e-6)
     with pytest.raises(UserError, match="in place"):
         PruningEvaluator(tiny_llama, None, method="magnitude", val_windows=tiny_val, nm=nm, masking="forward")
+
+
+def test_the_pattern_is_parsed_once_and_recorded_as_written():
+    """PruneSpec.pattern: the flag's text parsed once into a typed pattern (what the code reads), while the
+    record keeps the text; the method resolves to its record."""
+    from dsa.run.settings import PruneSpec
+    from evaluators.pruning.nm import Pattern, parse_nm
+
+    spec = PruneSpec(method="sparsegpt", nm="2:4")
+    assert spec.pattern == Pattern(2, 4) and spec.pattern is spec.pattern and str(spec.pattern) == "2:4"
+    assert parse_nm(spec.pattern) is spec.pattern and PruneSpec(nm="8").pattern == Pattern(None, 8)
+    assert spec.to_dict()["nm"] == "2:4" and spec == PruneSpec(method="sparsegpt", nm="2:4")
+    assert PruneSpec().pattern is None and spec.record.updates_weights and not PruneSpec().record.updates_weights

@@ -14,7 +14,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from evaluators.pruning.nm import TOL as NM_TOL, parse_nm
+from evaluators.pruning.nm import TOL as NM_TOL
 from gp import ConfigError, SearchConfig
 from gp.config import DirectConfig
 
@@ -37,12 +37,12 @@ def data_spec(args) -> DataSpec:
 def prune_spec(args) -> PruneSpec:
     """The pruning settings; what a dense-or-N:M pattern reaches is arithmetic on the flags, checked here
     (before any model is loaded): every block N:M is mean sparsity N/M."""
-    nm = getattr(args, "nm", None)
-    n, m = parse_nm(nm) if nm else (None, None)
+    spec = PruneSpec(args.method, args.sparsity, args.max_scores_per_layer or None, getattr(args, "nm", None))
+    n, m = spec.pattern or (None, None)
     if n is not None and args.sparsity * m / n > 1 + NM_TOL:
-        raise UserError(f"--nm {nm}: dense or {n}:{m} reaches at most mean sparsity {n / m:g}, asked for "
+        raise UserError(f"--nm {spec.nm}: dense or {n}:{m} reaches at most mean sparsity {n / m:g}, asked for "
                         f"--sparsity {args.sparsity:g}")
-    return PruneSpec(args.method, args.sparsity, args.max_scores_per_layer or None, nm)
+    return spec
 
 
 def evaluator_spec(args, given: set[str] = frozenset()) -> EvaluatorSpec:

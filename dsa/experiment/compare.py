@@ -32,7 +32,7 @@ from evaluators.data.text import heldout_docs, load_split, token_windows
 from evaluators.files import read_json, write_json
 from evaluators.fitness.perplexity import perplexity_from_nlls, window_nlls
 from evaluators.models.loading import weight_snapshot
-from evaluators.pruning.nm import parse_nm
+from evaluators.pruning.nm import Pattern, parse_nm
 from evaluators.pruning.pruners import prune
 from gp import SearchConfig, checkpoint as checkpoints
 from gp.config import EVOLUTION_ONLY
@@ -209,14 +209,14 @@ def comparison_texts(data: DataSpec, tokenizer, n_test: int | None,
 
 
 def pruned_nlls(model, method: str, alloc: list[float], calib, texts: list[torch.Tensor], restore,
-                nm: str | None = None, batch_size: int = 1, progress: bool = False) -> list[list[float]]:
+                nm: str | Pattern | None = None, batch_size: int = 1, progress: bool = False) -> list[list[float]]:
     """Per-window NLLs on each of ``texts`` of ``model`` pruned exactly (block by block,
     :func:`evaluators.pruning.pruners.prune`) at ``alloc`` (already on the N:M pattern ``nm``, if any), from its
     dense weights and back to them (``restore``): how every reported number is measured (``dsa compare`` and
     the benchmarks)."""
     restore()
     try:
-        prune(model, method, alloc, calib, progress=progress, batch_size=batch_size, m=parse_nm(nm)[1] if nm else None)
+        prune(model, method, alloc, calib, progress=progress, batch_size=batch_size, m=parse_nm(nm).m if nm else None)
         return [window_nlls(model, windows, batch_size, progress).tolist() for windows in texts]
     finally:
         restore()
@@ -295,7 +295,8 @@ class Runner:
             row.update({k: same[k] for k in texts}, **{"nlls of": same["name"]})
         else:
             row.update(zip(texts, pruned_nlls(self.model, spec.prune.method, alloc, self.calib, list(texts.values()),
-                                              self.restore, spec.prune.nm, spec.data.batch_size, self.c.progress)))
+                                              self.restore, spec.prune.pattern, spec.data.batch_size,
+                                              self.c.progress)))
         self.add({**row, **extra, "sparsities": alloc, "seconds": round(time.perf_counter() - t0, 1)})
 
     def add(self, row: dict) -> None:

@@ -14,7 +14,6 @@ from evaluators.errors import escape
 from evaluators.fitness.perplexity import perplexity_from_nlls, window_nlls
 from evaluators.models.loading import weight_snapshot
 from evaluators.pruning.blockscores import param_counts
-from evaluators.pruning.methods import get_method
 from evaluators.pruning.nm import on_pattern
 from gp import SearchConfig
 from primitives import LayerAllocator
@@ -72,7 +71,7 @@ def verify_comparison(out: Path, name: str, models: tuple[str, ...] = (), device
     second_windows = max((len(r["c4 nlls"]) for r in rows if "c4 nlls" in r), default=0)
     test, second, _ = comparison_texts(spec.data, inputs.tokenizer, len(rows[0]["test nlls"]), second_windows)
     restore = weight_snapshot(inputs.model)
-    cheap = not get_method(spec.prune.method).updates_weights
+    cheap = not spec.prune.record.updates_weights
     evaluator = build_evaluator(spec, inputs=inputs)[0] if cheap and any(
         r.get("val ppl") is not None or "selection ppl" in r for r in rows) else None
     counts = param_counts(inputs.model)

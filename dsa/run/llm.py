@@ -18,7 +18,7 @@ from evaluators.models.loading import block_names, default_model, load_model
 from evaluators.models.saving import save_pruned
 from evaluators.pruning.blockscores import BlockScores, block_scores
 from evaluators.pruning.methods import get_method
-from evaluators.pruning.nm import on_pattern, parse_nm
+from evaluators.pruning.nm import on_pattern
 from evaluators.pruning.pruners import measured_sparsity, prune
 from primitives import LayerAllocator
 
@@ -118,15 +118,15 @@ def level_key(model: ModelSpec, data: DataSpec) -> dict:
 def level_database(spec: EvaluatorSpec, x: Inputs) -> dict:
     """For a pruner that updates the weights it keeps (SparseGPT), the evaluator's exact fitness: the
     per-layer level database (:mod:`evaluators.fitness.leveldb`), opened or built once; {} for mask pruners."""
-    if not get_method(spec.prune.method).updates_weights:
+    if not spec.prune.record.updates_weights:
         return {}
     from transformers.utils.logging import is_progress_bar_enabled
 
     from evaluators.fitness.leveldb import open_levels
     key = level_key(spec.model, spec.data)
     grid, m = None, None
-    if spec.prune.nm:  # the pattern's levels: n/M for every n (mixed), or 0 and N/M (dense or N:M)
-        n, m = parse_nm(spec.prune.nm)
+    if spec.prune.pattern:  # the pattern's levels: n/M for every n (mixed), or 0 and N/M (dense or N:M)
+        n, m = spec.prune.pattern
         grid = [k / m for k in range(m)] if n is None else [0.0, n / m]
     # --no-progress turns transformers' bars off (dsa.cli.dispatch.quiet); the build's bar follows the same switch
     levels = open_levels(x.model, x.calib, spec.prune.method, key, grid=grid, progress=is_progress_bar_enabled(),
@@ -180,7 +180,7 @@ def prune_model(model_spec: ModelSpec, data: DataSpec, prune_spec: PruneSpec, al
     sequential mode) → (model, tokenizer, record)."""
     model, tokenizer = load_model(model_spec.model, model_spec.dtype, model_spec.device)
     method = prune_spec.method
-    need_calib = get_method(method).needs_calibration or needs_wanda_metric(allocation)
+    need_calib = prune_spec.record.needs_calibration or needs_wanda_metric(allocation)
     calib, calib_source = calibration(data, tokenizer, need_calib)
     tuner = None
     if allocation.endswith("-tuned"):  # the tuner's scores are the allocation's too: the model is scored once

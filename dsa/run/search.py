@@ -15,7 +15,7 @@ import gp
 from evaluators.files import write_json
 from evaluators.fitness.evaluator import FITNESSES as FITNESS_RECORDS
 from evaluators.fitness.perplexity import perplexity_from_nlls
-from evaluators.pruning.nm import on_pattern, parse_nm
+from evaluators.pruning.nm import on_pattern
 from gp import CheckpointError, ConfigError, Search, SearchConfig, checkpoint as checkpoints, schema
 from gp.direct import DirectConfig, DirectSearch
 from primitives import build_pset
@@ -336,12 +336,12 @@ def direct_search(run: SearchRun, allocator, fitness, info: dict, map_fn) -> Dir
     if run.init is not None:
         from dsa.run.allocations import allocate
         base = torch.as_tensor(allocate(run.init, allocator)[0], dtype=torch.float64)
-    nm = run.spec.prune.nm
+    nm = run.spec.prune.pattern
     if nm:  # levels on the pattern, around the base allocation put on it
         counts = [float(c) for c in torch.as_tensor(allocator.ctx.weights).tolist()]
         if len(set(counts)) > 1:
             raise UserError("--nm with --space direct: N:M levels keep the mean only on blocks of equal size")
-        n, m = parse_nm(nm)
+        n, m = nm
         unit, top = (1 / m, m) if n is None else (n / m, 1)
         pattern = on_pattern(nm, [float(v) for v in base], counts, target)[0]
         space = PatternLevels([round(s / unit) for s in pattern], unit, top, run.config.max_level)

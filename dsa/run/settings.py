@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from evaluators.pruning.nm import parse_nm
+from evaluators.pruning.nm import Pattern, parse_nm
 from gp.config import MAX_SEED
 from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY  # noqa: F401 (re-exported: the bounds' one home)
 
@@ -242,6 +242,23 @@ class PruneSpec(Spec):
     # S_l: a seeded subset of this many scores; None = all
     max_scores_per_layer: int | None = field(default=DEFAULT_MAX_SCORES, metadata=CARRIED)
     nm: str | None = field(default=None, metadata=CARRIED)  # N:M pattern per block ("8" or "2:4"); None: unstructured
+
+    @property
+    def pattern(self) -> Pattern | None:
+        """The N:M pattern, parsed once (the field keeps its text: records hold it as written); None without one."""
+        if self.nm is None:
+            return None
+        cached = self.__dict__.get("_pattern")
+        if cached is None or str(cached) != self.nm:
+            cached = parse_nm(self.nm)
+            object.__setattr__(self, "_pattern", cached)  # a cache, not a field: equality and records ignore it
+        return cached
+
+    @property
+    def record(self):
+        """The pruning method's record (:data:`evaluators.pruning.methods.METHODS`): what the rest reads of it."""
+        from evaluators.pruning.methods import get_method  # loads torch: only when a command runs
+        return get_method(self.method)
 
     def check(self) -> None:
         if self.nm is not None:

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from evaluators.errors import UserError
 
@@ -76,9 +76,22 @@ def check_group(m: int) -> int:
     return m
 
 
-def parse_nm(text: str) -> tuple[int | None, int]:
+class Pattern(NamedTuple):
+    """An N:M pattern, parsed (:func:`parse_nm`): ``n`` None for mixed N:M with group ``m`` (each block its own
+    N), else every pruned block N:M (dense or N:M). Written as its flag's text (``"8"``, ``"2:4"``)."""
+
+    n: int | None
+    m: int
+
+    def __str__(self) -> str:
+        return f"{self.m}" if self.n is None else f"{self.n}:{self.m}"
+
+
+def parse_nm(text: str | Pattern) -> Pattern:
     """``"M"`` → (None, M): mixed N:M with that M; ``"N:M"`` → (N, M): dense or N:M. M divides 128
-    (SparseGPT's column blocks), 0 < N < M."""
+    (SparseGPT's column blocks), 0 < N < M. A :class:`Pattern` is returned as it is (parsed once)."""
+    if isinstance(text, Pattern):
+        return text
     parts = str(text).split(":")
     if len(parts) > 2 or not all(p.isdigit() for p in parts):
         raise UserError(f"an N:M pattern is M (e.g. 8) or N:M (e.g. 2:4), got {text!r}")
@@ -86,7 +99,7 @@ def parse_nm(text: str) -> tuple[int | None, int]:
     n = int(parts[0]) if len(parts) == 2 else None
     if n is not None and not 0 < n < m:
         raise UserError(f"N:M needs 0 < N < M, got {text}")
-    return n, m
+    return Pattern(n, m)
 
 
 def on_pattern(nm: str, sparsities: Sequence[float], counts: Sequence[int],
