@@ -47,11 +47,12 @@ def open_regular(path: Path | str, limit: int) -> tuple[int, int]:
     bytes; OSError otherwise, before anything is read (opened non-blocking, checked on the opened file)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     info = os.fstat(fd)
-    problem = (f"{_kind(info.st_mode)}, not a regular file" if not stat.S_ISREG(info.st_mode)
-               else f"larger than {limit} bytes" if info.st_size > limit else None)
-    if problem:
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise OSError(errno.EINVAL if "regular" in problem else errno.EFBIG, problem, str(path))
+        raise OSError(errno.EINVAL, f"{_kind(info.st_mode)}, not a regular file", str(path))
+    if info.st_size > limit:
+        os.close(fd)
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
     return fd, info.st_size
 
 

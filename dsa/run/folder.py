@@ -111,35 +111,26 @@ class Run:
     @classmethod
     def read(cls, run_dir: str | Path) -> Run:
         """UserError when ``run_dir`` is not a run folder, or when one of its files is damaged."""
-        return cls(**_read_files(run_dir))
+        run_dir = usable_path(run_dir, "run folder")
+        hof_path = run_dir / "hall_of_fame.json"
+        kind = path_kind(hof_path)
+        if kind == "missing":
+            raise UserError(f"{run_dir} is not a run folder (no hall_of_fame.json)")
+        if kind != "a file":
+            raise UserError(f"{hof_path} is damaged: it is {kind}, not a regular file")
+        config_path, logbook_path, front_path = (run_dir / n for n in ("config.json", "logbook.csv",
+                                                                        "pareto_front.json"))
+        config = read_json_file(config_path, "the run's config") if config_path.exists() else {}
+        if not isinstance(config, dict):
+            raise UserError(f"{config_path} is damaged: expected a JSON object")
+        return cls(dir=run_dir, config=config, hall_of_fame=_rows(hof_path),
+                   pareto_front=_rows(front_path) if front_path.exists() else None,
+                   logbook=_logbook(logbook_path) if logbook_path.exists() else [])
 
     @classmethod
     def of(cls, run: Run | str | Path) -> Run:
         """``run`` itself, or the run folder it names, read."""
         return run if isinstance(run, Run) else cls.read(run)
-
-
-def _read_files(run_dir: str | Path) -> dict:
-    """Config, hall of fame, Pareto front and logbook of a run folder as a dict (:class:`Run`'s fields);
-    UserError when it is not one, or when one of its files is damaged."""
-    run_dir = usable_path(run_dir, "run folder")
-    hof_path = run_dir / "hall_of_fame.json"
-    kind = path_kind(hof_path)
-    if kind == "missing":
-        raise UserError(f"{run_dir} is not a run folder (no hall_of_fame.json)")
-    if kind != "a file":
-        raise UserError(f"{hof_path} is damaged: it is {kind}, not a regular file")
-    config_path, logbook_path, front_path = (run_dir / n for n in ("config.json", "logbook.csv", "pareto_front.json"))
-    config = read_json_file(config_path, "the run's config") if config_path.exists() else {}
-    if not isinstance(config, dict):
-        raise UserError(f"{config_path} is damaged: expected a JSON object")
-    return {
-        "dir": run_dir,
-        "config": config,
-        "hall_of_fame": _rows(hof_path),
-        "pareto_front": _rows(front_path) if front_path.exists() else None,
-        "logbook": _logbook(logbook_path) if logbook_path.exists() else [],
-    }
 
 
 def machine() -> dict:

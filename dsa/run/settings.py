@@ -11,6 +11,7 @@ before any work starts. This module imports no torch, transformers or SymPy (the
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -77,11 +78,9 @@ TOY = {"toy": True}
 RECORD = {"record": True}  # set from a record, never by a flag
 
 
-def carried(flag: str | None = None, *roles: dict) -> dict:
-    out = {**CARRIED, **({"flag": flag} if flag else {})}
-    for role in roles:
-        out.update(role)
-    return out
+def carried(*roles: dict, flag: str | None = None) -> dict:
+    """A CARRIED field's metadata, with its other ``roles`` and its flag's name where it differs."""
+    return {**CARRIED, **{k: v for role in roles for k, v in role.items()}, **({"flag": flag} if flag else {})}
 
 
 def flag_name(f) -> str:
@@ -133,8 +132,8 @@ class ModelSpec(Spec):
     and content digest, never its path), and a spec read from a record holds the label until :meth:`located`
     finds the model on this machine."""
 
-    model: str | None = field(default=None, metadata=carried(None, LEVELS))
-    dtype: str = field(default="fp32", metadata=carried(None, LEVELS))
+    model: str | None = field(default=None, metadata=carried(LEVELS))
+    dtype: str = field(default="fp32", metadata=carried(LEVELS))
     device: str = field(default="auto", metadata=RUNTIME)
     # the record's name of the model (kept on resume: checkpoints hold it; no flag); None: the label
     name: str | None = field(default=None, metadata=RECORD)
@@ -196,15 +195,15 @@ class ModelSpec(Spec):
 @dataclass(frozen=True)
 class DataSpec(Spec):
     data: str = "wikitext2"          # perplexity text: wikitext2 or a local file
-    calib: str = field(default="c4", metadata=carried(None, LEVELS))  # calibration text: c4 or a local file
+    calib: str = field(default="c4", metadata=carried(LEVELS))  # calibration text: c4 or a local file
     # wikitext-2/ and c4/ files (else env, hub, bundled)
-    data_dir: str | None = field(default=None, metadata=carried(None, LEVELS))
+    data_dir: str | None = field(default=None, metadata=carried(LEVELS))
     seqlen: int | None = None        # perplexity window; None: 2048 on CUDA, 512 on CPU
-    nsamples: int | None = field(default=None, metadata=carried(None, LEVELS))  # calibration windows; 128 CUDA, 64 CPU
-    calib_seqlen: int | None = field(default=None, metadata=carried(None, LEVELS))  # calibration window; 2048 / 512
+    nsamples: int | None = field(default=None, metadata=carried(LEVELS))  # calibration windows; 128 CUDA, 64 CPU
+    calib_seqlen: int | None = field(default=None, metadata=carried(LEVELS))  # calibration window; 2048 / 512
     batch_size: int = field(default=1, metadata=RUNTIME)
     # the data seed: calibration sample, score subsets (the synthetic task's layer scores too)
-    seed: int = field(default=0, metadata=carried("data_seed", LEVELS, TOY))
+    seed: int = field(default=0, metadata=carried(LEVELS, TOY, flag="data_seed"))
 
     def sized(self, cuda: bool) -> "DataSpec":
         """Sizes left unset get the papers' values on CUDA and smaller ones on CPU."""
@@ -238,21 +237,15 @@ def _nm_ok(text: str) -> bool:
 @dataclass(frozen=True)
 class PruneSpec(Spec):
     method: str = field(default="wanda", metadata=CARRIED)
-    sparsity: float = field(default=0.7, metadata=carried(None, TOY))
+    sparsity: float = field(default=0.7, metadata=carried(TOY))
     # S_l: a seeded subset of this many scores; None = all
     max_scores_per_layer: int | None = field(default=DEFAULT_MAX_SCORES, metadata=CARRIED)
     nm: str | None = field(default=None, metadata=CARRIED)  # N:M pattern per block ("8" or "2:4"); None: unstructured
 
-    @property
+    @functools.cached_property  # kept in the instance's __dict__, not a field: equality and records ignore it
     def pattern(self) -> Pattern | None:
         """The N:M pattern, parsed once (the field keeps its text: records hold it as written); None without one."""
-        if self.nm is None:
-            return None
-        cached = self.__dict__.get("_pattern")
-        if cached is None or str(cached) != self.nm:
-            cached = parse_nm(self.nm)
-            object.__setattr__(self, "_pattern", cached)  # a cache, not a field: equality and records ignore it
-        return cached
+        return None if self.nm is None else parse_nm(self.nm)
 
     @property
     def record(self):

@@ -317,7 +317,7 @@ def _build(path: Path, expected: dict, bounds: list[int], model: nn.Module, line
     sizes, digests = zip(*(file_digest(_block_file(path, l), bound) for l, bound in enumerate(bounds)))
     meta = {**expected, "sizes": list(sizes), "digests": list(digests),
             "build_seconds": round(time.perf_counter() - start, 1)}
-    write_atomic(path / META, lambda tmp: tmp.write_text(json.dumps(meta, indent=1) + "\n"))
+    write_atomic(path / META, (json.dumps(meta, indent=1) + "\n").encode())
     return meta
 
 

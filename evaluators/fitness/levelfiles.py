@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from evaluators.files import read_regular
+from evaluators.files import read_json
 
 META_MAX_BYTES = 16 * 2**20  # a meta.json larger than this is not read
 TENSOR_HEADER = 128  # about what one tensor's entry adds to a safetensors header (bytes)
@@ -73,10 +73,9 @@ def block_bound(shapes: Iterable[Sequence[int]], levels: int, element_size: int,
 def read_meta(path: Path) -> object:
     """JSON data of ``meta.json`` at ``path``, None when it is no JSON; OSError when it is not a regular
     file of at most :data:`META_MAX_BYTES` bytes (the caller refuses: it is not ours to delete)."""
-    data = read_regular(path, META_MAX_BYTES)
     try:
-        return json.loads(data)
-    except (ValueError, RecursionError):  # RecursionError: nested too deeply for the parser
+        return read_json(path, META_MAX_BYTES)
+    except ValueError:  # not JSON, or nested too deeply for the parser
         return None
 
 
