@@ -8,6 +8,13 @@ its size projected to LLaMA-2-7B.
     python -m bench.level_agreement --val-windows 2 --test-windows 16 --nsamples 16 --random 30 \\
         --name level_agreement_cpu_smollm2_sparsegpt70 [--resume]
 
+``--exact-from NAME`` takes each allocation's exact test perplexity from ``bench/results/NAME.json`` (a run of
+the same settings at another ``--grid-step`` or database format) instead of pruning sequentially again: the
+database's agreement at another grid on the same allocations and the same exact numbers, in minutes::
+
+    python -m bench.level_agreement --val-windows 2 --test-windows 16 --nsamples 16 --random 30 --grid-step 0.1 \\
+        --exact-from level_agreement_cpu_smollm2_sparsegpt70 --name level_agreement_cpu_smollm2_sparsegpt70_step01
+
 Rows are written as they finish (``bench/results/NAME.json``); ``--resume`` reads them back and skips the
 allocations already done (same settings required). The database is opened or built under
 ``--leveldb-root`` (default ``$DSA_CACHE_DIR/leveldb`` or ``~/.cache/dsa-gp/leveldb``) and reused by a
@@ -27,7 +34,7 @@ from deap import gp as dgp
 
 from evaluators.data.text import load_split, token_windows
 from evaluators.fitness.evaluator import PruningEvaluator
-from evaluators.fitness.leveldb import level_grid, open_levels
+from evaluators.fitness.leveldb import DEFAULT_STEP, level_grid, open_levels
 from evaluators.fitness.levelfiles import projected_bytes
 from evaluators.fitness.perplexity import perplexity
 from evaluators.models.loading import model_linears
@@ -82,6 +89,21 @@ def previous_rows(args) -> list[dict]:
     return old["rows"]
 
 
+def exact_numbers(args) -> dict[str, float]:
+    """Each allocation's exact test perplexity from ``bench/results/{args.exact_from}.json``, which must have been
+    run with the same settings but the grid; {} without ``--exact-from``. One line and exit 2 otherwise."""
+    if not args.exact_from:
+        return {}
+    path = RESULTS / f"{args.exact_from}.json"
+    if not path.is_file():
+        sys.exit(f"--exact-from: no such result: {path.relative_to(RESULTS.parent.parent)}")
+    old = json.loads(path.read_text())
+    changed = [k for k in SAME_FOR_RESUME if k != "grid_step" and old["args"].get(k) != recorded(vars(args))[k]]
+    if changed:
+        sys.exit(f"--exact-from: {args.exact_from} was run with other settings ({', '.join(changed)})")
+    return {r["allocation"]: r["exact test ppl"] for r in old["rows"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(ap, "level_agreement", split="test", windows=16)
@@ -90,15 +112,19 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.7)
     ap.add_argument("--random", type=int, default=30, help="random valid allocations (random trees)")
     ap.add_argument("--baselines", default="uniform,owl,dlp,dsa-code,atp-tuned")
-    ap.add_argument("--grid-step", type=float, default=0.05, help="level grid: 0, step, … below 0.99, then 0.99")
+    ap.add_argument("--grid-step", type=float, default=DEFAULT_STEP,
+                    help=f"level grid: 0, step, … below 0.99, then 0.99 (default {DEFAULT_STEP})")
     ap.add_argument("--leveldb-root",
                     help="database folder (default $DSA_CACHE_DIR/leveldb or ~/.cache/dsa-gp/leveldb)")
     ap.add_argument("--resume", action="store_true", help="skip the allocations already in bench/results/NAME.json")
+    ap.add_argument("--exact-from", metavar="NAME",
+                    help="take the exact test perplexities from bench/results/NAME.json (same settings, another grid)")
     args = ap.parse_args()
 
     model, tok, test, calib = load_inputs(args, split="test")
     val = token_windows(tok, load_split(args.data, "validation", args.data_dir), args.seqlen, args.val_windows)
     rows = previous_rows(args)
+    exact = exact_numbers(args)
 
     grid = level_grid(args.grid_step)
     key = level_key(model_spec(args), data_spec(args))  # the same database as dsa search's
@@ -119,6 +145,8 @@ def main() -> None:
     restore = weight_snapshot(model)
     done = {r["allocation"] for r in rows}
     todo = [(n, a) for n, a in candidates(args, masks.blocks, args.sparsity) if n not in done]
+    if exact and (missing := [n for n, _ in todo if n not in exact]):
+        sys.exit(f"--exact-from: {args.exact_from} has no row for {len(missing)} allocations (first: {missing[0]})")
     print(f"{len(rows)} allocations done before, {len(todo)} to go", flush=True)
 
     def save(final: bool) -> None:
@@ -129,7 +157,7 @@ def main() -> None:
                  f"protocol), {args.method} {args.sparsity:.0%}; fitness A (masks from dense SparseGPT scores) and B "
                  f"(level database, {len(grid) - 1} levels, step {args.grid_step}) on validation "
                  f"{val.shape[0]}×{args.seqlen} tokens; exact: sequential {args.method} pruning, test "
-                 f"{test.shape[0]}×{args.seqlen}; calibration {args.nsamples}×{args.calib_seqlen}.\n\n"
+                 f"{test.shape[0]}×{args.seqlen}{f' (the numbers of {args.exact_from})' if exact else ''}; calibration {args.nsamples}×{args.calib_seqlen}.\n\n"
                  + markdown_table([summary], list(summary)) + "\n\n"
                  + markdown_table(rows, ["allocation", "A masks val ppl", "B levels val ppl", "exact test ppl",
                                          "seconds"]))
@@ -140,9 +168,12 @@ def main() -> None:
         t0 = time.perf_counter()
         row = {"allocation": name, "A masks val ppl": masks(alloc), "B levels val ppl": levels(alloc)}
         restore()
-        prune(model, args.method, alloc, calib, batch_size=args.batch_size)
-        row["exact test ppl"] = perplexity(model, test, args.batch_size)
-        restore()
+        if exact:
+            row["exact test ppl"] = exact[name]
+        else:
+            prune(model, args.method, alloc, calib, batch_size=args.batch_size)
+            row["exact test ppl"] = perplexity(model, test, args.batch_size)
+            restore()
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         print(row, flush=True)

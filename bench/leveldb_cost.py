@@ -30,7 +30,7 @@ from bench.common import LLAMA2_7B_SHAPES, add_model_args, load_inputs, markdown
 
 from evaluators.files import file_digest
 from evaluators.fitness.evaluator import PruningEvaluator
-from evaluators.fitness.leveldb import level_grid, open_levels
+from evaluators.fitness.leveldb import DEFAULT_STEP, level_grid, open_levels
 from evaluators.fitness.levelfiles import projected_bytes
 from evaluators.fitness.perplexity import perplexity
 from evaluators.models.loading import model_linears
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     add_model_args(ap, "leveldb_cost", split="validation", windows=2)
     ap.add_argument("--method", choices=("sparsegpt", "sparsegpt-row"), default="sparsegpt")
     ap.add_argument("--sparsity", type=float, default=0.7)
-    ap.add_argument("--grid-step", type=float, default=0.05, help="level grid: 0, step, … below 0.99, then 0.99")
+    ap.add_argument("--grid-step", type=float, default=DEFAULT_STEP,
+                    help=f"level grid: 0, step, … below 0.99, then 0.99 (default {DEFAULT_STEP})")
     ap.add_argument("--leveldb-root",
                     help="database folder (default $DSA_CACHE_DIR/leveldb or ~/.cache/dsa-gp/leveldb)")
     ap.add_argument("--changed", type=int, default=2, help="blocks in which the warm candidate differs (even)")

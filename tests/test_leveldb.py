@@ -59,7 +59,8 @@ def counted(monkeypatch):
 
 
 def test_level_grid():
-    assert level_grid() == pytest.approx([i / 20 for i in range(20)] + [0.99])
+    assert level_grid(0.05) == pytest.approx([i / 20 for i in range(20)] + [0.99])
+    assert level_grid() == pytest.approx([i / 10 for i in range(10)] + [0.99])  # the default: step 0.1
     assert level_grid(0.25) == [0.0, 0.25, 0.5, 0.75, 0.99]
     assert level_grid(0.01)[-2:] == [0.98, 0.99] and len(level_grid(0.01)) == 100
     assert level_grid(0.3, top=1.0) == [0.0, 0.3, 0.6, 0.9, 1.0]

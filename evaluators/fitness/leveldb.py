@@ -16,10 +16,9 @@ once (``4·in²`` bytes per linear, as :func:`evaluators.data.calibration.collec
 levels in memory while its file is written. Before building, the projected size
 (:func:`evaluators.fitness.levelfiles.projected_bytes`, from the shapes, grid and dtype) and the free space
 of the folder are printed, and the build is refused in one line when it does not fit. Measured on
-SmolLM2-135M (fp32, default grid, 20 stored levels) with format 1 (dense copies): 8.5 GB, built in
-14 min on a 2-core CPU shared with another job (one torch thread: SparseGPT's column loop runs many
-small ops, which oversubscribed threads slow tenfold); with format 2 projected 4.3 GB (fp32) or 2.3 GB
-(bf16), size and build time to be measured (``python -m bench.leveldb_cost``).
+SmolLM2-135M (fp32, 16 × 512 calibration tokens, 2-core CPU; ``python -m bench.leveldb_cost``): at step
+0.05 (20 stored levels) 4.31 GB, built in 296 s (format 1's dense copies: 8.49 GB, 833 s with one torch
+thread); at the default step 0.1 (10 levels) 2.05 GB, built in 142 s.
 
 **On disk** (format 2), under ``ROOT/HASH/`` (``ROOT``: ``root``, else ``$DSA_CACHE_DIR/leveldb``, else
 ``~/.cache/dsa-gp/leveldb``; ``HASH``: 16 hex digits of the sha256 of the key): one safetensors file per
@@ -27,9 +26,9 @@ decoder block, ``block_000.safetensors`` …, holding for each linear ``name`` (
 ``i ≥ 1`` (level 0 is the dense weight and is not stored) the tensors ``f"{name}@{i}/values"`` and
 ``f"{name}@{i}/mask"``: the weight's entries whose bits are not all zero, in its dtype, and a bitmask of
 where they go (:mod:`evaluators.fitness.levelfiles`), about ``(1 − g)·N·b + N/8`` bytes for ``N`` weights of
-``b`` bytes at level ``g`` instead of ``N·b``. Summed over the default grid: ``9.51·b + 2.5`` bytes per
+``b`` bytes at level ``g`` instead of ``N·b``. Summed over a 0.05 step: ``9.51·b + 2.5`` bytes per
 weight against format 1's ``20·b`` (fp32: 40.5 against 80; bf16: 21.5 against 40); projected for
-LLaMA-2-7B's linears in bf16, 139 GB (format 1: 259 GB), and 67 GB at a 0.1 step. Each file is written to a
+LLaMA-2-7B's linears in bf16, 139 GB (format 1: 259 GB), and 66.5 GB at the default 0.1 step. Each file is written to a
 temporary name and renamed, its metadata holding the key; then ``meta.json`` (format, key, grid, dtype,
 names and shapes, each block file's size and sha256 digest, build seconds), written last. The key is
 the caller's ``key`` dict (model id, dtype, calibration source/sizes/seed, …) plus what the database
@@ -65,14 +64,14 @@ put on the grid with the exact parameter-weighted target mean: a linear's nomina
 ``s' = g_i + (r/rows)·(g_{i+1} − g_i)`` differs from ``s`` by at most half a row's share of one level
 step, ``|s' − s| ≤ (g_{i+1} − g_i)/(2·rows)``, so the parameter-weighted mean of the ``s'`` equals the
 allocation's parameter-weighted mean to within the parameter-weighted average of these bounds, at most
-the largest (at the default step 0.05: 1.3·10⁻⁴ for SmolLM2's 192-row k/v projections, 4·10⁻⁵ for its
+the largest (at the default step 0.1: 2.6·10⁻⁴ for SmolLM2's 192-row k/v projections, 8.7·10⁻⁵ for its
 576-row linears). Measured zeros: with a per-row-exact pruner (``sparsegpt-row``, wanda,
 magnitude) a stored row of level ``g`` has ``round(g·cols)`` zeros, so the linear has exactly
 ``(rows − r)·round(g_i·cols) + r·round(g_{i+1}·cols)``. SparseGPT's reference mask (one threshold per
 128-column block over all rows) lets rows of one level differ in sparsity, so a mixed linear's measured
 sparsity also moves by how much the ``r`` chosen rows differ from the average row. Measured, random
 allocations in [0.5, 0.9]: per linear within 1.5·10⁻³ of ``s``, the model's parameter-weighted mean
-within 3·10⁻⁵ of the allocation's (SmolLM2-135M, default grid); 6·10⁻³ and 10⁻³ on the 64-wide test
+within 3·10⁻⁵ of the allocation's (SmolLM2-135M, step 0.05); 6·10⁻³ and 10⁻³ on the 64-wide test
 models.
 
 Per candidate, one block at a time: the (at most two) levels each linear needs are decoded from the
@@ -115,10 +114,16 @@ from evaluators.pruning.pruners import Pruner, check_sparsities, get_pruner
 FORMAT = 2  # 2: non-zero values + bitmask per level; 1: dense copies. Part of the key: bump when the layout changes
 META = "meta.json"
 CACHE_BYTES = 2**30  # LevelWeights' default budget for decoded block levels
+# the default grid's step: 0, 0.1, …, 0.9, 0.99 (10 stored levels). Chosen from
+# bench/results/level_agreement_cpu_smollm2_sparsegpt70*: on the same 44 allocations and the same exact
+# sequential-SparseGPT test numbers, step 0.1 ranks as well as step 0.05 (ρ 0.933 against 0.928; better half 0.740
+# against 0.621) at half the size (SmolLM2-135M 2.05 GB against 4.31; LLaMA-2-7B bf16 projected 66.5 GB against
+# 139) and half the build time
+DEFAULT_STEP = 0.1
 
 
-def level_grid(step: float = 0.05, top: float = 0.99) -> list[float]:
-    """The sparsity levels ``0, step, 2·step, …`` below ``top``, then ``top`` (default: 0 … 0.95, 0.99)."""
+def level_grid(step: float = DEFAULT_STEP, top: float = 0.99) -> list[float]:
+    """The sparsity levels ``0, step, 2·step, …`` below ``top``, then ``top`` (default: 0, 0.1, … 0.9, 0.99)."""
     if not 0.0 < step < 1.0 or not 0.0 < top <= 1.0:
         raise UserError(f"level grid: step must be in (0, 1) and top in (0, 1], got step {step}, top {top}")
     grid, i = [], 0
