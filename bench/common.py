@@ -19,13 +19,11 @@ def add_model_args(ap: argparse.ArgumentParser, name: str, split: str = "validat
     """The CLI's model and data flags (one home: :func:`dsa.cli.flags.add_model_args`: --model --dtype --device
     --data --calib --data-dir --seqlen --batch-size --data-seed), plus --name, the number of WikiText-2
     windows of ``split`` (--val-windows or --test-windows) and the calibration size."""
-    from dsa.cli.flags import add_model_args as model_args, positive_int
-    model_args(ap, pruning=False)
+    from dsa.cli.flags import add_model_args as model_args
+    model_args(ap, pruning=False, calibration=True)
     ap.add_argument("--name", default=name)
     ap.add_argument("--val-windows" if split == "validation" else "--test-windows", type=int, default=windows,
                     help="token windows of WikiText-2 " + split + (" (0 = all)" if split == "test" else ""))
-    ap.add_argument("--nsamples", type=positive_int, help="calibration samples (default: 128 on CUDA, 64 on CPU)")
-    ap.add_argument("--calib-seqlen", type=positive_int, help="calibration length (default: 2048 on CUDA, 512 on CPU)")
 
 
 def load_inputs(args: argparse.Namespace, split: str = "validation"):

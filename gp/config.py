@@ -3,7 +3,7 @@ search's :class:`DirectConfig`), their defaults, and the checks that reject a ba
 starts (:class:`ConfigError`, a ``ValueError``). Imports no torch or SymPy: the CLI's parser reads the defaults."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from primitives.bounds import MAX_HEIGHT, MAX_SIZE
 
@@ -21,42 +21,74 @@ class ConfigError(ValueError):
     """A search setting out of its range (the CLI reports it as bad input)."""
 
 
+def flag(help: str, kind: str = "count", **more) -> dict:
+    """A setting's command-line description, kept with the field (``dataclasses.field`` metadata): its help
+    (``{default}`` filled in), its ``kind`` (how a command line reads it: count, count0, probability, real,
+    switch, off-switch, seed) and, in ``more``, ``choices``, ``metavar``, ``flag`` (its name where it differs)
+    and ``flag_default`` (a command line's default where it differs from the field's). The ``dsa`` command
+    generates its search flags from these (:func:`dsa.cli.flags.add_spec_flags`); a field without one has
+    no flag."""
+    return {"help": help, "kind": kind, "section": "search", **more}
+
+
 @dataclass
 class SearchConfig:
-    population: int = 10          # individuals per generation
-    generations: int = 4          # generations after the initial population
-    cxpb: float = 0.7             # probability that a pair of offspring is crossed over
-    mutpb: float = 0.3            # probability that an offspring is mutated
-    tournament: int = 2           # tournament size (2: mild pressure; 3 collapsed onto one formula in tests)
-    elitism: int = 2              # best individuals copied unchanged to the next generation (NSGA-II: mu + lambda)
-    hof_size: int = 10            # distinct candidates kept in the hall of fame
+    population: int = field(default=10, metadata=flag("individuals per generation (default {default})"))
+    generations: int = field(default=4, metadata=flag(
+        "generations after the first (default {default}; with --resume: keep the run's)", "count0",
+        flag_default=None))
+    cxpb: float = field(default=0.7, metadata=flag("probability that a pair of offspring is crossed over "
+                                                   "(default {default})", "probability"))
+    mutpb: float = field(default=0.3, metadata=flag("probability that an offspring is mutated (default {default})",
+                                                    "probability"))
+    # 2: mild pressure; 3 collapsed onto one formula in tests
+    tournament: int = field(default=2, metadata=flag("tournament size (default {default})"))
+    elitism: int = field(default=2, metadata=flag(
+        "best individuals copied unchanged to the next generation (default {default}; NSGA-II: mu + lambda)",
+        "count0"))
+    hof_size: int = field(default=10, metadata=flag("distinct candidates kept in the hall of fame (default {default})"))
     init_min_height: int = 3      # initial trees: height range (the 4 stages need ≥ 3)
     init_max_height: int = 6
-    max_height: int = 10          # static limits against bloat (gp.staticLimit)
-    max_size: int = 30
-    mode: str = "evolution"       # "evolution" or "random" (random search, same budget)
-    cache: bool = True            # skip candidates whose tree or output was already evaluated
-    objectives: tuple = ("fitness",)  # ("fitness", "size"): NSGA-II, a Pareto front of fitness against size
-    seed: int = 0
+    # static limits against bloat (gp.staticLimit)
+    max_height: int = field(default=10, metadata=flag("the deepest tree variation may make (default {default})"))
+    max_size: int = field(default=30, metadata=flag("the largest tree variation may make, in nodes (default {default})"))
+    mode: str = field(default="evolution", metadata=flag(
+        "evolution (default), or random: random search with the same budget", choices=MODES))
+    cache: bool = field(default=True, metadata=flag("evaluate every candidate, even repeats", "off-switch",
+                                                    flag="no_cache"))
+    objectives: tuple = field(default=("fitness",), metadata=flag(
+        "fitness (default), or fitness,size: NSGA-II, writes a Pareto front of fitness against formula size "
+        "(pareto_front.json)", choices=tuple(map(",".join, OBJECTIVES)), flag_default="fitness"))
+    seed: int = field(default=0, metadata=flag(
+        "the search's randomness (initial population, variation, selection; default {default}); repeat a search "
+        "over seeds on fixed data by changing --seed alone", "seed", section="seed"))
     # multi-step selection (EvoPress's, for trees): `offspring` children per generation, scored on the first
     # `windows` validation windows of each stage, the best `survivors` going on; the last stage scores on all
     # windows and its survivors (population − elitism) join the elites. Empty: plain generations.
     offspring: int = 0
     stages: tuple = ()            # ((windows, survivors), …) before the last, full stage
-    tune_constants: int = 0       # evaluations per generation spent nudging the best tree's constants (PySR-like)
+    tune_constants: int = field(default=0, metadata=flag(
+        "each generation, up to N evaluations nudging the best formula's constants (λ, τ …) by factors 0.5–2, as "
+        "PySR optimises constants (default 0: off)", "count0", metavar="N"))
     seeds: tuple = ()             # trees (text) placed in the initial population, e.g. the baselines' formulas
     max_evaluations: int | None = None  # stop after the generation reaching this many full evaluations (None: no cap)
     # against overfitting (issue 28's ablation), each off by default:
-    selection: str = "tournament"  # parents by tournament, or "lexicase": DEAP's automatic ε-lexicase, the
-    #                                problem's cases (validation windows) as its cases
-    resample_windows: int = 0     # > 0: each generation scores on this many cases drawn afresh (seeded) from the
-    #                               problem's pool, survivors re-scored on them (0: the same cases throughout)
-    parsimony: float = 0.0        # > 0: DEAP's double tournament: of two fitness-tournament winners the smaller
-    #                               tree, with probability parsimony / 2 (a size tournament of size in (1, 2])
-    dedup: bool = False           # a child whose output (allocation) repeats one scored before, or a sibling's,
-    #                               is mutated again, as a repeated tree is (duplicates already cost no evaluation)
-    restart_after: int = 0        # > 0: after this many generations without a better best, all but the elites
-    #                               are replaced by fresh random trees
+    selection: str = field(default="tournament", metadata=flag(
+        "how parents are picked: tournament (default), or lexicase: DEAP's automatic ε-lexicase selection with the "
+        "validation windows as cases (per-window log-perplexities; the fitness stays their mean)", choices=SELECTIONS))
+    resample_windows: int = field(default=0, metadata=flag(
+        "each generation scores on K windows drawn afresh (seeded) from the --val-windows pool, the survivors "
+        "re-scored on them; a fitness is the pool's perplexity estimated from them, paired with uniform's "
+        "per-window values (default 0: the same windows throughout)", "count0", metavar="K"))
+    parsimony: float = field(default=0.0, metadata=flag(
+        "DEAP's double tournament: of two tournament winners the smaller formula with probability D/2, D in (1, 2] "
+        "(default 0: off)", "real", metavar="D"))
+    dedup: bool = field(default=False, metadata=flag(
+        "a child whose allocation repeats one already scored (or a sibling's) is mutated again, as a repeated "
+        "formula is", "switch"))
+    restart_after: int = field(default=0, metadata=flag(
+        "after K generations without a better best, all but the elites are replaced by random formulas "
+        "(default 0: never)", "count0", metavar="K"))
 
     def __post_init__(self):
         if isinstance(self.objectives, str):  # "fitness,size", as the CLI takes it

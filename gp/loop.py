@@ -33,6 +33,8 @@ class GenerationLoop:
             self.save(0, state)
         else:
             state, start = loaded
+            if start > cfg.generations:  # nothing left: the tables again, as the checkpoint has them (a kill
+                self.save(start - 1, state)  # between a checkpoint and its tables leaves them behind)
         gens = tqdm(range(start, cfg.generations + 1), desc="generations", disable=not self.progress,
                     initial=start - 1, total=cfg.generations)
         for gen in gens:

@@ -14,6 +14,7 @@ from primitives import LayerAllocator
 from dsa.outputs.show import show_run
 from dsa.run.allocations import allocate, baseline_spec, best_row, check_allocation, read_checked_run
 from dsa.run.choice import choice, decide
+from dsa.run.folder import write_choice
 
 BASE = [5.0 + 0.1 * (i % 5) for i in range(16)]  # per-window log-ppl of the strongest baseline
 
@@ -87,14 +88,16 @@ def write_run(folder, hof, selection):
 def test_decide_tests_the_best_row_against_the_strongest_baseline(tmp_path, shift, ships):
     fitness = PerWindow({tuple(CAND): [b + shift for b in BASE], tuple(ATP): BASE})
     hof = rows()
-    made = decide(tmp_path, hof, BASELINES, fitness)
+    made = decide(hof, BASELINES, fitness)
     # only the candidate (rank 1, the search's own best) and the strongest baseline on the search's fitness
     # (atp-tuned, 6.0; not uniform, not the second row) are scored
     assert fitness.calls == [CAND, ATP]
     assert made["strongest"] == "atp-tuned" and made["candidate_rank"] == 1 and made["shipped"] == ships
     assert made["best_rank"] == (1 if ships == "found" else None)
+    write_choice(tmp_path, hof, {"selection": made})  # the run folder's writer of the choice
     written = json.loads((tmp_path / "hall_of_fame.json").read_text())
     assert ("flag" in written[0]) == (ships != "found") and "flag" not in written[1]
+    assert json.loads((tmp_path / "config.json").read_text())["selection"]["shipped"] == ships
 
 
 def test_a_run_that_ships_the_baseline_gives_it_to_prune_show_and_compare(tmp_path):
@@ -140,3 +143,22 @@ def test_a_forged_choice_is_refused_in_one_line(tmp_path):
                             "delta": [0, 0, 0], "verdict": "tie"})
     with pytest.raises(UserError, match="damaged"):
         check_allocation(str(run))
+
+
+@pytest.mark.parametrize("shipped", ["found", "atp:beta=0.01"])
+def test_check_fits_reads_a_run_folder_once(tmp_path, monkeypatch, shipped):
+    """dsa compare's check of a --formulas run folder (before any measurement) asks one reading of the folder
+    both whether it ships a baseline and what its allocation is."""
+    from dsa.run import allocations
+    from dsa.run.folder import Run
+    run = tmp_path / "run"
+    made = {"rule": "paired-95", "verdict": "beats" if shipped == "found" else "tie", "delta": [-0.2, -0.25, -0.15],
+            "windows": 32, "candidate_rank": 1, "strongest": "atp-tuned", "shipped": shipped,
+            "best_rank": 1 if shipped == "found" else None}
+    write_run(run, rows(), made)
+    reads = []
+    real = Run.read.__func__
+    monkeypatch.setattr(Run, "read", classmethod(lambda cls, d: reads.append(d) or real(cls, d)))
+    allocator = LayerAllocator([torch.rand(64) for _ in range(3)], target=0.7, weights=[1.0, 1.0, 1.0])
+    allocations.check_fits(str(run), allocator)
+    assert len(reads) == 1

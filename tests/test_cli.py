@@ -142,3 +142,40 @@ def test_flag_defaults_are_the_specs_defaults():
         assert args.val_windows == default.val_windows, argv
         if argv[0] == "compare":
             assert (args.fitness, args.masking) == (default.fitness, default.masking)
+
+
+def test_every_setting_flag_is_generated_from_its_field():
+    """One schema: each spec or search-config field that describes a flag (dsa.run.settings.setting,
+    gp.config.flag) is a flag of dsa search with the field's default (or its flag default), help and choices;
+    a field without a description has none; the search config built from the flags given nothing is the
+    config's default."""
+    from dataclasses import MISSING
+
+    from dsa.cli.dispatch import search_config
+    from dsa.cli.parser import build_parser
+    from dsa.run.schema import flat_fields, flag_name
+    from dsa.run.settings import EvaluatorSpec
+    from gp import SearchConfig
+    parser = build_parser()
+    search = next(a for a in parser._actions if a.dest == "command").choices["search"]
+    actions = {a.dest: a for a in search._actions}
+
+    described = [f for cls in (EvaluatorSpec, SearchConfig) for f in flat_fields(cls) if "help" in f.metadata]
+    assert len(described) >= 30
+    for f in described:
+        action = actions[flag_name(f)]
+        if f.metadata["kind"] in ("switch", "off-switch"):
+            assert action.default is False and action.nargs == 0, f.name
+            continue
+        default = f.metadata.get("flag_default", f.default if f.default is not MISSING else None)
+        many = f.metadata.get("many")
+        assert action.default == ((default,) if many and default is not None else default), f.name
+        assert f.metadata["help"].split("{default}")[0].replace("%%", "%")[:30] in action.help, f.name
+        if "choices" in f.metadata and not many:
+            assert tuple(action.choices) == tuple(f.metadata["choices"]), f.name
+    undescribed = {flag_name(f) for cls in (EvaluatorSpec, SearchConfig) for f in flat_fields(cls)
+                   if "help" not in f.metadata}
+    assert {"name", "init_min_height", "offspring", "stages", "seeds", "max_evaluations"} <= undescribed
+    assert not {"init_min_height", "max_evaluations", "name"} & set(actions)
+    args = parser.parse_args(["search"])
+    assert search_config(args, set()) == SearchConfig()

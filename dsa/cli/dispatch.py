@@ -18,43 +18,40 @@ from evaluators.pruning.nm import TOL as NM_TOL
 from gp import ConfigError, SearchConfig
 from gp.config import DirectConfig
 
-from dsa.cli.flags import DEFAULTS, DIRECT, DIRECT_ONLY, GENERALIZATION, GP_ONLY, LLM_ONLY
+from dsa.cli.flags import DEFAULTS, DIRECT, DIRECT_ONLY, GP_ONLY, LLM_ONLY, search_settings
 from dsa.cli.parser import build_parser, given_flags
 from dsa.errors import UserError
 from dsa.paths import check_output_dir, check_output_file
-from dsa.run.settings import MAX_SPARSITY, SELECTION_WINDOWS, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec
+from dsa.run.settings import MAX_SPARSITY, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec
 
 
 def model_spec(args) -> ModelSpec:
-    return ModelSpec(args.model, args.dtype, args.device)
+    return ModelSpec.from_flags(vars(args))
 
 
 def data_spec(args) -> DataSpec:
-    return DataSpec(args.data, args.calib, args.data_dir, args.seqlen, getattr(args, "nsamples", None),
-                    getattr(args, "calib_seqlen", None), args.batch_size, args.data_seed)
+    return DataSpec.from_flags(vars(args))
 
 
 def prune_spec(args) -> PruneSpec:
     """The pruning settings; what a dense-or-N:M pattern reaches is arithmetic on the flags, checked here
     (before any model is loaded): every block N:M is mean sparsity N/M."""
-    spec = PruneSpec(args.method, args.sparsity, args.max_scores_per_layer or None, getattr(args, "nm", None))
+    spec = PruneSpec.from_flags(vars(args))
     n, m = spec.pattern or (None, None)
-    if n is not None and args.sparsity * m / n > 1 + NM_TOL:
+    if n is not None and spec.sparsity * m / n > 1 + NM_TOL:
         raise UserError(f"--nm {spec.nm}: dense or {n}:{m} reaches at most mean sparsity {n / m:g}, asked for "
-                        f"--sparsity {args.sparsity:g}")
+                        f"--sparsity {spec.sparsity:g}")
     return spec
 
 
 def evaluator_spec(args, given: set[str] = frozenset()) -> EvaluatorSpec:
     """The search's fitness settings, checked, with window and calibration sizes filled in for the device."""
-    model = model_spec(args)
-    selection = SELECTION_WINDOWS if args.selection_windows is None else args.selection_windows
     data = data_spec(args)
     if args.masking == "block" and "batch_size" not in given:  # masks built once per evaluation
         data = replace(data, batch_size=args.val_windows)
-    spec = EvaluatorSpec(model, data, prune_spec(args), args.val_windows, selection, args.fitness, args.masking)
+    spec = EvaluatorSpec.from_flags(vars(args), data=data, prune=prune_spec(args))
     spec.check()
-    return replace(spec, data=spec.data.sized(model.is_cuda()))
+    return replace(spec, data=spec.data.sized(spec.model.is_cuda()))
 
 
 def search_config(args, given: set[str], generations: int | None = None) -> SearchConfig:
@@ -72,15 +69,12 @@ def search_config(args, given: set[str], generations: int | None = None) -> Sear
             raise UserError(f"--stages: the last step keeps population − elitism = {args.population - elitism} "
                             f"formulas, got {last}")
         offspring = args.offspring or 3 * args.population
+    settings = search_settings(vars(args))
     try:
-        return SearchConfig(
-            population=args.population, generations=DEFAULTS.generations if generations is None else generations,
-            cxpb=args.cxpb, mutpb=args.mutpb, tournament=tournament, elitism=elitism,
-            hof_size=args.hof_size, max_height=args.max_height, max_size=args.max_size, mode=args.mode,
-            cache=not args.no_cache, objectives=args.objectives, seed=args.seed, offspring=offspring,
-            stages=tuple(staged), tune_constants=args.tune_constants,
-            seeds=baseline_seeds(args.sparsity) if args.seed_baselines else (),
-            **{name: getattr(args, name) for name in GENERALIZATION})
+        return SearchConfig(**{**settings, "generations": DEFAULTS.generations if generations is None else generations,
+                               "tournament": tournament, "elitism": elitism, "offspring": offspring,
+                               "stages": tuple(staged),
+                               "seeds": baseline_seeds(args.sparsity) if args.seed_baselines else ()})
     except ConfigError as exc:
         raise UserError(str(exc)) from None
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 
 from evaluators.models.compressed import SAVE_FORMATS
+from gp import SearchConfig
 
 from dsa.cli.commands import top_parser
-from dsa.cli.flags import (DEFAULTS, DIRECT, EVALUATOR, SEARCHES, add_fitness_args, add_gp_args, add_model_args,
-                           baseline_list, nonempty, nonnegative_int, positive_int, search_list, seed, seed_list,
+from dsa.cli.flags import (DIRECT, EVALUATOR, SEARCHES, add_fitness_args, add_gp_args, add_model_args, add_spec_flags,
+                           baseline_list, nonempty, nonnegative_int, positive_int, search_list, seed_list,
                            sparsity, stages)
 from dsa.run.settings import COMPARE_BASELINES, EXPORT_FORMATS, SEARCH_BASELINES, SPACES, VERIFY_TOL
 
@@ -21,9 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", choices=("llm", "synthetic"), default="llm",
                    help="llm: prune a real model (default); synthetic: a known-optimum toy task that runs in seconds")
     add_model_args(s, lists=True)
-    s.add_argument("--seed", type=seed, default=DEFAULTS.seed,
-                   help=f"the search's randomness (initial population, variation, selection; default {DEFAULTS.seed}); "
-                        f"repeat a search over seeds on fixed data by changing --seed alone")
+    add_spec_flags(s, SearchConfig, ("seed",))
     add_fitness_args(s)
     g = add_gp_args(s)
     g.add_argument("--run-dir", type=nonempty, help="run folder (default: results/<time>-<task>)")

@@ -20,7 +20,6 @@ row; ``--resume`` keeps finished rows and resumes a killed search from its check
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -29,7 +28,6 @@ from pathlib import Path
 import torch
 
 from evaluators.data.text import heldout_docs, load_split, token_windows
-from evaluators.files import read_json, write_json
 from evaluators.fitness.perplexity import perplexity_from_nlls, window_nlls
 from evaluators.models.loading import weight_snapshot
 from evaluators.pruning.nm import Pattern, parse_nm
@@ -39,19 +37,18 @@ from gp.config import EVOLUTION_ONLY
 from gp.direct import DirectConfig
 
 from dsa.errors import UserError
+from dsa.experiment.folder import FILE, identity, read_saved, rows_problem, same, write_comparison
 from dsa.experiment.report import comparisons, report
 from dsa.outputs.plots import plot_allocations, plot_differences
 from dsa.run.allocations import (SEARCH_BASELINES, allocate, baseline_candidates, best_row, check_allocation,
                                  check_fits, run_folder)
 from dsa.run.choice import score_baselines
 from dsa.run.distributed import LocalEvaluation
-from dsa.run.folder import finite_number, machine
+from dsa.run.folder import machine
 from dsa.run.llm import allocator_for, build_evaluator, load_inputs
 from dsa.run.search import Runtime, SearchRun, run_search
-from dsa.run.settings import MAX_SPARSITY, TEST_WINDOWS, DataSpec, EvaluatorSpec
+from dsa.run.settings import TEST_WINDOWS, DataSpec, EvaluatorSpec
 
-FILE = "compare.json"
-VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -81,73 +78,6 @@ class Comparison:
                 "searches": list(self.searches), "seeds": list(self.seeds), "c4_windows": self.c4_windows}
 
 
-def identity(settings: dict) -> dict:
-    """What ``--resume`` must find unchanged, from recorded :meth:`Comparison.settings`: the evaluator's
-    resume identity (its RUNTIME fields left out, as a search's) and the search settings, read back
-    through their own records (so settings recorded by an older version compare as they mean)."""
-    return {"evaluator": EvaluatorSpec.from_dict(settings["evaluator"]).identity(),
-            "gp": SearchConfig.from_dict(settings["gp"]).to_dict(), "direct": settings["direct"],
-            **{k: settings[k] for k in ("level_step", "budget", "test_windows")}}
-
-
-KINDS = ("dense", "baseline", "found", "gp", "random", "direct", "warm")  # what a row may be
-
-
-def rows_problem(saved: dict, c: Comparison) -> str | None:
-    """What is wrong with a saved comparison's rows, in a few words (None: nothing): its version, a list of rows,
-    and per row a printable unique name, a known kind, finite non-negative test NLLs as many as every other row's
-    (and as the protocol's test windows where those are fixed), a validation value that is a number (not NaN),
-    sparsities within [0, MAX_SPARSITY] and a counter below 2**63. Checked on ``--resume`` before any work:
-    a resumed folder's rows enter every table and interval."""
-    if saved.get("version") != VERSION:
-        return f"version {str(saved.get('version'))[:20]!r}, not {VERSION}"
-    if not isinstance(saved["rows"], list):
-        return "its rows are not a list"
-    cuda = c.spec.model.is_cuda()
-    fixed = (TEST_WINDOWS["cuda" if cuda else "cpu"] if c.test_windows is None else c.test_windows) or None
-    lengths, names = set(), set()
-    for i, row in enumerate(saved["rows"]):
-        where = f"row {i + 1}"
-        if not isinstance(row, dict):
-            return f"{where} is not an object"
-        name, nlls = row.get("name"), row.get("test nlls")
-        if not isinstance(name, str) or not name or len(name) > 400 or not name.isprintable():
-            return f"{where} has no printable name"
-        if name in names:
-            return f"{where} repeats the name {name[:60]!r}"
-        names.add(name)
-        if row.get("kind") not in KINDS:
-            return f"{where} has an unknown kind"
-        if not _nlls_ok(nlls):
-            return f"{where}'s test nlls are not finite numbers ≥ 0"
-        lengths.add(len(nlls))
-        if len(lengths) > 1 or (fixed is not None and len(nlls) != fixed):
-            return f"{where} holds {len(nlls)} test NLLs, not as many as the others or the protocol's"
-        if "c4 nlls" in row and not _nlls_ok(row["c4 nlls"]):
-            return f"{where}'s c4 nlls are not finite numbers ≥ 0"
-        value = row.get("val ppl")
-        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                      and value > 0 and not math.isnan(value)):
-            return f"{where}'s val ppl is not a positive number"
-        alloc = row.get("sparsities")
-        if alloc is not None and not (isinstance(alloc, list) and alloc and all(
-                finite_number(v) and 0 <= v <= MAX_SPARSITY for v in alloc)):
-            return f"{where}'s sparsities are not numbers in [0, {MAX_SPARSITY}]"
-        count = row.get("evaluations")
-        if count is not None and not (isinstance(count, int) and not isinstance(count, bool) and 0 <= count < 2**63):
-            return f"{where}'s evaluations is not a count"
-    return None
-
-
-def _nlls_ok(values) -> bool:
-    """Per-window NLLs as a row holds them: a non-empty list of finite numbers ≥ 0."""
-    return isinstance(values, list) and bool(values) and all(finite_number(v) and v >= 0 for v in values)
-
-
-def _same(a: dict, b: dict) -> bool:
-    return json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))
-
-
 def run_comparison(c: Comparison, resume: bool = False) -> Path:
     """Run (or, with ``resume``, continue) the comparison; returns its folder. Resuming a folder with no
     comparison yet starts one (so a script can always pass ``--resume``)."""
@@ -158,14 +88,15 @@ def run_comparison(c: Comparison, resume: bool = False) -> Path:
             raise UserError(f"{c.out} already holds a comparison; continue it with --resume")
         saved, spec = read_saved(c.out, "resume")
         rows, old, recorded = list(saved["rows"]), identity(saved["settings"]), spec.model
-        problem = rows_problem(saved, c) or next(iter(recorded.type_problems()), None)
+        problem = (rows_problem(saved, c.spec.model.is_cuda(), c.test_windows)
+                   or next(iter(recorded.type_problems()), None))
         if problem:
             raise UserError(f"cannot resume {c.out}: {FILE} is damaged ({problem})")
         # the recorded model (a label, never a path) found as --model, its recorded name kept
         model = recorded.located((c.spec.model.model,) if c.spec.model.model else (), str(c.out))
         c = replace(c, spec=replace(c.spec, model=replace(c.spec.model, model=model.model, name=model.name)))
         mine = identity(c.settings())
-        changed = sorted(k for k in mine if not _same({k: old.get(k)}, {k: mine[k]}))
+        changed = sorted(k for k in mine if not same({k: old.get(k)}, {k: mine[k]}))
         if changed:
             raise UserError(f"cannot resume {c.out}: its settings differ ({', '.join(changed)})")
     if "warm" in c.searches and "gp" not in c.searches:  # warm from GP runs the folder already holds
@@ -175,20 +106,6 @@ def run_comparison(c: Comparison, resume: bool = False) -> Path:
                 raise UserError(f"--searches warm starts from the GP run {gp_dir}, which is not there: add gp")
             check_allocation(str(gp_dir))
     return Runner(c, rows).run()  # the folder is created with the first row
-
-
-def read_saved(out: Path, verb: str) -> tuple[dict, EvaluatorSpec]:
-    """(data, recorded evaluator settings) of ``out``'s compare.json, a bounded regular file
-    (:func:`evaluators.files.read_json`) whose settings read back as records (the caller checks its rows,
-    :func:`rows_problem`); UserError in one line ("cannot ``verb`` …") when it is damaged."""
-    try:
-        saved = read_json(out / FILE)
-        list(saved["rows"]), identity(saved["settings"])
-        spec = EvaluatorSpec.from_dict(saved["settings"]["evaluator"])
-        spec.model.type_problems()
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UserError(f"cannot {verb} {out}: {FILE} is damaged ({type(exc).__name__})") from None
-    return saved, spec
 
 
 def comparison_texts(data: DataSpec, tokenizer, n_test: int | None,
@@ -307,9 +224,7 @@ class Runner:
         self.done.add(row["name"])
         print({k: v for k, v in row.items() if k not in ("test nlls", "c4 nlls", "sparsities")}, flush=True)
         self.c.out.mkdir(parents=True, exist_ok=True)  # on the first result: a failed start leaves no folder
-        write_json(self.c.out / FILE, {"version": VERSION, "settings": self.c.settings(), "info": self.info,
-                                       "rows": self.rows})
-        (self.c.out / "compare.md").write_text(report(self.c, self.info, self.rows))
+        write_comparison(self.c.out, self.c.settings(), self.info, self.rows, report(self.c, self.info, self.rows))
         drawn = {r["name"]: r["sparsities"] for r in self.rows if "sparsities" in r
                  and (r["kind"] != "baseline" or r["name"] in ("uniform", "owl-tuned", "atp-tuned", "alphapruning"))}
         if drawn:

@@ -19,7 +19,8 @@ from gp import SearchConfig
 from primitives import LayerAllocator
 
 from dsa.errors import UserError
-from dsa.experiment.compare import FILE, Comparison, comparison_texts, pruned_nlls, read_saved, rows_problem
+from dsa.experiment.compare import comparison_texts, pruned_nlls
+from dsa.experiment.folder import FILE, read_saved, rows_problem
 from dsa.run.allocations import BASELINES, allocate, baseline_spec, check_sparsities
 from dsa.run.llm import allocator_for, build_evaluator, load_inputs, score_source
 from dsa.run.settings import VERIFY_TOL, EvaluatorSpec
@@ -50,7 +51,7 @@ def verify_comparison(out: Path, name: str, models: tuple[str, ...] = (), device
     if problem is None:
         model = spec.model.located(models, str(out))
         spec = replace(spec, model=replace(model, device=device or model.device))
-        problem = rows_problem(saved, Comparison(spec, out, test_windows=fixed))
+        problem = rows_problem(saved, spec.model.is_cuda(), fixed)
     if problem:
         raise UserError(f"cannot verify {out}: {FILE} is damaged ({problem})")
     spec = replace(spec, data=spec.data.sized(spec.model.is_cuda()))  # sizes a record leaves unset: the protocol's

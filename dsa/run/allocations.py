@@ -15,7 +15,8 @@ from primitives import FormulaError, LayerAllocator, build_pset, parse_tree
 
 from dsa.errors import UserError
 from dsa.run.folder import Run
-from dsa.run.settings import MAX_SPARSITY, EvaluatorSpec, carried_settings
+from dsa.run.schema import carried_settings
+from dsa.run.settings import MAX_SPARSITY, EvaluatorSpec
 
 WANDA_METRIC = tuple(name for name, b in BASELINES.items() if b.wanda_metric)  # read it whatever the pruner
 SEARCH_BASELINES = search_baselines()  # scored at the start of every search (Baseline.search)
@@ -222,7 +223,7 @@ def run_settings(spec: str) -> dict:
     if problems:
         raise UserError(f"{path}/config.json is damaged: {problems[0]}")
     out = {}
-    for arg, (group, key) in carried_settings().items():
+    for arg, (group, key) in carried_settings(EvaluatorSpec).items():
         if isinstance(evaluator.get(group), dict) and key in evaluator[group]:
             out[arg] = getattr(getattr(checked, group), key)
     return out
@@ -275,10 +276,11 @@ def _parse(spec: str, pset, flag: str = "--allocation"):
                         f"a run folder, nor a valid formula: {exc}") from None
 
 
-def allocate(spec: str, allocator: LayerAllocator, blocks=None, fitness=None) -> tuple[list[float], str | None]:
+def allocate(spec: str, allocator: LayerAllocator, blocks=None, fitness=None,
+             run: Run | None = None) -> tuple[list[float], str | None]:
     """Per-layer sparsities for ``spec`` at the allocator's target; the formula used (None for a baseline).
     Baselines read ``blocks`` (:class:`~evaluators.pruning.blockscores.BlockScores`); tuned ones need ``fitness``,
-    the validation perplexity of an allocation."""
+    the validation perplexity of an allocation. ``run``: the run folder ``spec`` names, already read."""
     found = _baseline(spec)
     if spec == "uniform":  # needs no model
         return [allocator.ctx.target] * allocator.n_layers, None
@@ -288,7 +290,8 @@ def allocate(spec: str, allocator: LayerAllocator, blocks=None, fitness=None) ->
             raise UserError(f"{spec} needs the model (use it with dsa prune/eval)")
         return check_sparsities(base(blocks, allocator.ctx.target, fitness=fitness, **params), allocator, spec), None
     path = run_folder(spec)
-    run = Run.read(path) if path is not None else None  # read once: every answer below is from one reading
+    if run is None and path is not None:  # read once: every answer below is from one reading
+        run = Run.read(path)
     if run is not None and (shipped := shipped_baseline(run)) is not None:  # the run's choice: a baseline
         if blocks is None and shipped != "uniform":  # no model here: the allocation the run stored for it
             stored = best_row(run)[0]["output"]
@@ -310,8 +313,11 @@ def check_fits(spec: str, allocator: LayerAllocator, flag: str = "--formulas ite
     before any is made: a run folder's stored allocation (its length and target) and a formula's
     allocation on this model. A baseline (or a run that ships one) needs the model's scores: it is
     checked when it is computed."""
-    if _baseline(spec, flag) is None and ((path := run_folder(spec)) is None or shipped_baseline(path) is None):
-        allocate(spec, allocator)
+    if _baseline(spec, flag) is not None:
+        return
+    run = Run.read(path) if (path := run_folder(spec)) is not None else None  # read once, for both questions
+    if run is None or shipped_baseline(run) is None:
+        allocate(spec, allocator, run=run)
 
 
 def baseline_candidates(names: tuple[str, ...], blocks, target: float) -> dict[str, list[tuple[dict, list[float]]]]:

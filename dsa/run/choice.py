@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
 
 import torch
 
 import gp
-from evaluators.files import write_json
 from evaluators.fitness.intervals import paired_interval, verdict
 
 from dsa.run.allocations import baseline_spec
@@ -22,13 +20,14 @@ from dsa.run.settings import MIN_DECISION_WINDOWS
 RULE = "paired-95"  # the choice rule's name in config.json
 
 
-def decide(run_dir: Path, rows: list[dict], baselines: dict, fitness, map_fn=map) -> dict:
+def decide(rows: list[dict], baselines: dict, fitness, map_fn=map) -> dict:
     """The run's choice, a statistical decision on the selection split (validation windows the search
     never read): the hall of fame's best (by the search's own fitness) ships only where the paired 95 %
     interval of its log-perplexity difference from the strongest baseline (the lowest fitness among the
     baselines scored at the start, uniform included) lies below 0 (:func:`choice`); otherwise the run
     ships that baseline. The candidate's row gets its selection perplexity and, where it does not ship,
-    a ``flag``; the hall of fame is rewritten; returns what config.json records."""
+    a ``flag`` (the run folder's writer, :func:`dsa.run.folder.write_choice`, writes them); returns what
+    config.json records."""
     scored = [r for r in rows if r["output"] is not None and r["fitness"] != gp.WORST]
     named = {n: b for n, b in baselines.items() if b.get("allocation") is not None}
     if not scored or not named:
@@ -45,7 +44,6 @@ def decide(run_dir: Path, rows: list[dict], baselines: dict, fitness, map_fn=map
         candidate["flag"] = (f"does not beat {strongest} on {len(cand)} held-out windows "
                              f"(Δ {made['delta'][0]:+.3f} [{made['delta'][1]:+.3f}, {made['delta'][2]:+.3f}]): "
                              f"the run ships {shipped}")
-    write_json(run_dir / "hall_of_fame.json", rows)
     return {"rule": RULE, **made, "candidate_rank": candidate["rank"], "strongest": strongest, "shipped": shipped,
             "best_rank": candidate["rank"] if shipped == "found" else None,
             "baselines": {strongest: math.exp(sum(base) / len(base))}}
@@ -61,11 +59,10 @@ def choice(candidate: list[float], baseline: list[float], min_windows: int = MIN
     return {"verdict": verdict_, "delta": [interval.value, interval.lo, interval.hi], "windows": len(candidate)}
 
 
-def rescore_on_selection(run_dir: Path, rows: list[dict], baselines: dict, fitness, map_fn) -> dict:
-    """:func:`choose_on_selection`, with the hall of fame rewritten; returns what config.json records: the
+def rescore_on_selection(rows: list[dict], baselines: dict, fitness, map_fn) -> dict:
+    """:func:`choose_on_selection` (the rows annotated in place); returns what config.json records: the
     baselines' selection values and the rank of the row chosen as best (and its flag)."""
     best, base = choose_on_selection(rows, baselines, fitness, map_fn)
-    write_json(run_dir / "hall_of_fame.json", rows)
     return {"baselines": base, "best_rank": best["rank"] if best else None,
             "best_flag": best.get("flag") if best else None}
 

@@ -12,13 +12,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluators.files import path_kind, read_json, read_regular
+from evaluators.files import path_kind, read_json, read_regular, write_json
 from gp.schema import finite_number
 
 from dsa.errors import UserError
 from dsa.paths import usable_path
+from dsa.run.settings import MAX_SPARSITY, SPACES
 
 RESULTS_DIR = Path("results")
+CONFIG_VERSION = 2  # config.json's format
+TASKS = ("llm", "synthetic")
 ROW_KEYS = {"rank", "fitness", "tree", "formula", "size", "output"}
 LOG_KEYS = {"gen", "total_evals", "hit_rate", "min", "median", "best"}
 
@@ -32,6 +35,65 @@ def new_run_dir(task: str, base: Path = RESULTS_DIR) -> Path:
     while path.exists():
         path, i = base / f"{stamp}-{task}-{i}", i + 1
     return path
+
+
+def read_config(run_dir: Path) -> dict:
+    """``run_dir/config.json`` as resuming reads it, its shape checked (UserError when it is missing,
+    of another version or damaged)."""
+    path = usable_path(run_dir, "--resume") / "config.json"
+    if not path.is_file():
+        raise UserError(f"cannot resume {run_dir}: no config.json there")
+    saved = read_json_file(path, "the run's config")
+    if not isinstance(saved, dict) or saved.get("version") != CONFIG_VERSION:
+        raise UserError(f"cannot resume {run_dir}: its config.json was written by another version of dsa-gp")
+    if saved.get("task") not in TASKS:
+        raise UserError(f"cannot resume {run_dir}: unknown task {saved.get('task')!r:.40} in config.json")
+    bad = [name for name, ok in _config_checks(saved).items() if not ok]
+    if bad:
+        raise UserError(f"cannot resume {run_dir}: config.json is damaged (bad {', '.join(bad)})")
+    return saved
+
+
+def _config_checks(saved: dict) -> dict[str, bool]:
+    """Per field that resuming reads, whether it has its type (and range)."""
+    step, tasks = saved.get("level_step"), saved.get("tasks", [])
+    baselines, settings = saved.get("baselines"), saved.get("baseline_settings", {})
+    return {
+        "search": isinstance(saved.get("search"), dict),
+        "space": saved.get("space", "formula") in SPACES,
+        "evaluator": isinstance(saved.get("evaluator"), dict),
+        "init": saved.get("init") is None or isinstance(saved["init"], str),
+        "level_step": step is None or (finite_number(step) and 0 < step <= MAX_SPARSITY),
+        # the target as dsa show and --allocation RUN read it (kept as written by a resume)
+        "sparsity": finite_number(saved.get("sparsity")) and 0 < saved["sparsity"] <= MAX_SPARSITY,
+        "tasks": isinstance(tasks, list) and all(isinstance(t, dict) for t in tasks)
+        and (saved["task"] == "llm" or not tasks),  # only the llm task has several
+        "baselines": isinstance(baselines, dict) and all(finite_number(v) or v == math.inf for v in baselines.values()),
+        "baseline_settings": isinstance(settings, dict) and all(map(_baseline_setting, settings.values())),
+    }
+
+
+def _baseline_setting(setting) -> bool:
+    """A baseline's entry in config.json: its parameters, and its allocation (None or numbers)."""
+    if not isinstance(setting, dict):
+        return False
+    allocation = setting.get("allocation")
+    return allocation is None or (isinstance(allocation, list) and all(map(finite_number, allocation)))
+
+
+def write_config(run_dir: Path, config: dict) -> None:
+    """config.json, atomically: what the run is (written before the search starts) and, at its end, what it
+    chose (:func:`write_choice`)."""
+    write_json(run_dir / "config.json", config)
+
+
+def write_choice(run_dir: Path, rows: list[dict], config: dict) -> None:
+    """The choice's record: the hall of fame as the choice annotated it (selection values, flags), then the
+    config that names the choice (last: a reader never sees a choice whose rows are not written yet). The
+    search engine writes the hall of fame after each generation (:func:`gp.checkpoint.write_tables`); this is
+    its one other writer, once per run."""
+    write_json(run_dir / "hall_of_fame.json", rows)
+    write_config(run_dir, config)
 
 
 def read_json_file(path: Path, what: str):

@@ -25,7 +25,8 @@ from primitives import LayerAllocator
 from dsa.errors import UserError
 from dsa.outputs.exports import allocation_record, write_record
 from dsa.run.allocations import allocate, baseline_candidates, needs_wanda_metric
-from dsa.run.settings import DEFAULT_VAL_WINDOWS, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec, flag_name
+from dsa.run.schema import flag_name
+from dsa.run.settings import DEFAULT_VAL_WINDOWS, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec
 
 
 def model_name(model: ModelSpec) -> str:

