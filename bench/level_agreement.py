@@ -120,6 +120,8 @@ def main() -> None:
     ap.add_argument("--exact-from", metavar="NAME",
                     help="take the exact test perplexities from bench/results/NAME.json (same settings, another grid)")
     args = ap.parse_args()
+    if args.exact_from and not (RESULTS / f"{args.exact_from}.json").is_file():  # before the model loads
+        sys.exit(f"--exact-from: no such result: bench/results/{args.exact_from}.json")
 
     model, tok, test, calib = load_inputs(args, split="test")
     val = token_windows(tok, load_split(args.data, "validation", args.data_dir), args.seqlen, args.val_windows)

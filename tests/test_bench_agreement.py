@@ -1,5 +1,5 @@
-"""The fitness-agreement benchmark's arithmetic (bench/fitness_agreement.py): perturbations keep an allocation's
-weighted mean and bounds, and each variant reads the windows it names."""
+"""The agreement benchmarks' arithmetic: bench/fitness_agreement.py's perturbations keep an allocation's weighted
+mean and bounds, and each variant reads the windows it names; bench/level_agreement.py's --exact-from."""
 import math
 import random
 
@@ -36,3 +36,21 @@ def test_variants_read_the_windows_they_name_and_rank_like_test():
     table, counts = summary([row(n) for n in (3.0, 2.0, 5.0, 4.0, 1.0, 6.0)])
     assert counts == {"allocations": 6, "better half": 3}
     assert all(t["ρ all"] == pytest.approx(1.0) for t in table if not t["fitness"].startswith("resampled"))
+
+
+def test_level_agreement_takes_exact_numbers_only_from_a_run_of_the_same_settings(tmp_path, monkeypatch):
+    """--exact-from reads each allocation's exact test perplexity from a committed run whose settings match
+    but for the grid; another setting (here the calibration size) is refused in one line."""
+    import argparse
+    import json
+
+    from bench import level_agreement
+    monkeypatch.setattr(level_agreement, "RESULTS", tmp_path)
+    settings = {k: None for k in level_agreement.SAME_FOR_RESUME} | {"nsamples": 16, "grid_step": 0.05}
+    rows = [{"allocation": "uniform", "exact test ppl": 586.3}, {"allocation": "owl", "exact test ppl": 590.8}]
+    (tmp_path / "old.json").write_text(json.dumps({"args": settings, "rows": rows}))
+    args = argparse.Namespace(**{**settings, "grid_step": 0.1, "exact_from": "old"})
+    assert level_agreement.exact_numbers(args) == {"uniform": 586.3, "owl": 590.8}
+    with pytest.raises(SystemExit, match="other settings \\(nsamples\\)"):
+        level_agreement.exact_numbers(argparse.Namespace(**{**vars(args), "nsamples": 64}))
+    assert level_agreement.exact_numbers(argparse.Namespace(**{**vars(args), "exact_from": None})) == {}
