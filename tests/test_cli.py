@@ -145,7 +145,7 @@ def test_flag_defaults_are_the_specs_defaults():
 
 
 def test_every_setting_flag_is_generated_from_its_field():
-    """One schema: each spec or search-config field that describes a flag (dsa.run.settings.setting,
+    """One schema: each spec or search-config field that describes a flag (dsa.run.schema.setting,
     gp.config.flag) is a flag of dsa search with the field's default (or its flag default), help and choices;
     a field without a description has none; the search config built from the flags given nothing is the
     config's default."""

@@ -1,8 +1,9 @@
 """The command line: the ``dsa`` script and its commands (search, compare, show, prune, eval, export).
 
 - ``commands``: the command names with their one-line help and the top-level parser (standard library only)
-- ``flags``: each flag's type (every value checked as it is parsed) and the flag groups shared by commands
-- ``parser``: every command's flags, their defaults taken from the settings' records (:mod:`dsa.run.settings`)
+- ``flags``: the flag kinds (every value checked as it is parsed) and the run settings' flags, generated from
+  their fields (:mod:`dsa.run.schema`)
+- ``parser``: every command's flags: the run settings' generated groups and each command's own options
 - ``dispatch``: turns parsed flags into typed settings, checks them, and runs the command
 
 :func:`main` is the ``dsa`` script: ``dsa`` and ``dsa --help`` answer from here without importing anything

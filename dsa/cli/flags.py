@@ -1,6 +1,7 @@
 """The ``dsa`` command's flag types, which check every value as it is parsed (ranges by ``type=``, fixed sets
 by ``choices=``) so that bad input fails before any work starts, and the flag groups several commands share
-(model and data, fitness, the GP search). :mod:`dsa.cli.parser` puts them together. Nothing here imports
+(model and data, fitness, the GP search), generated from the run settings' fields (:func:`add_spec_flags`).
+:mod:`dsa.cli.parser` puts them together. Nothing here imports
 torch, transformers or SymPy: ``--help`` answers at once."""
 from __future__ import annotations
 
@@ -167,7 +168,7 @@ def count_or_all(text: str) -> int | None:
     return nonnegative_int(text) or None
 
 
-# how the command line reads a setting of each kind (dsa.run.settings.setting's ``kind``, ``many``): argparse
+# how the command line reads a setting of each kind (dsa.run.schema.setting's ``kind``, ``many``): argparse
 # types that check the value as it is parsed
 KINDS = {"text": nonempty, "count": positive_int, "count0": nonnegative_int, "count-or-all": count_or_all,
          "seed": seed, "sparsity": sparsity, "nm": nm_pattern, "probability": probability, "real": real,
@@ -176,8 +177,9 @@ MANY = " (comma-separated: one formula searched for every combination at once)"
 
 
 def add_spec_flags(g, spec: type, sections: tuple[str, ...], lists: bool = False) -> None:
-    """One flag per field of ``spec`` (nested specs included) in ``sections`` (:data:`dsa.run.settings.SECTIONS`),
-    generated from the field: its name, default, help, kind and choices (:func:`dsa.run.settings.setting`).
+    """One flag per field of ``spec`` (nested specs included) in ``sections`` (:data:`dsa.run.schema.SECTIONS`,
+    "search", "seed"), generated from the field: its name, default, help, kind and choices
+    (:func:`dsa.run.schema.setting`, :func:`gp.config.flag`).
     ``lists``: the settings a multi-task search takes several of are comma-separated lists."""
     for f in fields(spec):
         meta = f.metadata

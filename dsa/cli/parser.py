@@ -1,7 +1,8 @@
 """Every command's flags, added to the subparsers of :mod:`dsa.cli.commands`: the parser the ``dsa`` script
 parses with (:func:`build_parser`), and which flags a command line gave (:func:`given_flags`). A run setting's
-flag takes its default from the setting's record (:mod:`dsa.run.settings`' specs, :mod:`gp.config`'s configs)
-and its type from :mod:`dsa.cli.flags`; building the parser imports no torch, transformers or SymPy."""
+flag is generated from its field (:mod:`dsa.run.settings`' specs, :mod:`gp.config`'s search config: name, default,
+help, kind, choices; :func:`dsa.cli.flags.add_spec_flags`); the commands' own options are declared here.
+Building the parser imports no torch, transformers or SymPy."""
 from __future__ import annotations
 
 import argparse
