@@ -346,3 +346,26 @@ def test_verify_refuses_what_would_change_the_comparison(tiny_dir, compared, tmp
     assert verify(tiny_dir, tmp_path / "none", "uniform") == 2
     assert "holds no compare.json" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+def test_report_compares_evolution_with_the_other_searches_seed_by_seed():
+    """compare.md's evolution-against-random table: per seed, Δ = log(GP's ppl / the other's) on the same test
+    windows (and C4) with its paired interval, GP's side of the verdict, and a tally per kind; identical
+    allocations tie at exactly 0; a seed without a GP row is left out."""
+    from dsa.experiment.report import against_gp
+    rng = np.random.default_rng(0)
+    base = (rng.random(64) + 5).tolist()
+    worse = [x + 0.2 + 0.02 * rng.normal() for x in base]
+
+    def row(name, kind, seed, nlls):
+        return {"name": name, "kind": kind, "seed": seed, "test nlls": nlls, "c4 nlls": nlls[:16]}
+    rows = [row("GP search (seed 0)", "gp", 0, base), row("GP search (seed 1)", "gp", 1, base),
+            row("random search (seed 0)", "random", 0, worse), row("random search (seed 1)", "random", 1, base),
+            row("random search (seed 2)", "random", 2, worse)]
+    text = against_gp(rows)
+    lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| random")}
+    assert set(lines) == {"random search (seed 0)", "random search (seed 1)"}
+    assert "**beats**" in lines["random search (seed 0)"] and "-0.2" in lines["random search (seed 0)"]
+    assert "+0.000 [+0.000, +0.000] tie" in lines["random search (seed 1)"]
+    assert "GP against random on test: beats in 1 of 2 seeds, loses in 0" in text
+    assert against_gp(rows[2:]) == ""

@@ -79,7 +79,7 @@ def report(c, info: dict, rows: list[dict]) -> str:
                   _difference(s.get("strongest c4")), _fmt(r.get("evaluations")),
                   str(r.get("formula") or r.get("params") or "").replace("|", "\\|")]
         lines.append("| " + " | ".join(cells) + " |")
-    return head + "\n" + "\n".join(lines) + "\n" + seeds_summary(rows, stats) + "\n"
+    return head + "\n" + "\n".join(lines) + "\n" + seeds_summary(rows, stats) + against_gp(rows) + "\n"
 
 
 def seeds_summary(rows: list[dict], stats: dict) -> str:
@@ -101,4 +101,33 @@ def seeds_summary(rows: list[dict], stats: dict) -> str:
         lines.append(f"| {kind} | {len(group)} | {statistics.mean(ppl):.4g} ± {sd:.2g} | "
                      f"{count['uniform']}/{len(group)} | {count['strongest']}/{len(group)} | "
                      f"{count['strongest c4']}/{len(group)} |")
+    return "\n".join(lines) + "\n"
+
+
+OTHER_SEARCHES = ("random", "direct", "warm")
+
+
+def against_gp(rows: list[dict]) -> str:
+    """Evolution against the other searches of the same seed (random search, the direct and warm searches): per
+    pair the paired 95 % interval of Δ = log(GP's ppl / the other's) on the test windows and on the held-out C4
+    windows (below 0: the GP run's shipped allocation is better), and per kind how many seeds the GP run beats
+    and loses to on test."""
+    gp = {r["seed"]: r for r in rows if r["kind"] == "gp" and r.get("seed") is not None}
+    others = [r for r in rows if r["kind"] in OTHER_SEARCHES and r.get("seed") in gp]
+    if not others:
+        return ""
+    lines = ["", "Evolution against the other searches of the same seed: Δ = log(GP's ppl / the other's) on the same "
+                 "windows with its paired 95 % interval (*beats*: the GP run's choice is better there)", "",
+             "| GP against | Δ test [95 % CI] | Δ held-out C4 [95 % CI] |", "|---|---|---|"]
+    tally: dict[str, list[str]] = {}
+    for r in others:
+        g = gp[r["seed"]]
+        test = paired_interval(g["test nlls"], r["test nlls"])
+        tally.setdefault(r["kind"], []).append(verdict(test))
+        c4 = ("c4 nlls" in g and "c4 nlls" in r and len(g["c4 nlls"]) == len(r["c4 nlls"])
+              and paired_interval(g["c4 nlls"], r["c4 nlls"]))
+        lines.append(f"| {r['name']} | {_difference((test, verdict(test)))} | "
+                     f"{_difference((c4, verdict(c4))) if c4 else ''} |")
+    lines += ["", *(f"GP against {kind} on test: beats in {words.count('beats')} of {len(words)} seeds, loses in "
+                    f"{words.count('loses')}" for kind, words in tally.items())]
     return "\n".join(lines) + "\n"
