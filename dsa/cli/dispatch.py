@@ -18,10 +18,11 @@ from evaluators.pruning.nm import TOL as NM_TOL
 from gp import ConfigError, SearchConfig
 from gp.config import DirectConfig
 
-from dsa.cli.flags import DEFAULTS, DIRECT, DIRECT_ONLY, GP_ONLY, LLM_ONLY, search_settings
+from dsa.cli.flags import DEFAULTS, DIRECT, DIRECT_ONLY, GP_ONLY, LLM_ONLY
 from dsa.cli.parser import build_parser, given_flags
 from dsa.errors import UserError
 from dsa.paths import check_output_dir, check_output_file
+from dsa.run.schema import flag_values
 from dsa.run.settings import MAX_SPARSITY, DataSpec, EvaluatorSpec, ModelSpec, PruneSpec
 
 
@@ -69,7 +70,7 @@ def search_config(args, given: set[str], generations: int | None = None) -> Sear
             raise UserError(f"--stages: the last step keeps population − elitism = {args.population - elitism} "
                             f"formulas, got {last}")
         offspring = args.offspring or 3 * args.population
-    settings = search_settings(vars(args))
+    settings = flag_values(SearchConfig, vars(args))
     try:
         return SearchConfig(**{**settings, "generations": DEFAULTS.generations if generations is None else generations,
                                "tournament": tournament, "elitism": elitism, "offspring": offspring,

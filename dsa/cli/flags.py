@@ -21,8 +21,9 @@ DIRECT = DirectConfig()
 EVALUATOR = EvaluatorSpec()
 SEARCHES = ("gp", "random", "direct", "warm")  # dsa compare's searches
 # what the direct search has no use for: the tree search's settings that the direct search's config lacks
-GP_ONLY = (*(flag_name(f) for f in fields(SearchConfig)
-             if "help" in f.metadata and f.name not in {d.name for d in fields(DirectConfig)}), "seed_baselines")
+DIRECT_FIELDS = {f.name for f in fields(DirectConfig)}
+GP_ONLY = (*(flag_name(f) for f in fields(SearchConfig) if "help" in f.metadata and f.name not in DIRECT_FIELDS),
+           "seed_baselines")
 DIRECT_ONLY = ("max_level", "level_step", "init")
 # what the synthetic task has no use for: every model, data, pruning and fitness setting but the ones it reads
 # (derived from the specs' fields), and the baselines
@@ -228,14 +229,3 @@ def add_gp_args(s: argparse.ArgumentParser):
                    help="start the population with the baselines' formulas (OWL, DSA's graph, DLP's mean, a "
                         "linear depth ramp as ATP) instead of random trees only")
     return g
-
-
-def search_settings(values: dict) -> dict:
-    """:class:`gp.SearchConfig`'s fields that have a flag, from the command line's values by flag name (an
-    off-switch such as --no-cache inverted back), the flags not given left out."""
-    out = {}
-    for f in fields(SearchConfig):
-        meta = f.metadata
-        if "help" in meta and (name := flag_name(f)) in values:
-            out[f.name] = not values[name] if meta["kind"] == "off-switch" else values[name]
-    return out

@@ -239,10 +239,10 @@ def check_allocation(spec: str, flag: str = "--allocation") -> None:
     _parse(spec, build_pset(), flag)
 
 
-def read_checked_run(run_dir: Path | str) -> Run:
-    """A run folder (:class:`dsa.run.folder.Run`), its choice checked as ``--allocation RUN`` checks it (a run
-    that found nothing valid is read as it is): what ``dsa show`` and ``dsa search`` display."""
-    run = Run.read(run_dir)
+def read_checked_run(run: Run | Path | str) -> Run:
+    """A run folder (:class:`dsa.run.folder.Run`, or its path, read), its choice checked as ``--allocation RUN``
+    checks it (a run that found nothing valid is taken as it is): what ``dsa show`` and ``dsa search`` display."""
+    run = Run.of(run)
     if any(r["fitness"] != math.inf for r in run.hall_of_fame):
         check_run(run)
     return run

@@ -52,6 +52,16 @@ def nested(f) -> type | None:
     return Spec.registry.get(f.type) if isinstance(f.type, str) else None
 
 
+def flag_values(cls: type, values: dict) -> dict:
+    """Field name → value of ``cls``'s plain fields whose flag is among ``values`` (the command line's values by
+    flag name, argparse's ``dest``), an off-switch such as ``--no-cache`` inverted back; nested specs left out."""
+    out = {}
+    for f in fields(cls):
+        if "help" in f.metadata and (name := flag_name(f)) in values:
+            out[f.name] = not values[name] if f.metadata.get("kind") == "off-switch" else values[name]
+    return out
+
+
 def flat_fields(spec: type) -> list:
     """The plain fields of ``spec``, nested specs' fields in their place."""
     out = []
@@ -98,15 +108,9 @@ class Spec:
     def from_flags(cls, values: dict, **given):
         """These settings from the command line's values by flag name (argparse's ``dest``; a nested spec from the
         same values), a setting whose flag is absent at its default; ``given``: fields set by the caller."""
-        kwargs = {}
-        for f in fields(cls):
-            if f.name in given:
-                kwargs[f.name] = given[f.name]
-            elif (sub := nested(f)) is not None:
-                kwargs[f.name] = sub.from_flags(values)
-            elif "help" in f.metadata and flag_name(f) in values:
-                kwargs[f.name] = values[flag_name(f)]
-        return cls(**kwargs)
+        subs = {f.name: sub.from_flags(values) for f in fields(cls)
+                if f.name not in given and (sub := nested(f)) is not None}
+        return cls(**{**flag_values(cls, values), **subs, **given})
 
     @classmethod
     def from_dict(cls, data: dict):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from primitives import build_pset
 from dsa.errors import UserError
 from dsa.outputs.plots import plot_allocations, plot_fitness
 from dsa.outputs.show import show_run
-from dsa.run.allocations import SEARCH_BASELINES, check_run
+from dsa.run.allocations import SEARCH_BASELINES, read_checked_run
 from dsa.run.choice import decide, rescore_on_selection, score_baselines
 from dsa.run.distributed import evaluation
 from dsa.run.folder import CONFIG_VERSION, Run, new_run_dir, read_config, write_choice, write_config
@@ -233,9 +232,7 @@ def _search(run: SearchRun, ev):
                      run.run_dir / "allocation.png", target=run.spec.prune.sparsity, title=best["formula"][:80])
     held = Run(dir=run.run_dir, config=config, hall_of_fame=result.hall_of_fame, pareto_front=result.pareto_front,
                logbook=list(result.logbook))  # what was written, printed from memory (dsa show reads it back)
-    if any(r["fitness"] != math.inf for r in held.hall_of_fame):
-        check_run(held)
-    print(show_run(held, top=5))
+    print(show_run(read_checked_run(held), top=5))
     files = ["hall_of_fame.json", *(["pareto_front.json"] if result.pareto_front is not None else []),
              "logbook.csv", "fitness.png", "allocation.png", checkpoints.FILE]
     print(f"\nwrote {run.run_dir}/ ({', '.join(files)})")
